@@ -1,0 +1,92 @@
+"""Executions: one row per invocation, written before its task is sent and never deleted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+
+
+class ExecutionStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+
+
+FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+
+
+def _seconds(start, end) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start) / timedelta(seconds=1)
+
+
+class Execution(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_id = models.CharField(max_length=64, unique=True,
+                               help_text="Celery task id; AsyncResult(task_id) reads the result.")
+    function = models.ForeignKey("functions.Function", on_delete=models.PROTECT,
+                                 related_name="executions")
+    version = models.ForeignKey("functions.FunctionVersion", on_delete=models.PROTECT,
+                                related_name="executions", help_text="The version it ran.")
+    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.SET_NULL, null=True,
+                                blank=True, related_name="executions")
+    dispatched_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                      null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices,
+                              default=ExecutionStatus.QUEUED)
+    input = models.JSONField(null=True, blank=True, help_text="The event the function received.")
+    output = models.JSONField(null=True, blank=True, help_text="What the function returned.")
+    output_truncated = models.BooleanField(default=False,
+                                           help_text="The output was over the size limit.")
+    error_type = models.CharField(max_length=200, blank=True,
+                                  help_text="Exception class or platform reason, e.g. Timeout.")
+    error = models.TextField(blank=True, help_text="Error message with the function's traceback.")
+    logs = models.TextField(blank=True, help_text="What the function printed (stdout, stderr).")
+    logs_truncated = models.BooleanField(default=False,
+                                         help_text="The logs were over the size limit.")
+    exit_code = models.IntegerField(null=True, blank=True)
+    runtime = models.CharField(max_length=16, blank=True, help_text="Runtime that ran it.")
+    cold = models.BooleanField(null=True, blank=True,
+                               help_text="True when a new process/container was started for it.")
+    worker = models.CharField(max_length=255, blank=True, help_text="Celery worker that ran it.")
+    cpu_seconds = models.FloatField(null=True, blank=True)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-dispatched_at"]
+        indexes = [
+            models.Index(fields=["function", "-dispatched_at"], name="exec_function_recent"),
+            models.Index(fields=["trigger", "-dispatched_at"], name="exec_trigger_recent"),
+            models.Index(fields=["status", "-dispatched_at"], name="exec_status_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function_id}:{self.task_id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Dispatched → started."""
+        return _seconds(self.dispatched_at, self.started_at)
+
+    @property
+    def run_seconds(self) -> float | None:
+        """Started → finished."""
+        return _seconds(self.started_at, self.finished_at)
+
+    @property
+    def total_seconds(self) -> float | None:
+        """Dispatched → finished: what a caller waits for the result."""
+        return _seconds(self.dispatched_at, self.finished_at)

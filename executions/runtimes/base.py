@@ -1,0 +1,95 @@
+"""The one interface every runtime implements, and the plain values it speaks in.
+
+Runtimes see no Django model: the run service turns a `FunctionVersion` into a `FunctionSpec`, and
+the runtime answers with an `Outcome`. A runtime raises `RuntimeUnavailable` when the platform
+(not the function) failed and the invocation may be retried, `RuntimeFailure` when it failed for
+good.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything a runtime needs to run one version of a function."""
+
+    version_id: int
+    function_name: str
+    version_number: int
+    sha256: str
+    source_name: str
+    read_source: Callable[[], bytes] = field(compare=False, repr=False)
+    handler: str = "handler.handle"
+    mode: str = "handler"  # "handler" or "script"
+    requirements: str = ""
+    timeout_seconds: float = 30
+    memory_mb: int = 256
+    env: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class InvocationContext:
+    """What the function's `context` argument carries."""
+
+    execution_id: str
+    task_id: str
+    deadline: float  # epoch seconds
+
+
+@dataclass
+class Outcome:
+    """The result of one invocation, as stored on the execution."""
+
+    status: str  # "succeeded", "failed" or "timed_out"
+    output: Any = None
+    output_truncated: bool = False
+    error_type: str = ""
+    error: str = ""
+    logs: str = ""
+    logs_truncated: bool = False
+    exit_code: int | None = None
+    cold: bool = True
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+
+
+@dataclass
+class PrepareResult:
+    ok: bool
+    log: str = ""
+
+
+class RuntimeUnavailable(Exception):
+    """The platform could not run the invocation now; retrying later may work."""
+
+
+class RuntimeFailure(Exception):
+    """The platform cannot run this invocation at all (e.g. the version cannot be prepared)."""
+
+
+class Runtime(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def prepare(self, spec: FunctionSpec) -> PrepareResult:
+        """Make the version runnable (unpack, install requirements, build an image). Idempotent."""
+
+    def needs_prepare(self, spec: FunctionSpec) -> bool:
+        """True when `prepare` has real work to do, so it should run as a build task."""
+        return True
+
+    @abc.abstractmethod
+    def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
+        """Run the function once with `payload` and return its outcome by `context.deadline`."""
+
+    def release(self, spec: FunctionSpec) -> None:
+        """Drop warm resources held for the version."""
+
+    def health(self) -> tuple[bool, str]:
+        """(ok, human-readable detail) for `doctor` and readiness checks."""
+        return True, "ok"

@@ -1,0 +1,129 @@
+"""Functions and their immutable versions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+DNS1123_LABEL = RegexValidator(
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+    "Use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit "
+    "(a DNS-1123 label: the name becomes part of image and pod names).",
+)
+
+
+class Runtime(models.TextChoices):
+    DEFAULT = "", "Platform default"
+    LOCAL = "local", "Local process"
+    DOCKER = "docker", "Docker container"
+    KUBERNETES = "kubernetes", "Kubernetes pod"
+
+
+class Mode(models.TextChoices):
+    HANDLER = "handler", "Handler: call module.function(event[, context])"
+    SCRIPT = "script", "Script: run the module; its standard output is the result"
+
+
+def _default_timeout() -> int:
+    return settings.KUBEFUNCTION_DEFAULT_TIMEOUT
+
+
+def _default_memory() -> int:
+    return settings.KUBEFUNCTION_DEFAULT_MEMORY_MB
+
+
+class Function(models.Model):
+    name = models.CharField(
+        max_length=63, unique=True, validators=[DNS1123_LABEL],
+        help_text="DNS-1123 label: lowercase letters, digits and '-'; part of image and pod names.",
+    )
+    description = models.TextField(blank=True, help_text="What the function does, for people.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="functions",
+        help_text="The user who owns the function; only they (and staff) can see or dispatch it.",
+    )
+    runtime = models.CharField(
+        max_length=16, choices=Runtime.choices, blank=True, default=Runtime.DEFAULT,
+        help_text="Where invocations run; blank uses KUBEFUNCTION_RUNTIME.",
+    )
+    handler = models.CharField(
+        max_length=200,
+        help_text="Handler mode: 'module.function'. Script mode: the module run as __main__.",
+    )
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HANDLER,
+                            help_text="How the runner calls the code.")
+    timeout_seconds = models.PositiveIntegerField(
+        default=_default_timeout,
+        validators=[MinValueValidator(1), MaxValueValidator(settings.KUBEFUNCTION_MAX_TIMEOUT)],
+        help_text="An invocation running longer is killed and ends as timed out.",
+    )
+    memory_mb = models.PositiveIntegerField(
+        default=_default_memory,
+        validators=[MinValueValidator(32), MaxValueValidator(settings.KUBEFUNCTION_MAX_MEMORY_MB)],
+        help_text="Memory limit of one invocation, in MiB.",
+    )
+    env_vars = models.JSONField(
+        default=dict, blank=True,
+        help_text="Environment variables given to the function: an object of string to string.",
+    )
+    active_version = models.ForeignKey(
+        "FunctionVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        help_text="The version invocations run; only a ready version can be active.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_runtime(self) -> str:
+        return self.runtime or settings.KUBEFUNCTION_RUNTIME
+
+
+class VersionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    BUILDING = "building", "Building"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+def _source_path(instance: FunctionVersion, filename: str) -> str:
+    return f"sources/{instance.sha256[:2]}/{instance.sha256}/{instance.source_name}"
+
+
+class FunctionVersion(models.Model):
+    """One upload of a function's code. Never edited after creation; only its build fields move."""
+
+    function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField(help_text="1, 2, 3… in upload order per function.")
+    source = models.FileField(upload_to=_source_path, help_text="The uploaded .py, .zip or .tar.gz.")
+    source_name = models.CharField(max_length=255, help_text="The uploaded file's name.")
+    source_size = models.PositiveIntegerField(help_text="Bytes of the uploaded file.")
+    sha256 = models.CharField(max_length=64, db_index=True,
+                              help_text="SHA-256 of the uploaded file's bytes.")
+    handler = models.CharField(max_length=200, help_text="Handler this version was validated with.")
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HANDLER)
+    requirements = models.TextField(blank=True,
+                                    help_text="The archive's requirements.txt, if it has one.")
+    status = models.CharField(max_length=16, choices=VersionStatus.choices,
+                              default=VersionStatus.PENDING, db_index=True)
+    build_log = models.TextField(blank=True, help_text="What preparing the version printed.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    built_at = models.DateTimeField(null=True, blank=True,
+                                    help_text="When the version became ready or failed.")
+
+    class Meta:
+        ordering = ["function", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["function", "number"], name="unique_version_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.function.name} v{self.number}"

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class KubefunctionConfig(AppConfig):
+    name = "kubefunction"
+    verbose_name = "KubeFunction"

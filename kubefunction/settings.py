@@ -1,0 +1,191 @@
+"""Settings, all read from the environment (see `.env.example` for every variable).
+
+With neither `DATABASE_URL` nor `CELERY_BROKER_URL` set, the platform runs embedded: SQLite and
+Kombu's file-system broker under `var/`, so a newcomer's machine needs no server at all.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+VAR_DIR = Path(env.str("KUBEFUNCTION_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+PRODUCTION = env.bool("KUBEFUNCTION_PRODUCTION", default=False)
+_DEV_SECRET_KEY = "django-insecure-kubefunction-development-only"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_DEV_SECRET_KEY)
+if PRODUCTION and (SECRET_KEY == _DEV_SECRET_KEY or DEBUG):
+    raise environ.ImproperlyConfigured(
+        "KUBEFUNCTION_PRODUCTION is on: set DJANGO_SECRET_KEY and leave DJANGO_DEBUG off."
+    )
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "django_celery_results",
+    "django_celery_beat",
+    "kubefunction",
+    "functions",
+    "triggers",
+    "executions",
+    "metrics",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kubefunction.urls"
+WSGI_APPLICATION = "kubefunction.wsgi.application"
+ASGI_APPLICATION = "kubefunction.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: Postgres when DATABASE_URL is set, SQLite under var/ otherwise.
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat share the file: wait for locks instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+EMBEDDED_DATABASE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env.str("KUBEFUNCTION_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+# Uploads above this many bytes spill to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("KUBEFUNCTION_LOG_LEVEL", default="INFO")},
+}
+
+# --- REST API --------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "kubefunction.api_errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "KubeFunction API",
+    "DESCRIPTION": "Register Python functions, map triggers to them, dispatch and read results.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery ----------------------------------------------------------------------------------
+_BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
+# The longest a function may run. The broker's visibility timeout stays above it, so a message
+# for a function still running is never handed to a second worker.
+KUBEFUNCTION_MAX_TIMEOUT = env.int("KUBEFUNCTION_MAX_TIMEOUT", default=900)
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "control_folder": str(_BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+    if EMBEDDED_BROKER
+    else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + 300}
+)
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = False
+CELERY_TASK_DEFAULT_QUEUE = env.str("KUBEFUNCTION_QUEUE", default="kubefunction")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# At least once, never twice at the same time: ack after the run, requeue if the worker dies,
+# and take one message at a time so a long function does not hold others hostage.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_ALWAYS_EAGER = False
+
+# --- KubeFunction ----------------------------------------------------------------------------
+KUBEFUNCTION_RUNTIME = env.str("KUBEFUNCTION_RUNTIME", default="local")
+KUBEFUNCTION_WORK_DIR = Path(env.str("KUBEFUNCTION_WORK_DIR", default=str(VAR_DIR / "work")))
+KUBEFUNCTION_MAX_SOURCE_BYTES = env.int("KUBEFUNCTION_MAX_SOURCE_BYTES", default=5 * 1024 * 1024)
+KUBEFUNCTION_MAX_UNPACKED_BYTES = env.int(
+    "KUBEFUNCTION_MAX_UNPACKED_BYTES", default=50 * 1024 * 1024
+)
+KUBEFUNCTION_MAX_ARCHIVE_MEMBERS = env.int("KUBEFUNCTION_MAX_ARCHIVE_MEMBERS", default=2000)
+KUBEFUNCTION_MAX_PAYLOAD_BYTES = env.int("KUBEFUNCTION_MAX_PAYLOAD_BYTES", default=256 * 1024)
+KUBEFUNCTION_MAX_OUTPUT_BYTES = env.int("KUBEFUNCTION_MAX_OUTPUT_BYTES", default=1024 * 1024)
+KUBEFUNCTION_MAX_LOG_BYTES = env.int("KUBEFUNCTION_MAX_LOG_BYTES", default=256 * 1024)
+KUBEFUNCTION_DEFAULT_TIMEOUT = env.int("KUBEFUNCTION_DEFAULT_TIMEOUT", default=30)
+KUBEFUNCTION_DEFAULT_MEMORY_MB = env.int("KUBEFUNCTION_DEFAULT_MEMORY_MB", default=256)
+KUBEFUNCTION_MAX_MEMORY_MB = env.int("KUBEFUNCTION_MAX_MEMORY_MB", default=4096)
+KUBEFUNCTION_MAX_BATCH = env.int("KUBEFUNCTION_MAX_BATCH", default=10000)
+KUBEFUNCTION_MAX_WAIT = env.int("KUBEFUNCTION_MAX_WAIT", default=60)
+# Local runtime: warm processes kept per worker process, and how long an idle one lives.
+KUBEFUNCTION_WARM_POOL_SIZE = env.int("KUBEFUNCTION_WARM_POOL_SIZE", default=8)
+KUBEFUNCTION_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_WARM_POOL_PER_VERSION", default=2)
+KUBEFUNCTION_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_WARM_IDLE_SECONDS", default=300)
+KUBEFUNCTION_PIP_TIMEOUT = env.int("KUBEFUNCTION_PIP_TIMEOUT", default=600)

@@ -1,0 +1,1 @@
+"""Shared fixtures. Integration fixtures (the real Celery worker) live here too."""
