@@ -1,0 +1,56 @@
+# KubeFunction: `make up` brings the platform up; `make test` runs the tests.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+ENV := set -a; . scripts/env.sh; set +a;
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DJANGO_DEBUG ?= true
+
+.PHONY: up install migrate bootstrap test lint bench worker examples clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	@mkdir -p var
+	@$(ENV) $(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput
+
+bootstrap: migrate
+	@$(ENV) $(PY) manage.py bootstrap
+
+## up: install, migrate, create admin + examples, run web + worker + beat in the foreground.
+up: bootstrap
+	@echo "KubeFunction is starting:"
+	@echo "  admin   http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/admin/   (user admin)"
+	@echo "  API     http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/api/"
+	@echo "  docs    http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/api/docs/"
+	@echo "  try     .venv/bin/python manage.py dispatch hello --payload '{\"name\": \"you\"}' --wait"
+	@$(ENV) exec $(VENV)/bin/honcho start -f Procfile
+
+## worker: a Celery worker alone (for a second terminal).
+worker: install
+	@$(ENV) exec $(VENV)/bin/celery -A kubefunction worker --loglevel=INFO
+
+## test: the whole suite against the real Postgres, Redis and a real Celery worker.
+test: install
+	@$(PY) scripts/check_services.py
+	@export KUBEFUNCTION_REDIS_DB=15 KUBEFUNCTION_QUEUE=kubefunction-test; $(ENV) \
+	  $(VENV)/bin/ruff check . && $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+## bench: the Celery floor vs the platform on the warm local runtime.
+bench: migrate
+	@$(ENV) $(PY) manage.py bench
+
+examples:
+	python3 scripts/build_examples.py
+
+clean:
+	rm -rf var

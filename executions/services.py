@@ -1,0 +1,179 @@
+"""Dispatching and running executions.
+
+`execution_dispatch_many` writes the rows first and sends the Celery tasks after commit, so a
+worker never sees an execution that is not stored. `execution_run` claims the row with a
+conditional update, so a redelivered message never runs a function twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from functions.models import VersionStatus
+from functions.services import version_spec
+from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge
+from triggers.models import Trigger
+
+from .models import Execution, ExecutionStatus
+from .runtimes import get_runtime
+from .runtimes.base import InvocationContext, Outcome, RuntimeUnavailable
+
+logger = logging.getLogger(__name__)
+
+USE_DEFAULT = object()
+
+
+def payload_check(payload: Any, *, field: str = "payload") -> Any:
+    """Refuse a payload that is not JSON, holds NUL characters or is over the size limit."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"the payload is not JSON: {exc}", field=field) from exc
+    if "\\u0000" in text:
+        raise InvalidInput("the payload holds a NUL character (\\u0000), which cannot be stored.",
+                           field=field)
+    size = len(text.encode())
+    if size > settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"the payload is {size} bytes; the limit is {settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES}.",
+            field=field)
+    return payload
+
+
+def _send(executions: Sequence[Execution]) -> None:
+    from .tasks import run_execution
+
+    if len(executions) == 1:
+        run_execution.apply_async(args=[str(executions[0].pk)], task_id=executions[0].task_id)
+        return
+    with run_execution.app.producer_or_acquire() as producer:
+        for execution in executions:
+            run_execution.apply_async(args=[str(execution.pk)], task_id=execution.task_id,
+                                      producer=producer)
+
+
+def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
+                            user=None) -> list[Execution]:
+    """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
+
+    Returns at once; the tasks are sent after the surrounding transaction commits.
+    """
+    if not payloads:
+        raise InvalidInput("give at least one payload.", field="payloads")
+    if len(payloads) > settings.KUBEFUNCTION_MAX_BATCH:
+        raise PayloadTooLarge(
+            f"{len(payloads)} payloads; at most {settings.KUBEFUNCTION_MAX_BATCH} per dispatch.",
+            field="payloads")
+    if not trigger.enabled:
+        raise Conflict(f"trigger '{trigger.name}' is disabled.", field="trigger")
+    function = trigger.function
+    version = function.active_version
+    if version is None or version.status != VersionStatus.READY:
+        latest = function.versions.order_by("-number").first()
+        state = f"its latest version {latest.number} is {latest.status}" if latest else \
+            "it has no version"
+        raise Conflict(f"function '{function.name}' has no ready version: {state}.",
+                       field="trigger")
+    payloads = [trigger.default_payload if p is USE_DEFAULT else payload_check(p)
+                for p in payloads]
+    now = timezone.now()
+    runtime = function.effective_runtime
+    executions = [
+        Execution(task_id=str(uuid.uuid4()), function=function, version=version,
+                  trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
+                  input=payload, runtime=runtime, dispatched_at=now)
+        for payload in payloads
+    ]
+    with transaction.atomic():
+        Execution.objects.bulk_create(executions, batch_size=1000)
+        transaction.on_commit(lambda: _send(executions))
+    return executions
+
+
+def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=None) -> Execution:
+    """Queue one execution of the trigger's function with `payload`."""
+    return execution_dispatch_many(trigger=trigger, payloads=[payload], user=user)[0]
+
+
+def _claim(execution_id: str, worker: str) -> bool:
+    now = timezone.now()
+    return bool(Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED)
+                .update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker))
+
+
+def _finish(execution: Execution, outcome: Outcome) -> None:
+    fields = {
+        "status": outcome.status, "output": outcome.output,
+        "output_truncated": outcome.output_truncated, "error_type": outcome.error_type[:200],
+        "error": outcome.error.replace("\x00", "\ufffd"),
+        "logs": outcome.logs.replace("\x00", "\ufffd"), "logs_truncated": outcome.logs_truncated,
+        "exit_code": outcome.exit_code, "cold": outcome.cold, "cpu_seconds": outcome.cpu_seconds,
+        "peak_memory_bytes": outcome.peak_memory_bytes, "finished_at": timezone.now(),
+    }
+    text = json.dumps(outcome.output)
+    if "\\u0000" in text:  # Postgres jsonb cannot hold NUL characters
+        fields["output"] = json.loads(text.replace("\\u0000", "\\ufffd"))
+    Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING).update(**fields)
+    for key, value in fields.items():
+        setattr(execution, key, value)
+
+
+def _platform_error(exc: BaseException) -> Outcome:
+    return Outcome(status=ExecutionStatus.FAILED, error_type="PlatformError",
+                   error="".join(traceback.format_exception(exc)), cold=None)
+
+
+def execution_run(*, execution_id: str, worker: str = "") -> Execution | None:
+    """Run a queued execution and store its outcome. None when it is not queued (a duplicate).
+
+    Raises `RuntimeUnavailable` after putting the execution back in the queue when the runtime
+    could not take it; the caller retries.
+    """
+    if not _claim(execution_id, worker):
+        return None
+    execution = Execution.objects.select_related("version__function").get(pk=execution_id)
+    version = execution.version
+    spec = version_spec(version)
+    runtime = get_runtime(execution.runtime or version.function.effective_runtime)
+    context = InvocationContext(execution_id=str(execution.pk), task_id=execution.task_id,
+                                deadline=time.time() + spec.timeout_seconds)
+    try:
+        outcome = runtime.invoke(spec, execution.input, context)
+    except RuntimeUnavailable:
+        Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING).update(
+            status=ExecutionStatus.QUEUED, started_at=None)
+        raise
+    except Exception as exc:  # a run must end with a status, whatever broke
+        logger.exception("runtime failed on execution %s", execution.pk)
+        outcome = _platform_error(exc)
+    _finish(execution, outcome)
+    return execution
+
+
+def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError") -> None:
+    """End a queued or running execution as failed with `reason` (e.g. retries exhausted)."""
+    Execution.objects.filter(
+        pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+    ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
+             finished_at=timezone.now())
+
+
+def execution_wait(*, execution: Execution, timeout: float) -> Execution:
+    """Re-read the execution until it finishes or `timeout` seconds pass (bounded polling)."""
+    deadline = time.monotonic() + min(timeout, settings.KUBEFUNCTION_MAX_WAIT)
+    delay = 0.005
+    while not execution.is_finished and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.2)
+        execution.refresh_from_db()
+    return execution

@@ -1,0 +1,151 @@
+"""Admin for functions and their versions (versions are read-only machine records)."""
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.urls import reverse
+from django.utils.html import format_html
+
+from kubefunction.admin_display import pre
+from kubefunction.errors import KubeFunctionError
+
+from . import services
+from .forms import FunctionAddForm, FunctionChangeForm
+from .models import Function, FunctionVersion
+
+VERSION_FIELDS = ["number", "status", "sha256", "source_name", "source_size", "handler", "mode",
+                  "created_by", "created_at", "built_at"]
+
+
+class VersionInline(admin.TabularInline):
+    model = FunctionVersion
+    fk_name = "function"
+    fields = ["version_link", "status", "short_sha", "source_name", "handler", "mode",
+              "created_at", "built_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    ordering = ["-number"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="version")
+    def version_link(self, version):
+        url = reverse("admin:functions_functionversion_change", args=[version.pk])
+        return format_html('<a href="{}">v{}</a>', url, version.number)
+
+    @admin.display(description="sha256")
+    def short_sha(self, version):
+        return version.sha256[:12]
+
+
+@admin.register(Function)
+class FunctionAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "active_version_number", "mode", "effective_runtime",
+                    "timeout_seconds", "memory_mb", "trigger_count", "updated_at"]
+    list_filter = ["runtime", "mode", "owner"]
+    search_fields = ["name", "description"]
+    list_select_related = ["owner", "active_version"]
+    readonly_fields = ["name", "owner", "handler", "mode", "created_at", "updated_at"]
+    inlines = [VersionInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(trigger_total=Count("triggers"))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = FunctionChangeForm if obj else FunctionAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return list(FunctionAddForm._meta.fields)
+        return ["name", "owner", "handler", "mode", *FunctionChangeForm._meta.fields,
+                "created_at", "updated_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj else []
+
+    @admin.display(description="active version", ordering="active_version__number")
+    def active_version_number(self, function):
+        return f"v{function.active_version.number}" if function.active_version else "—"
+
+    @admin.display(description="triggers", ordering="trigger_total")
+    def trigger_count(self, function):
+        return function.trigger_total
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            upload = data["source"]
+            version = services.function_register(
+                name=data["name"], owner=request.user, filename=upload.name, data=upload.read(),
+                handler=data.get("handler") or None, mode=data.get("mode") or None,
+                timeout_seconds=data["timeout_seconds"], memory_mb=data["memory_mb"],
+                env_vars=data.get("env_vars") or {}, description=data.get("description", ""),
+                runtime=data.get("runtime", ""))
+            obj.__dict__.update(version.function.__dict__)
+            return
+        previous = Function.objects.get(pk=obj.pk)
+        services.function_update(function=obj, **{k: data[k] for k in services.EDITABLE_SETTINGS})
+        if data.get("active_version") and data["active_version"] != previous.active_version:
+            services.version_activate(version=data["active_version"])
+        if data.get("new_source"):
+            upload = data["new_source"]
+            version = services.version_create(function=obj, filename=upload.name,
+                                              data=upload.read(), user=request.user)
+            self.message_user(request, f"Uploaded version {version.number} ({version.status}).")
+
+    def save_related(self, request, form, formsets, change):
+        pass  # versions are written by services only
+
+
+@admin.register(FunctionVersion)
+class FunctionVersionAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "short_sha", "source_name", "handler", "mode",
+                    "created_at", "built_at"]
+    list_filter = ["status", "mode"]
+    search_fields = ["function__name", "sha256"]
+    list_select_related = ["function"]
+    fields = [*VERSION_FIELDS, "function", "source", "requirements", "build_log_text"]
+    readonly_fields = fields
+    actions = ["activate", "retry_build"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="sha256")
+    def short_sha(self, version):
+        return version.sha256[:12]
+
+    @admin.display(description="build log")
+    def build_log_text(self, version):
+        return pre(version.build_log)
+
+    def _apply(self, request, queryset, operation, verb: str) -> None:
+        done = 0
+        for version in queryset.select_related("function"):
+            try:
+                operation(version=version)
+                done += 1
+            except KubeFunctionError as exc:
+                self.message_user(request, f"{version}: {exc.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"{verb} {done} version(s).")
+
+    @admin.action(description="Activate (roll back / forward to) the selected version")
+    def activate(self, request, queryset):
+        self._apply(request, queryset, services.version_activate, "Activated")
+
+    @admin.action(description="Retry the build of failed versions")
+    def retry_build(self, request, queryset):
+        self._apply(request, queryset, services.version_retry_build, "Re-queued the build of")

@@ -1,0 +1,82 @@
+"""REST endpoints for functions: /api/functions/ and its versions."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from kubefunction.access import scope_to_owner
+
+from . import services
+from .models import Function
+from .serializers import (
+    ActivateSerializer,
+    FunctionCreateSerializer,
+    FunctionSerializer,
+    SourceUploadSerializer,
+    VersionSerializer,
+)
+
+
+class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                      mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Functions you own (staff: all). Create with a multipart upload of the source."""
+
+    serializer_class = FunctionSerializer
+    lookup_field = "name"
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    filterset_fields = ["runtime", "mode"]
+
+    def get_queryset(self):
+        queryset = Function.objects.select_related("owner", "active_version")
+        return scope_to_owner(queryset, self.request.user, "owner")
+
+    @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer})
+    def create(self, request, *args, **kwargs):
+        form = FunctionCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        upload = data.pop("source")
+        version = services.function_register(
+            owner=request.user, filename=upload.name, data=upload.read(),
+            handler=data.pop("handler", None), mode=data.pop("mode", None), **data)
+        body = FunctionSerializer(version.function, context=self.get_serializer_context()).data
+        body["version"] = VersionSerializer(version).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.function_update(
+            function=serializer.instance, **serializer.validated_data)
+
+    @extend_schema(methods=["get"], responses=VersionSerializer(many=True))
+    @extend_schema(methods=["post"], request=SourceUploadSerializer,
+                   responses={201: VersionSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def versions(self, request, name=None):
+        """List versions, or upload a new one (multipart `source`, optional `handler`, `mode`)."""
+        function = self.get_object()
+        if request.method == "GET":
+            versions = function.versions.select_related("function").order_by("-number")
+            return Response(VersionSerializer(versions, many=True).data)
+        form = SourceUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["source"]
+        version = services.version_create(
+            function=function, filename=upload.name, data=upload.read(), user=request.user,
+            handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"))
+        version.refresh_from_db()
+        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ActivateSerializer, responses=FunctionSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, name=None):
+        """Make an earlier (or later) ready version the active one: roll back or forward."""
+        function = self.get_object()
+        form = ActivateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        version = get_object_or_404(function.versions, number=form.validated_data["version"])
+        services.version_activate(version=version)
+        function.refresh_from_db()
+        return Response(FunctionSerializer(function, context=self.get_serializer_context()).data)

@@ -1,0 +1,60 @@
+"""Admin forms for functions: upload a source on add, a new version on change."""
+
+from django import forms
+
+from kubefunction.errors import InvalidInput
+
+from .models import Function, FunctionVersion, Mode, VersionStatus
+from .validation import validate_source
+
+
+def _check_upload(form: forms.Form, upload, handler, mode) -> None:
+    try:
+        validate_source(filename=upload.name, data=upload.read(), handler=handler or None,
+                        mode=mode or None)
+    except InvalidInput as exc:
+        form.add_error(exc.field if exc.field in form.fields else "source", exc.message)
+    finally:
+        upload.seek(0)
+
+
+class FunctionAddForm(forms.ModelForm):
+    source = forms.FileField(help_text="A .py file, or a .zip/.tar.gz with the code and an "
+                                       "optional requirements.txt.")
+    handler = forms.CharField(required=False, help_text="'module.function', or the module to run "
+                                                        "in script mode. Detected when empty.")
+    mode = forms.ChoiceField(choices=[("", "Detect")] + Mode.choices, required=False)
+
+    class Meta:
+        model = Function
+        fields = ["name", "description", "source", "handler", "mode", "runtime",
+                  "timeout_seconds", "memory_mb", "env_vars"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("source"):
+            _check_upload(self, data["source"], data.get("handler"), data.get("mode"))
+        return data
+
+
+class FunctionChangeForm(forms.ModelForm):
+    new_source = forms.FileField(required=False, label="Upload a new version",
+                                 help_text="Creates the next immutable version from this file.")
+
+    class Meta:
+        model = Function
+        fields = ["description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
+                  "active_version", "new_source"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["active_version"]
+        field.queryset = FunctionVersion.objects.filter(
+            function=self.instance, status=VersionStatus.READY).order_by("-number")
+        field.help_text = "Pick an earlier ready version to roll back."
+
+    def clean(self):
+        data = super().clean()
+        if data.get("new_source"):
+            _check_upload(self, data["new_source"], self.instance.handler, self.instance.mode)
+        return data

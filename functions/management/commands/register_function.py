@@ -1,0 +1,53 @@
+"""manage.py register_function NAME PATH: upload a function (or a new version of it)."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from functions import services
+from functions.models import Function
+from kubefunction.commands import command_user, domain_errors_as_command_errors
+from triggers.models import Trigger
+from triggers.services import trigger_create
+
+
+class Command(BaseCommand):
+    help = ("Register a function from a .py/.zip/.tar.gz file; when it exists, upload the file "
+            "as its next version (unchanged source reuses the latest version).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="DNS-1123 function name.")
+        parser.add_argument("path", type=Path, help="The source file.")
+        parser.add_argument("--handler", help="'module.function', or the module in script mode.")
+        parser.add_argument("--mode", choices=["handler", "script"])
+        parser.add_argument("--trigger", help="Also create a manual trigger with this name.")
+        parser.add_argument("--timeout", type=int, help="Timeout in seconds.")
+        parser.add_argument("--memory", type=int, help="Memory limit in MiB.")
+        parser.add_argument("--owner", help="Username of the owner (default: first superuser).")
+
+    def handle(self, *args, name, path, handler, mode, trigger, timeout, memory, owner,
+               **options):
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file.")
+        user = command_user(owner)
+        data = path.read_bytes()
+        with domain_errors_as_command_errors():
+            function = Function.objects.filter(name=name).first()
+            if function is None:
+                version = services.function_register(
+                    name=name, owner=user, filename=path.name, data=data, handler=handler,
+                    mode=mode, timeout_seconds=timeout, memory_mb=memory)
+                function = version.function
+            else:
+                changes = {k: v for k, v in (("timeout_seconds", timeout), ("memory_mb", memory))
+                           if v is not None}
+                if changes:
+                    services.function_update(function=function, **changes)
+                version = services.version_create(function=function, filename=path.name,
+                                                  data=data, user=user, handler=handler, mode=mode)
+            if trigger and not Trigger.objects.filter(name=trigger).exists():
+                trigger_create(name=trigger, function=function, user=user)
+        version.refresh_from_db()
+        self.stdout.write(self.style.SUCCESS(
+            f"{function.name} v{version.number} ({version.mode} {version.handler}): "
+            f"{version.status}" + (f"; trigger '{trigger}'" if trigger else "")))

@@ -1,0 +1,69 @@
+"""API representations of functions and versions."""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from .models import Function, FunctionVersion, Mode, Runtime
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    function = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FunctionVersion
+        fields = ["function", "number", "status", "active", "sha256", "source_name", "source_size",
+                  "handler", "mode", "requirements", "build_log", "created_at", "built_at"]
+        read_only_fields = fields
+
+    def get_active(self, version: FunctionVersion) -> bool:
+        return version.function.active_version_id == version.pk
+
+
+class FunctionSerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    active_version = serializers.SlugRelatedField(slug_field="number", read_only=True)
+    url = serializers.HyperlinkedIdentityField(view_name="function-detail", lookup_field="name")
+
+    class Meta:
+        model = Function
+        fields = ["url", "name", "description", "owner", "runtime", "handler", "mode",
+                  "timeout_seconds", "memory_mb", "env_vars", "active_version", "created_at",
+                  "updated_at"]
+        read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
+                            "updated_at"]
+
+
+class SourceUploadSerializer(serializers.Serializer):
+    """A new version: the source file and, optionally, the handler and mode to validate against."""
+
+    source = serializers.FileField(help_text="A .py file, or a .zip/.tar.gz with the code and an "
+                                             "optional requirements.txt.")
+    handler = serializers.CharField(required=False, max_length=200,
+                                    help_text="'module.function' (handler mode) or the module "
+                                              "to run (script mode). Detected when omitted.")
+    mode = serializers.ChoiceField(choices=Mode.choices, required=False)
+
+    def validate_source(self, upload):
+        # Checked before the body is read: an oversized upload is never loaded into memory.
+        limit = settings.KUBEFUNCTION_MAX_SOURCE_BYTES
+        if upload.size > limit:
+            raise serializers.ValidationError(
+                f"'{upload.name}' is {upload.size} bytes; the limit is {limit} bytes.")
+        return upload
+
+
+class FunctionCreateSerializer(SourceUploadSerializer):
+    name = serializers.CharField(max_length=63, help_text="DNS-1123 label, e.g. 'resize-image'.")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    runtime = serializers.ChoiceField(choices=Runtime.choices, required=False, default="")
+    timeout_seconds = serializers.IntegerField(required=False, min_value=1,
+                                               max_value=settings.KUBEFUNCTION_MAX_TIMEOUT)
+    memory_mb = serializers.IntegerField(required=False, min_value=32,
+                                         max_value=settings.KUBEFUNCTION_MAX_MEMORY_MB)
+    env_vars = serializers.JSONField(required=False, default=dict,
+                                     help_text='An object of names to strings, e.g. {"A": "1"}.')
+
+
+class ActivateSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="Number of a ready version.")

@@ -1,0 +1,199 @@
+"""Operations on functions and versions: register, upload a version, build, activate."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from executions.runtimes import get_runtime
+from executions.runtimes.base import FunctionSpec
+from kubefunction.errors import Conflict, InvalidInput
+
+from .models import DNS1123_LABEL, Function, FunctionVersion, VersionStatus
+from .validation import validate_source
+
+logger = logging.getLogger(__name__)
+
+EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars")
+
+
+def _check_env_vars(env_vars: object) -> dict[str, str]:
+    if not isinstance(env_vars, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+    ):
+        raise InvalidInput("env_vars must be an object mapping names to string values.",
+                           field="env_vars")
+    for key in env_vars:
+        if not key or "=" in key or "\x00" in key or key[0].isdigit():
+            raise InvalidInput(f"'{key}' is not a valid environment variable name.",
+                               field="env_vars")
+    return env_vars
+
+
+def _full_clean(function: Function) -> None:
+    try:
+        function.full_clean(exclude=["owner", "active_version"])
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise InvalidInput(" ".join(messages), field=field) from exc
+
+
+def version_spec(version: FunctionVersion) -> FunctionSpec:
+    """The runtime's view of a version (with its function's current limits and env)."""
+    function = version.function
+
+    def read_source() -> bytes:
+        with version.source.open("rb") as handle:
+            return handle.read()
+
+    return FunctionSpec(
+        version_id=version.pk, function_name=function.name, version_number=version.number,
+        sha256=version.sha256, source_name=version.source_name, read_source=read_source,
+        handler=version.handler, mode=version.mode, requirements=version.requirements,
+        timeout_seconds=function.timeout_seconds, memory_mb=function.memory_mb,
+        env=dict(function.env_vars or {}),
+    )
+
+
+@transaction.atomic
+def function_register(*, name: str, owner, filename: str, data: bytes,
+                      handler: str | None = None, mode: str | None = None,
+                      timeout_seconds: int | None = None, memory_mb: int | None = None,
+                      env_vars: dict | None = None, description: str = "",
+                      runtime: str = "") -> FunctionVersion:
+    """Create a function and its first version from an upload. Returns the version."""
+    try:
+        DNS1123_LABEL(name)
+    except ValidationError as exc:
+        raise InvalidInput(exc.messages[0], field="name") from exc
+    if Function.objects.filter(name=name).exists():
+        raise InvalidInput(f"a function named '{name}' already exists.", field="name")
+    checked = validate_source(filename=filename, data=data, handler=handler, mode=mode)
+    function = Function(name=name, owner=owner, description=description, runtime=runtime,
+                        handler=checked.handler, mode=checked.mode,
+                        env_vars=_check_env_vars(env_vars or {}))
+    if timeout_seconds is not None:
+        function.timeout_seconds = timeout_seconds
+    if memory_mb is not None:
+        function.memory_mb = memory_mb
+    _full_clean(function)
+    function.save()
+    return version_create(function=function, filename=filename, data=data, user=owner,
+                          handler=checked.handler, mode=checked.mode)
+
+
+@transaction.atomic
+def function_update(*, function: Function, **changes) -> Function:
+    """Change a function's settings (not its code: upload a version for that)."""
+    unknown = set(changes) - set(EDITABLE_SETTINGS)
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidInput(f"'{field}' cannot be changed here.", field=field)
+    if "env_vars" in changes:
+        _check_env_vars(changes["env_vars"])
+    for key, value in changes.items():
+        setattr(function, key, value)
+    _full_clean(function)
+    function.save()
+    return function
+
+
+@transaction.atomic
+def version_create(*, function: Function, filename: str, data: bytes, user=None,
+                   handler: str | None = None, mode: str | None = None) -> FunctionVersion:
+    """Upload a new immutable version. The same bytes and handler as the latest version reuse it.
+
+    A version that needs no preparation is ready at once and becomes active; otherwise it is
+    pending and a build task is sent after commit.
+    """
+    function = Function.objects.select_for_update().get(pk=function.pk)
+    checked = validate_source(filename=filename, data=data,
+                              handler=handler or function.handler, mode=mode or function.mode)
+    sha256 = hashlib.sha256(data).hexdigest()
+    latest = function.versions.order_by("-number").first()
+    if latest and (latest.sha256, latest.handler, latest.mode) == (
+            sha256, checked.handler, checked.mode) and latest.status != VersionStatus.FAILED:
+        return latest
+    number = (function.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = FunctionVersion(
+        function=function, number=number, sha256=sha256, source_name=filename.rsplit("/", 1)[-1],
+        source_size=len(data), handler=checked.handler, mode=checked.mode,
+        requirements=checked.requirements, created_by=user,
+    )
+    version.source.save(version.source_name, ContentFile(data), save=False)
+    version.save()
+    if (function.handler, function.mode) != (checked.handler, checked.mode):
+        Function.objects.filter(pk=function.pk).update(handler=checked.handler, mode=checked.mode)
+    runtime = get_runtime(function.effective_runtime)
+    if runtime.needs_prepare(version_spec(version)):
+        transaction.on_commit(lambda: _send_build(version.pk))
+    else:
+        _mark_built(version, ok=True, log="nothing to build: no requirements.")
+    return version
+
+
+def _send_build(version_id: int) -> None:
+    from .tasks import build_version
+
+    build_version.delay(version_id)
+
+
+def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
+    version.status = VersionStatus.READY if ok else VersionStatus.FAILED
+    version.build_log = log
+    version.built_at = timezone.now()
+    FunctionVersion.objects.filter(pk=version.pk).update(
+        status=version.status, build_log=log, built_at=version.built_at)
+    if ok:
+        # The newest ready version becomes active; an older one only by explicit activation.
+        Function.objects.filter(pk=version.function_id).exclude(
+            active_version__number__gt=version.number).update(active_version=version)
+
+
+def version_build(*, version_id: int) -> FunctionVersion | None:
+    """Prepare a pending (or failed, on retry) version on its runtime; ready or failed after.
+
+    Returns None when another worker is already building it.
+    """
+    claimed = FunctionVersion.objects.filter(
+        pk=version_id, status__in=[VersionStatus.PENDING, VersionStatus.FAILED]
+    ).update(status=VersionStatus.BUILDING, build_log="")
+    if not claimed:
+        return None
+    version = FunctionVersion.objects.select_related("function").get(pk=version_id)
+    runtime = get_runtime(version.function.effective_runtime)
+    try:
+        result = runtime.prepare(version_spec(version))
+        ok, log = result.ok, result.log
+    except Exception as exc:  # a build must end ready or failed, never stay 'building'
+        logger.exception("building %s failed", version)
+        ok, log = False, f"build failed: {exc!r}"
+    _mark_built(version, ok=ok, log=log)
+    return version
+
+
+def version_retry_build(*, version: FunctionVersion) -> None:
+    """Send a failed version's build again."""
+    if version.status != VersionStatus.FAILED:
+        raise Conflict(f"version {version.number} is {version.status}; only a failed build "
+                       "can be retried.", field="version")
+    FunctionVersion.objects.filter(pk=version.pk, status=VersionStatus.FAILED).update(
+        status=VersionStatus.PENDING)
+    transaction.on_commit(lambda: _send_build(version.pk))
+
+
+def version_activate(*, version: FunctionVersion) -> Function:
+    """Make a ready version the one invocations run (roll back or forward)."""
+    if version.status != VersionStatus.READY:
+        raise Conflict(
+            f"version {version.number} is {version.status}; only a ready version can be "
+            "activated.", field="version")
+    Function.objects.filter(pk=version.function_id).update(active_version=version)
+    version.function.active_version = version
+    return version.function

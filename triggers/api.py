@@ -1,0 +1,73 @@
+"""REST endpoints for triggers: CRUD and `POST /api/triggers/<name>/dispatch/`."""
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from executions import services as execution_services
+from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
+from kubefunction.access import scope_to_owner
+from kubefunction.errors import PayloadTooLarge
+
+from . import services
+from .models import Trigger
+from .serializers import DispatchedSerializer, DispatchSerializer, TriggerSerializer
+
+class TriggerViewSet(viewsets.ModelViewSet):
+    """Triggers of functions you own (staff: all)."""
+
+    serializer_class = TriggerSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    filterset_fields = ["kind", "enabled", "function__name"]
+
+    def get_queryset(self):
+        queryset = Trigger.objects.select_related("function")
+        return scope_to_owner(queryset, self.request.user, "function__owner")
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        serializer.instance = services.trigger_create(
+            name=data.pop("name"), function=data.pop("function"), user=self.request.user, **data)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.trigger_update(
+            trigger=serializer.instance, **serializer.validated_data)
+
+    @extend_schema(request=DispatchSerializer, parameters=[WAIT_PARAMETER],
+                   responses={202: DispatchedSerializer, 200: ExecutionSerializer})
+    @action(detail=True, methods=["post"], url_path="dispatch", url_name="dispatch")
+    def dispatch_trigger(self, request, name=None):
+        """Queue the function with a JSON payload; answers 202 with the task id at once.
+
+        `?wait=S` waits up to S seconds and answers 200 with the execution when it finished.
+        """
+        trigger = self.get_object()
+        limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES * settings.KUBEFUNCTION_MAX_BATCH
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            raise PayloadTooLarge("the request body is over the size limit.", field="payload")
+        form = DispatchSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        payloads = form.validated_data.get("payloads") or [
+            form.validated_data.get("payload", execution_services.USE_DEFAULT)]
+        executions = execution_services.execution_dispatch_many(
+            trigger=trigger, payloads=payloads, user=request.user)
+        if "payloads" in form.validated_data:
+            return Response({"count": len(executions),
+                             "executions": [self._dispatched(e) for e in executions]},
+                            status=status.HTTP_202_ACCEPTED)
+        execution = executions[0]
+        wait = wait_seconds(request)
+        if wait:
+            execution = execution_services.execution_wait(execution=execution, timeout=wait)
+            if execution.is_finished:
+                return Response(ExecutionSerializer(execution, context={"request": request}).data)
+        return Response(self._dispatched(execution), status=status.HTTP_202_ACCEPTED)
+
+    def _dispatched(self, execution) -> dict:
+        url = reverse("execution-detail", kwargs={"task_id": execution.task_id})
+        return {"task_id": execution.task_id, "execution_id": str(execution.pk),
+                "status": execution.status, "result_url": self.request.build_absolute_uri(url)}
