@@ -27,7 +27,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     list_filter = ["status", "function", "trigger", "cold", "dispatched_at"]
     search_fields = ["=task_id"]
     search_help_text = "Exact Celery task id."
-    list_select_related = ["function", "trigger"]
+    list_select_related = ["function", "trigger", "version"]
     show_full_result_count = False
     paginator = CappedCountPaginator
     list_per_page = 50
@@ -46,7 +46,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request).select_related("version")
+        queryset = super().get_queryset(request)
         if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
             queryset = queryset.defer("input", "output", "error", "logs")
         return queryset

@@ -99,9 +99,6 @@ class FunctionAdmin(admin.ModelAdmin):
                                               data=upload.read(), user=request.user)
             self.message_user(request, f"Uploaded version {version.number} ({version.status}).")
 
-    def save_related(self, request, form, formsets, change):
-        pass  # versions are written by services only
-
 
 @admin.register(FunctionVersion)
 class FunctionVersionAdmin(admin.ModelAdmin):

@@ -152,8 +152,10 @@ def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
         status=version.status, build_log=log, built_at=version.built_at)
     if ok:
         # The newest ready version becomes active; an older one only by explicit activation.
-        Function.objects.filter(pk=version.function_id).exclude(
+        activated = Function.objects.filter(pk=version.function_id).exclude(
             active_version__number__gt=version.number).update(active_version=version)
+        if activated:
+            version.function.active_version = version
 
 
 def version_build(*, version_id: int) -> FunctionVersion | None:

@@ -1,0 +1,351 @@
+"""The local runtime: functions run in child processes of the worker, with a small warm pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from functions.artifacts import SourceRejected, unpack
+
+from .base import (
+    FunctionSpec,
+    InvocationContext,
+    Outcome,
+    PrepareResult,
+    Runtime,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+from .framing import join_logs
+from .local_process import RUNNER_PATH, Exchange, RunnerProcess
+from .warm_pool import PoolLimits, WarmPool
+
+# After these the process is not trusted with another call: it is killed rather than pooled.
+# (An import failure would only repeat, and a process that hit its memory limit exits anyway.)
+RETIRING_ERRORS = frozenset({"SystemExit", "MemoryError", "ImportError", "HandlerNotFound"})
+# Environment variables pip may need to reach an index (proxies, certificates, its own settings).
+PIP_PASSTHROUGH = re.compile(
+    r"^(PIP_\w+|(?i:https?_proxy|no_proxy|all_proxy)|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE)$"
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def work_dir() -> Path:
+    return Path(settings.KUBEFUNCTION_WORK_DIR)
+
+
+def source_dir(spec: FunctionSpec) -> Path:
+    """Where the version's source is unpacked: content addressed, shared by all its processes."""
+    if not _SAFE_NAME.match(spec.sha256):
+        raise RuntimeFailure(f"version {spec.version_id} has an unusable sha256 {spec.sha256!r}")
+    return work_dir() / "sources" / spec.sha256
+
+
+def requirements_digest(requirements: str) -> str:
+    """Content address of an installed requirements set (the interpreter is part of the content)."""
+    python = f"{sys.implementation.name}{sys.version_info[0]}.{sys.version_info[1]}"
+    text = f"{python}-{platform.machine()}\n{requirements.strip()}\n"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def deps_dir(spec: FunctionSpec) -> Path | None:
+    """Where the version's requirements are installed (pip --target), None without any."""
+    if not spec.requirements.strip():
+        return None
+    return work_dir() / "deps" / requirements_digest(spec.requirements)
+
+
+def pool_key(spec: FunctionSpec) -> tuple:
+    """Processes are interchangeable only if everything that shaped them at start is equal."""
+    return (spec.version_id, spec.sha256, spec.handler, spec.mode, spec.memory_mb,
+            spec.requirements.strip(), tuple(sorted(spec.env.items())))
+
+
+def _pool_limits() -> PoolLimits:
+    return PoolLimits(
+        size=settings.KUBEFUNCTION_WARM_POOL_SIZE,
+        per_key=settings.KUBEFUNCTION_WARM_POOL_PER_VERSION,
+        idle_seconds=settings.KUBEFUNCTION_WARM_IDLE_SECONDS,
+    )
+
+
+class LocalRuntime(Runtime):
+    """Runs each function in a child process of the worker: the embedded default.
+
+    NOT A SECURITY BOUNDARY. The function runs as the worker's user, on the worker's file system
+    and network. It gets an isolated interpreter (no platform packages importable), a minimal
+    environment (never the worker's, which holds secrets), its own process group, an address-space
+    limit (RLIMIT_AS, which counts virtual memory, so thread-heavy libraries need more) and a
+    deadline enforced by killing the group. Use the docker or kubernetes runtime for code you do
+    not trust.
+
+    Sources are unpacked into KUBEFUNCTION_WORK_DIR/sources/<sha256>/, requirements installed into
+    KUBEFUNCTION_WORK_DIR/deps/<digest>/; both are content addressed and safe to share between
+    worker processes. Successful processes return to a bounded warm pool (see `WarmPool`).
+    """
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._pool = WarmPool(_pool_limits)
+        self._install_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    # --- prepare ------------------------------------------------------------------------------
+
+    def needs_prepare(self, spec: FunctionSpec) -> bool:
+        deps = deps_dir(spec)
+        return deps is not None and not deps.is_dir()
+
+    def prepare(self, spec: FunctionSpec) -> PrepareResult:
+        try:
+            path = self._unpack(spec)
+        except SourceRejected as exc:
+            return PrepareResult(ok=False, log=f"the source cannot be unpacked: {exc}")
+        deps = deps_dir(spec)
+        if deps is None:
+            return PrepareResult(ok=True, log=f"source unpacked in {path}; no requirements")
+        ok, log = self._install(spec.requirements, deps)
+        return PrepareResult(ok=ok, log=log)
+
+    def _unpack(self, spec: FunctionSpec) -> Path:
+        path = source_dir(spec)
+        if not path.is_dir():
+            unpack(spec.source_name, spec.read_source(), path)
+        return path
+
+    def _install(self, requirements: str, dest: Path) -> tuple[bool, str]:
+        """pip install into a staging folder renamed to `dest`; returns (ok, pip's output)."""
+        with self._install_lock(dest.name):
+            if dest.is_dir():
+                return True, f"requirements already installed in {dest}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".install-", dir=dest.parent))
+            try:
+                ok, log = _pip_install(requirements, staging)
+                if ok:
+                    target = staging / "target"
+                    target.mkdir(exist_ok=True)  # requirements with only comments install nothing
+                    try:
+                        os.rename(target, dest)
+                    except OSError:
+                        if not dest.is_dir():  # otherwise another process won the race
+                            raise
+                    log += f"\nrequirements installed in {dest}"
+                return ok, log
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _install_lock(self, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._install_locks.setdefault(name, threading.Lock())
+
+    def _ensure_ready(self, spec: FunctionSpec) -> tuple[Path, Path | None]:
+        """The source and deps folders, prepared now if this host has not done it yet."""
+        source, deps = source_dir(spec), deps_dir(spec)
+        if source.is_dir() and (deps is None or deps.is_dir()):
+            return source, deps
+        try:
+            self._unpack(spec)
+        except SourceRejected as exc:
+            raise RuntimeFailure(f"the source cannot be unpacked: {exc}") from exc
+        if deps is not None:
+            ok, log = self._install(spec.requirements, deps)
+            if not ok:  # it installed when the version was built, so this is likely transient
+                raise RuntimeUnavailable(f"installing the requirements failed: {log[-2000:]}")
+        return source, deps
+
+    # --- invoke -------------------------------------------------------------------------------
+
+    def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
+        budget = context.deadline - time.time()
+        if budget <= 0:
+            return Outcome(status="timed_out", error_type="Timeout",
+                           error="the deadline passed before the function started")
+        deadline = time.monotonic() + budget
+        key = pool_key(spec)
+        process = self._pool.acquire(key)
+        cold = process is None
+        if process is None:
+            process = self._spawn(spec)
+        try:
+            exchange = self._call(process, spec, payload, context, deadline)
+            if not exchange.sent and not cold:  # it died idle; the function never saw the call
+                process = self._spawn(spec)
+                cold = True
+                exchange = self._call(process, spec, payload, context, deadline)
+        except BaseException:
+            process.kill()
+            raise
+        if exchange.frame is not None and _reusable(exchange.frame) and process.alive():
+            self._pool.release(key, process)
+        else:
+            process.kill()
+        return _outcome(exchange, spec, cold, budget)
+
+    def _spawn(self, spec: FunctionSpec) -> RunnerProcess:
+        source, deps = self._ensure_ready(spec)
+        try:
+            process = RunnerProcess.spawn(
+                source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
+                mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeUnavailable(f"could not start the function's process: {exc}") from exc
+        self._pool.track(process)
+        return process
+
+    def _call(self, process: RunnerProcess, spec: FunctionSpec, payload: Any,
+              context: InvocationContext, deadline: float) -> Exchange:
+        max_output = settings.KUBEFUNCTION_MAX_OUTPUT_BYTES
+        max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
+        nonce = secrets.token_hex(16)
+        request = {
+            "nonce": nonce,
+            "event": payload,
+            "context": {
+                "execution_id": context.execution_id, "task_id": context.task_id,
+                "function_name": spec.function_name, "function_version": spec.version_number,
+                "deadline": context.deadline,
+            },
+            "max_output_bytes": max_output,
+            "max_log_bytes": max_log,
+        }
+        try:
+            line = json.dumps(request, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise RuntimeFailure(f"the payload cannot be sent as JSON: {exc}") from exc
+        # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
+        max_frame = 8 * (max_output + 2 * max_log) + 1024 * 1024
+        return process.exchange(line + b"\n", nonce, deadline, max_log_bytes=max_log,
+                                max_frame_bytes=max_frame)
+
+    # --- the rest of the interface ------------------------------------------------------------
+
+    def release(self, spec: FunctionSpec) -> None:
+        self._pool.drop(lambda key: key[0] == spec.version_id)
+
+    def health(self) -> tuple[bool, str]:
+        if not RUNNER_PATH.is_file():
+            return False, f"local runtime: the runner is missing at {RUNNER_PATH}"
+        try:
+            work_dir().mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=work_dir()):
+                pass
+        except OSError as exc:
+            return False, f"local runtime: the work dir {work_dir()} is not writable: {exc}"
+        return True, (f"local runtime: python {platform.python_version()} at {sys.executable}, "
+                      f"{len(self._pool)} warm processes")
+
+    @property
+    def warm_processes(self) -> int:
+        """How many idle processes the warm pool holds now."""
+        return len(self._pool)
+
+    def close(self) -> None:
+        """Kill every process this runtime started (idle or busy)."""
+        self._pool.close()
+
+
+def _reusable(frame: dict) -> bool:
+    return frame.get("error_type") not in RETIRING_ERRORS
+
+
+def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float) -> Outcome:
+    max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
+    frame = exchange.frame
+    stray = (exchange.stray, exchange.stray_truncated)
+    if frame is not None:
+        # Stray output first: it includes what the runner saved just before a near-miss deadline.
+        logs, truncated = join_logs(
+            [stray, (str(frame.get("logs") or ""), bool(frame.get("logs_truncated")))], max_log
+        )
+        ok = bool(frame.get("ok"))
+        return Outcome(
+            status="succeeded" if ok else "failed",
+            output=frame.get("output"),
+            output_truncated=bool(frame.get("output_truncated")),
+            error_type=str(frame.get("error_type") or ""),
+            error=str(frame.get("error") or ""),
+            logs=logs, logs_truncated=truncated,
+            exit_code=int(frame.get("exit_code", 0 if ok else 1)),
+            cold=cold,
+            cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
+            peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
+        )
+    logs, truncated = join_logs([stray], max_log)
+    common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
+              "cpu_seconds": exchange.cpu_seconds}
+    if exchange.timed_out:
+        return Outcome(status="timed_out", error_type="Timeout", exit_code=None,
+                       error=f"function did not finish within {round(budget, 1):g} s", **common)
+    if exchange.protocol_error:
+        return Outcome(status="failed", error_type="ProtocolError", exit_code=None,
+                       error=f"the runner's answer could not be read: {exchange.protocol_error}",
+                       **common)
+    code = exchange.returncode if exchange.returncode is not None else -signal.SIGKILL
+    if code >= 0:
+        return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
+                       error=f"the function's process exited with code {code} without a result",
+                       **common)
+    name = _signal_name(-code)
+    if not exchange.killed and -code in (signal.SIGKILL, signal.SIGSEGV):
+        return Outcome(status="failed", error_type="MemoryError", exit_code=128 - code,
+                       error=f"the function's process was killed by {name}, most likely because "
+                             f"it exceeded its memory limit of {spec.memory_mb} MiB", **common)
+    return Outcome(status="failed", error_type="ProcessExited", exit_code=128 - code,
+                   error=f"the function's process was killed by {name} without a result",
+                   **common)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _pip_install(requirements: str, staging: Path) -> tuple[bool, str]:
+    """Run pip into staging/target with a minimal environment; returns (ok, output tail)."""
+    requirements_file = staging / "requirements.txt"
+    requirements_file.write_text(requirements, encoding="utf-8")
+    home = staging / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if PIP_PASSTHROUGH.match(key)}
+    env.update(PATH=os.environ.get("PATH", os.defpath), LANG="C.UTF-8", HOME=str(home),
+               PYTHONIOENCODING="utf-8")
+    env.setdefault("PIP_CACHE_DIR", str(work_dir() / "pip-cache"))
+    argv = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+            "--target", str(staging / "target"), "-r", str(requirements_file)]
+    timeout = settings.KUBEFUNCTION_PIP_TIMEOUT
+    # Its own session, so a timeout also kills the builds pip started.
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=staging, env=env,
+                          start_new_session=True) as pip:
+        try:
+            output, _ = pip.communicate(timeout=timeout)
+            failure = f"pip exited with code {pip.returncode}" if pip.returncode else ""
+        except subprocess.TimeoutExpired:
+            os.killpg(pip.pid, signal.SIGKILL)
+            output, _ = pip.communicate()
+            failure = f"pip did not finish within {timeout} s"
+    log = output.decode("utf-8", "replace")
+    limit = settings.KUBEFUNCTION_MAX_LOG_BYTES
+    if len(log) > limit:  # the end says what went wrong
+        log = f"[... {len(log) - limit} characters omitted ...]\n{log[-limit:]}"
+    return not failure, f"{log}\n{failure}".rstrip() if failure else log

@@ -1,0 +1,282 @@
+"""One runner child process of the local runtime: spawn it, trade a request for a result, kill it.
+
+The child is `python -I -S runner.py --serve` in its own session (so killing its process group
+also kills whatever it started), with a minimal environment and an address-space limit. Its
+stdout carries only result frames; its stderr carries everything else the function wrote at the
+file-descriptor level, read as stray logs. Everything read is bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import select
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from functions import runner as runner_module
+
+from .framing import FrameError, FrameReader, LogBuffer
+
+RUNNER_PATH = Path(runner_module.__file__).resolve()
+# -I: no user site, no PYTHON* variables, no script folder on sys.path; -S: no site-packages at
+# all, so nothing of the platform's virtualenv is importable; -B: the source folder stays as
+# unpacked (PYTHONDONTWRITEBYTECODE is ignored under -I); -X utf8: UTF-8 whatever the locale.
+PYTHON_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MIB = 1024 * 1024
+READ_SIZE = 64 * 1024
+DRAIN_READS = 64  # at most this many reads of leftover stderr after a frame (a chatty child)
+
+
+@dataclass
+class Exchange:
+    """What came back for one request."""
+
+    frame: dict[str, Any] | None = None
+    stray: str = ""
+    stray_truncated: bool = False
+    timed_out: bool = False
+    protocol_error: str = ""
+    sent: bool = True  # False: the process was gone before it could read the request
+    returncode: int | None = None  # set when the process ended (negative: killed by that signal)
+    killed: bool = False  # we killed it (timeout, protocol error) rather than it ending itself
+    cpu_seconds: float | None = None  # from the kernel, for a process that ended without a frame
+
+
+def runner_env(home: str, extra: dict[str, str]) -> dict[str, str]:
+    """The child's whole environment: a few fixed variables plus the function's own."""
+    env = {
+        "PATH": DEFAULT_PATH,
+        "LANG": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": home,
+    }
+    env.update({str(key): str(value) for key, value in extra.items()})
+    return env
+
+
+def _address_space_limit(memory_mb: int) -> int | None:
+    if memory_mb <= 0:
+        return None
+    limit = memory_mb * MIB
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    return limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+
+
+class RunnerProcess:
+    """A live runner child. Not thread-safe: one request at a time, by whoever holds it."""
+
+    def __init__(self, popen: subprocess.Popen, home: str) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.home = home
+        self.started_at = time.monotonic()
+        self.last_used = self.started_at
+        self.requests = 0
+        self.cpu_reported = 0.0  # CPU seconds already reported in frames
+        assert popen.stdin and popen.stdout and popen.stderr
+        self._stdin = popen.stdin.fileno()
+        self._stdout = popen.stdout.fileno()
+        self._stderr = popen.stderr.fileno()
+        for fd in (self._stdin, self._stdout, self._stderr):
+            os.set_blocking(fd, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._stdout, selectors.EVENT_READ, "stdout")
+        self._selector.register(self._stderr, selectors.EVENT_READ, "stderr")
+        self._stderr_open = True
+        self._closed = False
+        self._rusage: Any = None
+        self.killed = False  # True once we killed it while it still ran
+
+    @classmethod
+    def spawn(cls, *, source_dir: Path, extra_paths: list[Path], handler: str, mode: str,
+              env: dict[str, str], memory_mb: int) -> RunnerProcess:
+        """Start a runner for the function in `source_dir`; raises OSError if it cannot start."""
+        argv = [sys.executable, *PYTHON_FLAGS, str(RUNNER_PATH), "--serve",
+                "--root", str(source_dir), "--handler", handler, "--mode", mode]
+        for path in extra_paths:
+            argv += ["--path", str(path)]
+        limit = _address_space_limit(memory_mb)
+        # A partial of a C function: no Python-level locks or imports between fork and exec.
+        preexec = (functools.partial(resource.setrlimit, resource.RLIMIT_AS, (limit, limit))
+                   if limit else None)
+        home = tempfile.mkdtemp(prefix="kubefunction-home-")
+        try:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=source_dir, env=runner_env(home, env), start_new_session=True,
+                preexec_fn=preexec, close_fds=True, bufsize=0,
+            )
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        return cls(popen, home)
+
+    # --- one request ------------------------------------------------------------------------
+
+    def exchange(self, request: bytes, nonce: str, deadline: float, *, max_log_bytes: int,
+                 max_frame_bytes: int) -> Exchange:
+        """Send one request line and read until its frame, the process's end, or `deadline`
+        (a `time.monotonic()` value). After a timeout or the process's end, it is killed."""
+        self.requests += 1
+        reader = FrameReader(nonce, max_log_bytes, max_frame_bytes)
+        stray = LogBuffer(max_log_bytes)
+        pending = memoryview(request)
+        try:
+            pending = pending[os.write(self._stdin, pending):]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:
+            return self._ended(reader, stray, sent=False)
+        if pending:  # a request larger than the pipe: finish writing as the child reads
+            self._selector.register(self._stdin, selectors.EVENT_WRITE, "stdin")
+        try:
+            while not reader.done:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return self._timed_out(reader, stray)
+                for key, _ in self._selector.select(timeout):
+                    if key.data == "stdin":
+                        pending = self._write_more(pending)
+                        continue
+                    try:
+                        chunk = os.read(key.fd, READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    if key.data == "stderr":
+                        self._take_stderr(chunk, stray)
+                    elif chunk:
+                        reader.feed(chunk)
+                    else:  # the result pipe closed: the runner is exiting
+                        self._has_exited(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                        return self._ended(reader, stray)
+        except FrameError as exc:
+            self.kill(drain_into=stray)
+            return self._result(reader, stray, protocol_error=str(exc))
+        finally:
+            if pending:
+                self._selector.unregister(self._stdin)
+        self._drain_stderr(stray)
+        self.last_used = time.monotonic()
+        return self._result(reader, stray, frame=reader.result())
+
+    def _write_more(self, pending: memoryview) -> memoryview:
+        try:
+            pending = pending[os.write(self._stdin, pending):]
+        except BlockingIOError:
+            return pending
+        except BrokenPipeError:
+            pending = pending[len(pending):]  # the child is gone; its stdout EOF tells the rest
+        if not pending:
+            self._selector.unregister(self._stdin)
+        return pending
+
+    def _take_stderr(self, chunk: bytes, stray: LogBuffer) -> None:
+        if chunk:
+            stray.add(chunk)
+        elif self._stderr_open:  # closed by the function; keep waiting for the frame
+            self._stderr_open = False
+            self._selector.unregister(self._stderr)
+
+    def _drain_stderr(self, stray: LogBuffer) -> None:
+        """Read what is already in the stderr pipe (written before the frame) without waiting."""
+        for _ in range(DRAIN_READS):
+            if not self._stderr_open:
+                return
+            try:
+                chunk = os.read(self._stderr, READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            self._take_stderr(chunk, stray)
+
+    def _timed_out(self, reader: FrameReader, stray: LogBuffer) -> Exchange:
+        self.kill(drain_into=stray)
+        return self._result(reader, stray, timed_out=True)
+
+    def _ended(self, reader: FrameReader, stray: LogBuffer, sent: bool = True) -> Exchange:
+        self.kill(drain_into=stray)
+        return self._result(reader, stray, sent=sent)
+
+    def _result(self, reader: FrameReader, stray: LogBuffer, **fields: Any) -> Exchange:
+        exchange = Exchange(**fields)
+        exchange.stray = reader.stray.text() + stray.text()
+        exchange.stray_truncated = reader.stray.truncated or stray.truncated
+        if exchange.frame is not None:
+            self.cpu_reported += float(exchange.frame.get("cpu_seconds") or 0)
+        if self._closed:
+            exchange.returncode = self.popen.returncode
+            exchange.killed = self.killed
+            if self._rusage is not None:
+                # Not ru_maxrss: Linux carries the worker's own peak into a child's through
+                # fork and exec, so it would report the worker's size.
+                total = self._rusage.ru_utime + self._rusage.ru_stime
+                exchange.cpu_seconds = max(0.0, total - self.cpu_reported)
+        return exchange
+
+    # --- life and death ---------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """True while the process runs (kills what is left and closes our side once it ended)."""
+        if self._closed:
+            return False
+        if not self._has_exited():
+            return True
+        self.kill()
+        return False
+
+    def _has_exited(self, timeout: float = 0.0) -> bool:
+        """True once the runner has exited, without reaping it; waits up to `timeout` seconds."""
+        if timeout > 0:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):  # not Linux 5.3+: do not wait
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    select.select([pidfd], [], [], timeout)
+                finally:
+                    os.close(pidfd)
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def kill(self, drain_into: LogBuffer | None = None) -> None:
+        """Kill the process group, reap the runner, close our ends. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.killed = not self._has_exited()
+        # Signal the group before reaping its leader: while the leader is unreaped its pid (the
+        # group id) cannot be reused, so the signal cannot reach anyone else.
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            _, status, self._rusage = os.wait4(self.pid, 0)
+            self.popen.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            self.popen.returncode = -signal.SIGKILL
+        if drain_into is not None:
+            self._drain_stderr(drain_into)
+        self._selector.close()
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        shutil.rmtree(self.home, ignore_errors=True)

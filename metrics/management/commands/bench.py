@@ -1,0 +1,41 @@
+"""manage.py bench: the Celery floor vs the platform on the warm local runtime."""
+
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from metrics.bench import as_dict, run_bench
+from metrics.stats import ms
+
+
+class Command(BaseCommand):
+    help = ("Measure a bare Celery no-op round trip and burst (the floor) and the same for a "
+            "trivial function through the platform; print both and the ratios.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--samples", type=int, default=200, help="Sequential round trips.")
+        parser.add_argument("--burst", type=int, default=500, help="Tasks sent at once.")
+
+    def handle(self, *args, samples, burst, **options):
+        floor, platform = run_bench(samples=samples, burst=burst)
+        rows = [("", "p50 latency", "p95 latency", f"throughput ({burst} burst)")]
+        for f in (floor, platform):
+            rows.append((f.name, ms(f.p50), ms(f.p95), f"{f.throughput:.0f}/s"))
+        rows.append(("ratio platform/floor", f"{platform.p50 / floor.p50:.2f}×",
+                     f"{platform.p95 / floor.p95:.2f}×",
+                     f"{platform.throughput / floor.throughput:.2f}×"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        throughput_ok = platform.throughput >= 0.7 * floor.throughput
+        latency_ok = platform.p50 <= 1.5 * floor.p50
+        self.stdout.write(
+            f"goal: throughput ≥ 0.7× floor: {'met' if throughput_ok else 'NOT met'}; "
+            f"p50 ≤ 1.5× floor: {'met' if latency_ok else 'NOT met'}")
+        report = Path(settings.VAR_DIR) / f"bench-{int(time.time())}.json"
+        report.write_text(json.dumps({"floor": as_dict(floor), "platform": as_dict(platform)},
+                                     indent=2))
+        self.stdout.write(f"figures saved to {report}")
