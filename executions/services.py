@@ -13,20 +13,22 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from functions.models import VersionStatus
+from functions.models import FunctionVersion, VersionStatus
 from functions.services import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge
 from triggers.models import Trigger
 
 from .models import Execution, ExecutionStatus
+from .results import result_store
 from .runtimes import get_runtime
-from .runtimes.base import InvocationContext, Outcome, RuntimeUnavailable
+from .runtimes.base import FunctionSpec, InvocationContext, Outcome, RuntimeUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -111,21 +113,33 @@ def _claim(execution_id: str, worker: str) -> bool:
                 .update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker))
 
 
-def _finish(execution: Execution, outcome: Outcome) -> None:
+@lru_cache(maxsize=256)
+def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
+    """A version's spec, cached per worker process until its function's settings change."""
+    return version_spec(FunctionVersion.objects.select_related("function").get(pk=version_id))
+
+
+def _finish(execution_id: str, task_id: str, outcome: Outcome, worker: str) -> None:
+    """Store the outcome and the Celery result in one transaction."""
+    output = outcome.output
+    text = json.dumps(output)
+    if "\\u0000" in text:  # Postgres jsonb cannot hold NUL characters
+        output = json.loads(text.replace("\\u0000", "\\ufffd"))
     fields = {
-        "status": outcome.status, "output": outcome.output,
+        "status": outcome.status, "output": output,
         "output_truncated": outcome.output_truncated, "error_type": outcome.error_type[:200],
         "error": outcome.error.replace("\x00", "\ufffd"),
         "logs": outcome.logs.replace("\x00", "\ufffd"), "logs_truncated": outcome.logs_truncated,
         "exit_code": outcome.exit_code, "cold": outcome.cold, "cpu_seconds": outcome.cpu_seconds,
         "peak_memory_bytes": outcome.peak_memory_bytes, "finished_at": timezone.now(),
     }
-    text = json.dumps(outcome.output)
-    if "\\u0000" in text:  # Postgres jsonb cannot hold NUL characters
-        fields["output"] = json.loads(text.replace("\\u0000", "\\ufffd"))
-    Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING).update(**fields)
-    for key, value in fields.items():
-        setattr(execution, key, value)
+    with transaction.atomic():
+        stored = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING)\
+            .update(**fields)
+        if stored:
+            result_store(task_id=task_id, succeeded=outcome.status == ExecutionStatus.SUCCEEDED,
+                         output=output, error_type=fields["error_type"], error=fields["error"],
+                         worker=worker)
 
 
 def _platform_error(exc: BaseException) -> Outcome:
@@ -133,7 +147,7 @@ def _platform_error(exc: BaseException) -> Outcome:
                    error="".join(traceback.format_exception(exc)), cold=None)
 
 
-def execution_run(*, execution_id: str, worker: str = "") -> Execution | None:
+def execution_run(*, execution_id: str, worker: str = "") -> Outcome | None:
     """Run a queued execution and store its outcome. None when it is not queued (a duplicate).
 
     Raises `RuntimeUnavailable` after putting the execution back in the queue when the runtime
@@ -141,31 +155,36 @@ def execution_run(*, execution_id: str, worker: str = "") -> Execution | None:
     """
     if not _claim(execution_id, worker):
         return None
-    execution = Execution.objects.select_related("version__function").get(pk=execution_id)
-    version = execution.version
-    spec = version_spec(version)
-    runtime = get_runtime(execution.runtime or version.function.effective_runtime)
-    context = InvocationContext(execution_id=str(execution.pk), task_id=execution.task_id,
+    task_id, payload, runtime_name, version_id, updated_at = Execution.objects.filter(
+        pk=execution_id).values_list("task_id", "input", "runtime", "version_id",
+                                     "version__function__updated_at").get()
+    spec = _cached_spec(version_id, updated_at)
+    runtime = get_runtime(runtime_name or settings.KUBEFUNCTION_RUNTIME)
+    context = InvocationContext(execution_id=str(execution_id), task_id=task_id,
                                 deadline=time.time() + spec.timeout_seconds)
     try:
-        outcome = runtime.invoke(spec, execution.input, context)
+        outcome = runtime.invoke(spec, payload, context)
     except RuntimeUnavailable:
-        Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING).update(
+        Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING).update(
             status=ExecutionStatus.QUEUED, started_at=None)
         raise
     except Exception as exc:  # a run must end with a status, whatever broke
-        logger.exception("runtime failed on execution %s", execution.pk)
+        logger.exception("runtime failed on execution %s", execution_id)
         outcome = _platform_error(exc)
-    _finish(execution, outcome)
-    return execution
+    _finish(execution_id, task_id, outcome, worker)
+    return outcome
 
 
 def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError") -> None:
     """End a queued or running execution as failed with `reason` (e.g. retries exhausted)."""
-    Execution.objects.filter(
-        pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
-    ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
-             finished_at=timezone.now())
+    with transaction.atomic():
+        failed = Execution.objects.filter(
+            pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+        ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
+                 finished_at=timezone.now())
+        if failed:
+            task_id = Execution.objects.values_list("task_id", flat=True).get(pk=execution_id)
+            result_store(task_id=task_id, succeeded=False, error_type=error_type, error=reason)
 
 
 def execution_wait(*, execution: Execution, timeout: float) -> Execution:

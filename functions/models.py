@@ -101,7 +101,8 @@ class FunctionVersion(models.Model):
 
     function = models.ForeignKey(Function, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField(help_text="1, 2, 3… in upload order per function.")
-    source = models.FileField(upload_to=_source_path, help_text="The uploaded .py, .zip or .tar.gz.")
+    source = models.FileField(upload_to=_source_path,
+                              help_text="The uploaded .py, .zip or .tar.gz.")
     source_name = models.CharField(max_length=255, help_text="The uploaded file's name.")
     source_size = models.PositiveIntegerField(help_text="Bytes of the uploaded file.")
     sha256 = models.CharField(max_length=64, db_index=True,

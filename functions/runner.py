@@ -37,8 +37,8 @@ FRAME_MARKER = b"\x1eKUBEFUNCTION-RESULT "
 """A frame header is b"\\n" + FRAME_MARKER + nonce + b" " + length + b"\\n"."""
 
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
-CO_VARARGS, CO_COROUTINE = 0x04, 0x80  # code object flags (inspect.CO_VARARGS, CO_COROUTINE)
 DEFAULT_MAX_LOG_BYTES = 256 * 1024
+CO_VARARGS, CO_COROUTINE = 0x04, 0x80  # code object flags (inspect.CO_VARARGS, CO_COROUTINE)
 NONCE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # Error types after which the process must not serve again: the host retires it.
 FATAL_ERROR_TYPES = ("MemoryError",)
@@ -152,7 +152,9 @@ class Capture(io.TextIOBase):
 class Context:
     """What a handler's `context` argument carries (like AWS Lambda's context object)."""
 
-    def __init__(self, fields: dict) -> None:
+    def __init__(self, fields: object) -> None:
+        if not isinstance(fields, dict):
+            fields = {}
         self.execution_id = str(fields.get("execution_id", ""))
         self.task_id = str(fields.get("task_id", ""))
         self.function_name = str(fields.get("function_name", ""))
@@ -219,8 +221,8 @@ def format_error(exc: BaseException, limit: int = DEFAULT_MAX_LOG_BYTES) -> str:
 # --- loading the function ------------------------------------------------------------------------
 
 
-class LoadError(Exception):
-    """The function could not be loaded; `error_type` and `error` go into every answer."""
+class Failure(Exception):
+    """A failure to report as `error_type` and `error` (for a load failure: in every answer)."""
 
     def __init__(self, error_type: str, error: str) -> None:
         super().__init__(error)
@@ -233,12 +235,12 @@ def _missing_module(exc: ModuleNotFoundError, module: str) -> bool:
     return bool(exc.name) and (module == exc.name or module.startswith(exc.name + "."))
 
 
-def _load_failure(exc: BaseException, module: str) -> LoadError:
+def _load_failure(exc: BaseException, module: str) -> Failure:
     if isinstance(exc, ModuleNotFoundError) and _missing_module(exc, module):
-        return LoadError(
+        return Failure(
             "HandlerNotFound", f"no module named '{exc.name}' in the function's source"
         )
-    return LoadError(
+    return Failure(
         "ImportError", f"could not import '{module}': {type(exc).__name__}: {format_error(exc)}"
     )
 
@@ -277,17 +279,17 @@ class Handler:
     def __init__(self, name: str) -> None:
         module_name, _, attr = name.rpartition(".")
         if not module_name or not attr:
-            raise LoadError(
+            raise Failure(
                 "HandlerNotFound", f"handler '{name}' is not of the form module.function"
             )
         module = _import(module_name)
         func = getattr(module, attr, None)
         if func is None:
-            raise LoadError(
+            raise Failure(
                 "HandlerNotFound", f"module '{module_name}' has no function '{attr}'"
             )
         if not callable(func):
-            raise LoadError(
+            raise Failure(
                 "HandlerNotFound", f"'{name}' is a {type(func).__name__}, not a function"
             )
         self.func = func
@@ -323,7 +325,7 @@ class Script:
         except BaseException as exc:
             raise _load_failure(exc, name) from None
         if spec is None or not spec.origin:
-            raise LoadError("HandlerNotFound", f"no script '{name}' in the function's source")
+            raise Failure("HandlerNotFound", f"no script '{name}' in the function's source")
         self.name = name
         self.path = spec.origin
 
@@ -340,7 +342,7 @@ def _reject(value: object) -> object:
 
 
 def _dump_output(value: object) -> str:
-    """The value as JSON text; raises `LoadError('NonSerializableResult', ...)` if it has none."""
+    """The value as JSON text; raises `Failure("NonSerializableResult", ...)` if it has none."""
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_reject)
     except _NotSerializable as exc:
@@ -350,7 +352,7 @@ def _dump_output(value: object) -> str:
         message = f"return value of type {outer} is not JSON serialisable{detail}"
     except (TypeError, ValueError, RecursionError) as exc:
         message = f"return value of type {type(value).__name__} is not JSON serialisable: {exc}"
-    raise LoadError("NonSerializableResult", message)
+    raise Failure("NonSerializableResult", message)
 
 
 def _exit_code(code: object) -> int:
@@ -477,16 +479,16 @@ class Runner:
     def __init__(self, handler: str, mode: str) -> None:
         self.mode = mode
         self.target: Handler | Script | None = None
-        self.load_error: LoadError | None = None
+        self.load_error: Failure | None = None
         self.init_seconds = 0.0
         self._reserve: bytearray | None = bytearray(256 * 1024)  # freed to report a MemoryError
         started = time.perf_counter()
         try:
             self.target = Script(handler) if mode == "script" else Handler(handler)
-        except LoadError as exc:
+        except Failure as exc:
             self.load_error = exc
         except MemoryError:
-            self.load_error = LoadError("MemoryError", "function exceeded its memory limit")
+            self.load_error = Failure("MemoryError", "function exceeded its memory limit")
         self.init_seconds = time.perf_counter() - started
         self.watchdog = _Watchdog()
 
@@ -494,7 +496,7 @@ class Runner:
         """Run the function on one request; the dict is the frame's JSON."""
         max_output = int(request.get("max_output_bytes") or DEFAULT_MAX_OUTPUT_BYTES)
         max_log = int(request.get("max_log_bytes") or DEFAULT_MAX_LOG_BYTES)
-        context = Context(request.get("context") or {})
+        context = Context(request.get("context"))
         logs = Capture(max_log, fileno=2)
         result: dict = {"ok": False, "output": None, "output_truncated": False, "error_type": "",
                         "error": "", "exit_code": 1}
@@ -532,7 +534,6 @@ class Runner:
     def _run_handler(self, event: object, context: Context, logs: Capture, max_output: int,
                      max_log: int, result: dict) -> None:
         assert isinstance(self.target, Handler)
-        saved = sys.stdin, sys.stdout, sys.stderr
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(), logs, logs
         try:
             value = self.target.call(event, context)
@@ -547,8 +548,8 @@ class Runner:
             result.update(error_type=type(exc).__name__, error=format_error(exc, max_log))
             return
         finally:
+            # Both to fd 2: a thread the function left printing now writes stray logs.
             sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stderr__, sys.__stderr__
-            del saved
         self._set_output(value, max_output, result)
 
     def _run_script(self, script: Script, event: object, logs: Capture, max_output: int,
@@ -590,7 +591,7 @@ class Runner:
     def _set_output(self, value: object, max_output: int, result: dict) -> None:
         try:
             text = _dump_output(value)
-        except LoadError as exc:
+        except Failure as exc:
             result.update(error_type=exc.error_type, error=exc.error)
             return
         size = len(text.encode("utf-8", "replace"))

@@ -134,7 +134,8 @@ def version_create(*, function: Function, filename: str, data: bytes, user=None,
     if runtime.needs_prepare(version_spec(version)):
         transaction.on_commit(lambda: _send_build(version.pk))
     else:
-        _mark_built(version, ok=True, log="nothing to build: no requirements.")
+        _mark_built(version, ok=True, log=f"ready at once: nothing to prepare on the "
+                                       f"{runtime.name} runtime.")
     return version
 
 

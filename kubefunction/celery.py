@@ -2,10 +2,18 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kubefunction.settings")
 
 app = Celery("kubefunction")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_process_shutdown.connect
+def _release_runtimes(**kwargs) -> None:
+    """A prefork child skips atexit hooks: stop its warm function processes explicitly."""
+    from executions.runtimes import close_runtimes
+
+    close_runtimes()

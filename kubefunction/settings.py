@@ -108,7 +108,8 @@ MEDIA_ROOT = Path(env.str("KUBEFUNCTION_MEDIA_ROOT", default=str(VAR_DIR / "medi
 # Uploads above this many bytes spill to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 # Batch dispatch bodies can be large; each payload is still checked against its own limit.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=32 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE",
+                                      default=32 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,
@@ -160,6 +161,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if EMBEDDED_BROKER
     else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + 300}
 )
+if EMBEDDED_BROKER:  # the file-system transport needs its folders before the first message
+    for _folder in ("queue", "control"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = False
 CELERY_TASK_DEFAULT_QUEUE = env.str("KUBEFUNCTION_QUEUE", default="kubefunction")

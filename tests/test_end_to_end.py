@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from io import StringIO
 
 import pytest
@@ -17,6 +18,7 @@ from executions.models import Execution
 from executions.tasks import run_execution
 from functions.models import FunctionVersion
 from kubefunction.celery import app as celery_app
+from tests.archives import make_zip
 from tests.conftest import ROOT, _test_database_url, example
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
@@ -83,19 +85,48 @@ def test_examples_round_trip(api, worker):
     assert "counting 3 words" in body["logs"]
 
 
-def test_function_with_requirements_builds_then_runs(api, worker):
-    created = register(api, "slugify", *example("slugify.zip"))
-    assert created["version"]["status"] == "pending"
-    version = FunctionVersion.objects.get(function__name="slugify")
+def wait_for_build(name: str) -> FunctionVersion:
+    version = FunctionVersion.objects.filter(function__name=name).latest("number")
     deadline = time.monotonic() + 180
     while version.status in ("pending", "building") and time.monotonic() < deadline:
         time.sleep(0.5)
         version.refresh_from_db()
-    assert version.status == "ready", version.build_log
-    assert "python-slugify" in version.build_log or "python_slugify" in version.build_log
+    return version
+
+
+def test_example_with_requirements_runs(api, worker):
+    register(api, "slugify", *example("slugify.zip"))
+    assert wait_for_build("slugify").status == "ready"
     body = run(api, "slugify", {"text": "Héllo Wörld, ça va?"})
     assert body["status"] == "succeeded", body
     assert body["output"] == {"slug": "hello-world-ca-va"}
+
+
+def test_requirements_build_pending_then_ready_with_log(api, worker):
+    # A unique comment makes the requirements new to this machine, so pip really runs.
+    source = make_zip({"handler.py": "import six\ndef handle(e):\n    return six.__version__\n",
+                       "requirements.txt": f"six==1.16.0  # {uuid.uuid4()}\n"})
+    created = register(api, "needs-six", "code.zip", source)
+    assert created["version"]["status"] == "pending"
+    assert created["active_version"] is None
+    pending = api.post("/api/triggers/needs-six/dispatch/", {}, format="json")
+    assert pending.status_code == 409
+    assert "has no ready version" in pending.json()["trigger"][0]
+    version = wait_for_build("needs-six")
+    assert version.status == "ready", version.build_log
+    assert "Successfully installed six-1.16.0" in version.build_log
+    assert run(api, "needs-six", {})["output"] == "1.16.0"
+
+
+def test_failed_build_is_never_active(api, worker):
+    source = make_zip({"handler.py": "def handle(e):\n    return 1\n",
+                       "requirements.txt": "no-such-package-kubefunction-test==0.0.1\n"})
+    register(api, "broken-deps", "code.zip", source)
+    version = wait_for_build("broken-deps")
+    assert version.status == "failed"
+    assert "no-such-package-kubefunction-test" in version.build_log
+    response = api.get("/api/functions/broken-deps/").json()
+    assert response["active_version"] is None
 
 
 FAILING = {

@@ -8,11 +8,14 @@ import itertools
 import json
 import os
 import signal
+import socket
+import subprocess
 import textwrap
 import threading
 import time
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -331,6 +334,11 @@ def test_memory_limit(runtime, how):
     assert runtime.invoke(spec, None, context()).cold is True
 
 
+def test_a_small_memory_limit_still_runs_python(runtime):
+    outcome = runtime.invoke(make_spec(PID, memory_mb=64), None, context())
+    assert outcome.status == "succeeded"
+
+
 def test_process_exit_without_a_result(runtime):
     spec = make_spec("""
         import os
@@ -628,3 +636,21 @@ def test_log_helpers():
     assert (buffer.text(), buffer.truncated, buffer.dropped) == ("✓", True, 4)
     assert join_logs([("ab", False), ("cd", False)], 3) == ("abc", True)
     assert join_logs([("ab", False), ("", True)], 10) == ("ab", True)
+
+
+def test_homes_of_dead_workers_are_removed(runtime, settings):
+    homes = Path(settings.KUBEFUNCTION_WORK_DIR) / "homes"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname())
+    stale = homes / f"{host}-{dead.pid}-abc123"
+    live = homes / f"{host}-{os.getppid()}-abc123"
+    other_host = homes / f"elsewhere-{dead.pid}-abc123"
+    for folder in (stale, live, other_host):
+        folder.mkdir(parents=True)
+    outcome = runtime.invoke(make_spec(PID), None, context())
+    assert outcome.status == "succeeded"
+    assert not stale.exists()
+    assert live.exists() and other_host.exists()
+    runtime.close()
+    assert sorted(path.name for path in homes.iterdir()) == sorted([live.name, other_host.name])

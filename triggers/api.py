@@ -16,6 +16,7 @@ from . import services
 from .models import Trigger
 from .serializers import DispatchedSerializer, DispatchSerializer, TriggerSerializer
 
+
 class TriggerViewSet(viewsets.ModelViewSet):
     """Triggers of functions you own (staff: all)."""
 

@@ -41,7 +41,8 @@ class DispatchSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         if "payload" in attrs and "payloads" in attrs:
-            raise serializers.ValidationError({"payloads": "give `payload` or `payloads`, not both."})
+            raise serializers.ValidationError(
+                {"payloads": "give `payload` or `payloads`, not both."})
         return attrs
 
 

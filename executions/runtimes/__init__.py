@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+import threading
 
 from django.utils.module_loading import import_string
 
@@ -12,13 +12,27 @@ RUNTIMES = {
     "local": "executions.runtimes.local.LocalRuntime",
 }
 
+_instances: dict[str, Runtime] = {}
+_lock = threading.Lock()
 
-@cache
+
 def get_runtime(name: str) -> Runtime:
     """The runtime called `name`, built once per process."""
-    try:
-        path = RUNTIMES[name]
-    except KeyError:
+    runtime = _instances.get(name)
+    if runtime is not None:
+        return runtime
+    if name not in RUNTIMES:
         known = ", ".join(sorted(RUNTIMES))
-        raise ValueError(f"unknown runtime '{name}' (known: {known})") from None
-    return import_string(path)()
+        raise ValueError(f"unknown runtime '{name}' (known: {known})")
+    with _lock:
+        if name not in _instances:
+            _instances[name] = import_string(RUNTIMES[name])()
+        return _instances[name]
+
+
+def close_runtimes() -> None:
+    """Stop what the runtimes built in this process hold (warm processes, containers)."""
+    for runtime in list(_instances.values()):
+        close = getattr(runtime, "close", None)
+        if close:
+            close()

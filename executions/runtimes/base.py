@@ -87,7 +87,7 @@ class Runtime(abc.ABC):
     def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
         """Run the function once with `payload` and return its outcome by `context.deadline`."""
 
-    def release(self, spec: FunctionSpec) -> None:
+    def release(self, spec: FunctionSpec) -> None:  # noqa: B027 - optional hook
         """Drop warm resources held for the version."""
 
     def health(self) -> tuple[bool, str]:

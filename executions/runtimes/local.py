@@ -32,7 +32,7 @@ from .base import (
     RuntimeUnavailable,
 )
 from .framing import join_logs
-from .local_process import RUNNER_PATH, Exchange, RunnerProcess
+from .local_process import RUNNER_PATH, Exchange, RunnerProcess, remove_stale_homes
 from .warm_pool import PoolLimits, WarmPool
 
 # After these the process is not trusted with another call: it is killed rather than pooled.
@@ -96,7 +96,10 @@ class LocalRuntime(Runtime):
 
     Sources are unpacked into KUBEFUNCTION_WORK_DIR/sources/<sha256>/, requirements installed into
     KUBEFUNCTION_WORK_DIR/deps/<digest>/; both are content addressed and safe to share between
-    worker processes. Successful processes return to a bounded warm pool (see `WarmPool`).
+    worker processes. Each process gets an empty HOME under KUBEFUNCTION_WORK_DIR/homes/, removed
+    with it. Successful processes return to a bounded warm pool (see `WarmPool`); `close()` kills
+    them all, and runs at exit. A Celery prefork child ends without exit hooks: its idle processes
+    then end on their own (their stdin closes), and the next worker removes their HOME folders.
     """
 
     name = "local"
@@ -105,6 +108,7 @@ class LocalRuntime(Runtime):
         self._pool = WarmPool(_pool_limits)
         self._install_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._tidied: set[Path] = set()  # homes folders already rid of dead workers' leftovers
 
     # --- prepare ------------------------------------------------------------------------------
 
@@ -200,10 +204,14 @@ class LocalRuntime(Runtime):
 
     def _spawn(self, spec: FunctionSpec) -> RunnerProcess:
         source, deps = self._ensure_ready(spec)
+        homes = work_dir() / "homes"
+        if homes not in self._tidied:
+            self._tidied.add(homes)
+            remove_stale_homes(homes)
         try:
             process = RunnerProcess.spawn(
                 source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
-                mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb,
+                mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb, homes=homes,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeUnavailable(f"could not start the function's process: {exc}") from exc

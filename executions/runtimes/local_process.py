@@ -15,6 +15,7 @@ import select
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,50 @@ def runner_env(home: str, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _host_label() -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname())
+
+
+def _home_prefix() -> str:
+    # <host>-<worker pid>-<random>: whoever finds it later can tell if its worker is gone.
+    return f"{_host_label()}-{os.getpid()}-"
+
+
+def remove_stale_homes(parent: Path) -> int:
+    """Remove the HOME folders this host's dead workers left behind; returns how many.
+
+    A worker that ends without running its exit hooks (a Celery prefork child ends with
+    os._exit) cannot remove its runners' HOME folders, so the next worker on the host does.
+    """
+    try:
+        entries = list(parent.iterdir())
+    except FileNotFoundError:
+        return 0
+    host, removed = _host_label(), 0
+    for entry in entries:
+        parts = entry.name.rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        worker = int(parts[1])
+        if worker == os.getpid() or _pid_alive(worker):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _address_space_limit(memory_mb: int) -> int | None:
+    # No fixed allowance on top: the runner answers a request within 24 MiB of address space.
     if memory_mb <= 0:
         return None
     limit = memory_mb * MIB
@@ -83,7 +127,6 @@ class RunnerProcess:
         self.home = home
         self.started_at = time.monotonic()
         self.last_used = self.started_at
-        self.requests = 0
         self.cpu_reported = 0.0  # CPU seconds already reported in frames
         assert popen.stdin and popen.stdout and popen.stderr
         self._stdin = popen.stdin.fileno()
@@ -101,8 +144,9 @@ class RunnerProcess:
 
     @classmethod
     def spawn(cls, *, source_dir: Path, extra_paths: list[Path], handler: str, mode: str,
-              env: dict[str, str], memory_mb: int) -> RunnerProcess:
-        """Start a runner for the function in `source_dir`; raises OSError if it cannot start."""
+              env: dict[str, str], memory_mb: int, homes: Path) -> RunnerProcess:
+        """Start a runner for the function in `source_dir`, its HOME a new folder in `homes`;
+        raises OSError if it cannot start."""
         argv = [sys.executable, *PYTHON_FLAGS, str(RUNNER_PATH), "--serve",
                 "--root", str(source_dir), "--handler", handler, "--mode", mode]
         for path in extra_paths:
@@ -111,7 +155,8 @@ class RunnerProcess:
         # A partial of a C function: no Python-level locks or imports between fork and exec.
         preexec = (functools.partial(resource.setrlimit, resource.RLIMIT_AS, (limit, limit))
                    if limit else None)
-        home = tempfile.mkdtemp(prefix="kubefunction-home-")
+        homes.mkdir(parents=True, exist_ok=True)
+        home = tempfile.mkdtemp(prefix=_home_prefix(), dir=homes)
         try:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -129,7 +174,6 @@ class RunnerProcess:
                  max_frame_bytes: int) -> Exchange:
         """Send one request line and read until its frame, the process's end, or `deadline`
         (a `time.monotonic()` value). After a timeout or the process's end, it is killed."""
-        self.requests += 1
         reader = FrameReader(nonce, max_log_bytes, max_frame_bytes)
         stray = LogBuffer(max_log_bytes)
         pending = memoryview(request)
@@ -165,7 +209,7 @@ class RunnerProcess:
             self.kill(drain_into=stray)
             return self._result(reader, stray, protocol_error=str(exc))
         finally:
-            if pending:
+            if pending and not self._closed:
                 self._selector.unregister(self._stdin)
         self._drain_stderr(stray)
         self.last_used = time.monotonic()

@@ -53,7 +53,12 @@ class WarmPool:
             found = None
             with self._lock:
                 self._adopt()
-                victims = self._expired(self._limits())
+                limits = self._limits()
+                if limits.size <= 0 or limits.per_key <= 0:  # disabled since they were pooled
+                    victims = [entry[1] for entry in self._idle.values()]
+                    self._idle.clear()
+                else:
+                    victims = self._expired(limits)
                 for ident in reversed(self._idle):
                     if self._idle[ident][0] == key:
                         found = self._idle.pop(ident)[1]
