@@ -1,9 +1,9 @@
-"""The Celery result of an execution, written by us in the same transaction as its outcome.
+"""The Celery result of an execution, written by us in the same statement as its outcome.
 
 The run task ignores its own result: the outcome and the django-celery-results row are committed
-together, so `AsyncResult(task_id)` and the execution never disagree, and a crash between the two
-writes cannot leave one without the other. The row has the same format the django-db backend
-writes, so any Celery client reads it with `AsyncResult(task_id).get()`.
+together (see `executions.run_store`), so `AsyncResult(task_id)` and the execution never
+disagree, and a crash between two writes cannot leave one without the other. The row has the
+format the django-db backend writes, so any Celery client reads it with `AsyncResult.get()`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ from django_celery_results.models import TaskResult
 from kubefunction.celery import app
 
 RUN_TASK_NAME = "executions.run"
-UPDATED_FIELDS = ["status", "result", "traceback", "meta", "content_type", "content_encoding",
-                  "task_name", "worker", "date_done"]
 
 
 class FunctionFailed(Exception):
     """The function ended in error or timed out; the message carries its error and traceback."""
 
 
-def result_store(*, task_id: str, succeeded: bool, output: Any = None, error_type: str = "",
-                 error: str = "", worker: str = "") -> None:
-    """Upsert the task's result: SUCCESS with the output, or FAILURE with `FunctionFailed`."""
+def result_row(*, task_id: str, succeeded: bool, output: Any = None, error_type: str = "",
+               error: str = "", worker: str = "") -> TaskResult:
+    """An unsaved result row: SUCCESS with the output, or FAILURE with `FunctionFailed`."""
     backend = app.backend
     if succeeded:
         state, value, traceback = states.SUCCESS, output, None
@@ -36,8 +34,6 @@ def result_store(*, task_id: str, succeeded: bool, output: Any = None, error_typ
         state, value, traceback = states.FAILURE, backend.prepare_exception(failure), error
     content_type, content_encoding, data = backend.encode_content(value)
     _, _, meta = backend.encode_content({"children": []})
-    row = TaskResult(task_id=task_id, status=state, result=data, traceback=traceback, meta=meta,
-                     content_type=content_type, content_encoding=content_encoding,
-                     task_name=RUN_TASK_NAME, worker=worker or None, date_done=timezone.now())
-    TaskResult.objects.bulk_create([row], update_conflicts=True, unique_fields=["task_id"],
-                                   update_fields=UPDATED_FIELDS)
+    return TaskResult(task_id=task_id, status=state, result=data, traceback=traceback, meta=meta,
+                      content_type=content_type, content_encoding=content_encoding,
+                      task_name=RUN_TASK_NAME, worker=worker or None, date_done=timezone.now())

@@ -25,8 +25,9 @@ from functions.services import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge
 from triggers.models import Trigger
 
+from . import run_store
 from .models import Execution, ExecutionStatus
-from .results import result_store
+from .results import result_row
 from .runtimes import get_runtime
 from .runtimes.base import FunctionSpec, InvocationContext, Outcome, RuntimeUnavailable
 
@@ -107,12 +108,6 @@ def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=Non
     return execution_dispatch_many(trigger=trigger, payloads=[payload], user=user)[0]
 
 
-def _claim(execution_id: str, worker: str) -> bool:
-    now = timezone.now()
-    return bool(Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED)
-                .update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker))
-
-
 @lru_cache(maxsize=256)
 def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
     """A version's spec, cached per worker process until its function's settings change."""
@@ -120,26 +115,19 @@ def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
 
 
 def _finish(execution_id: str, task_id: str, outcome: Outcome, worker: str) -> None:
-    """Store the outcome and the Celery result in one transaction."""
+    """Store the outcome and the Celery result together."""
     output = outcome.output
     text = json.dumps(output)
     if "\\u0000" in text:  # Postgres jsonb cannot hold NUL characters
         output = json.loads(text.replace("\\u0000", "\\ufffd"))
-    fields = {
+    run_store.finish(execution_id, task_id, {
         "status": outcome.status, "output": output,
         "output_truncated": outcome.output_truncated, "error_type": outcome.error_type[:200],
         "error": outcome.error.replace("\x00", "\ufffd"),
         "logs": outcome.logs.replace("\x00", "\ufffd"), "logs_truncated": outcome.logs_truncated,
         "exit_code": outcome.exit_code, "cold": outcome.cold, "cpu_seconds": outcome.cpu_seconds,
         "peak_memory_bytes": outcome.peak_memory_bytes, "finished_at": timezone.now(),
-    }
-    with transaction.atomic():
-        stored = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING)\
-            .update(**fields)
-        if stored:
-            result_store(task_id=task_id, succeeded=outcome.status == ExecutionStatus.SUCCEEDED,
-                         output=output, error_type=fields["error_type"], error=fields["error"],
-                         worker=worker)
+    }, worker=worker)
 
 
 def _platform_error(exc: BaseException) -> Outcome:
@@ -153,11 +141,10 @@ def execution_run(*, execution_id: str, worker: str = "") -> Outcome | None:
     Raises `RuntimeUnavailable` after putting the execution back in the queue when the runtime
     could not take it; the caller retries.
     """
-    if not _claim(execution_id, worker):
+    claimed = run_store.claim(execution_id, worker)
+    if claimed is None:
         return None
-    task_id, payload, runtime_name, version_id, updated_at = Execution.objects.filter(
-        pk=execution_id).values_list("task_id", "input", "runtime", "version_id",
-                                     "version__function__updated_at").get()
+    task_id, payload, runtime_name, version_id, updated_at = claimed
     spec = _cached_spec(version_id, updated_at)
     runtime = get_runtime(runtime_name or settings.KUBEFUNCTION_RUNTIME)
     context = InvocationContext(execution_id=str(execution_id), task_id=task_id,
@@ -184,7 +171,8 @@ def execution_fail(*, execution_id: str, reason: str, error_type: str = "Platfor
                  finished_at=timezone.now())
         if failed:
             task_id = Execution.objects.values_list("task_id", flat=True).get(pk=execution_id)
-            result_store(task_id=task_id, succeeded=False, error_type=error_type, error=reason)
+            result_row(task_id=task_id, succeeded=False, error_type=error_type,
+                       error=reason).save()
 
 
 def execution_wait(*, execution: Execution, timeout: float) -> Execution:

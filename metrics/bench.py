@@ -81,27 +81,39 @@ def _wait_all(task_ids: list[str], timeout: float = 300) -> None:
         raise RuntimeError(f"{len(pending)} tasks did not finish within {timeout} s")
 
 
-def _measure(name: str, send_one: Callable[[], str], send_burst: Callable[[int], list[str]],
-             samples: int, burst: int) -> Figures:
-    latencies = []
+class Series:
+    """Latency samples and burst throughputs gathered over several rounds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.latencies: list[float] = []
+        self.throughputs: list[float] = []
+
+    def figures(self, burst: int) -> Figures:
+        return Figures(name=self.name, p50=percentile(self.latencies, 0.5),
+                       p95=percentile(self.latencies, 0.95),
+                       throughput=percentile(self.throughputs, 0.5),
+                       samples=len(self.latencies), burst=burst)
+
+
+def _measure(series: Series, send_one: Callable[[], str],
+             send_burst: Callable[[int], list[str]], samples: int, burst: int) -> None:
     for _ in range(samples):
         started = time.perf_counter()
         AsyncResult(send_one(), app=app).get(timeout=60, interval=POLL_INTERVAL)
-        latencies.append(time.perf_counter() - started)
+        series.latencies.append(time.perf_counter() - started)
     started = time.perf_counter()
     _wait_all(send_burst(burst))
-    elapsed = time.perf_counter() - started
-    return Figures(name=name, p50=percentile(latencies, 0.5), p95=percentile(latencies, 0.95),
-                   throughput=burst / elapsed, samples=samples, burst=burst)
+    series.throughputs.append(burst / (time.perf_counter() - started))
 
 
-def measure_floor(samples: int, burst: int) -> Figures:
-    """A bare no-op Celery task through the same broker and result store."""
+def floor_senders() -> tuple[Callable[[], str], Callable[[int], list[str]]]:
+    """Send a bare no-op Celery task: one, or a burst through one producer."""
     def burst_of(n: int) -> list[str]:
         with app.producer_or_acquire() as producer:
             return [noop.apply_async(args=[i], producer=producer).id for i in range(n)]
 
-    return _measure("celery no-op (floor)", lambda: noop.delay(1).id, burst_of, samples, burst)
+    return (lambda: noop.delay(1).id), burst_of
 
 
 def _bench_trigger(runtime: str) -> Trigger:
@@ -115,11 +127,9 @@ def _bench_trigger(runtime: str) -> Trigger:
     return Trigger.objects.select_related("function__active_version").get(pk=trigger.pk)
 
 
-def measure_platform(samples: int, burst: int, runtime: str = "local") -> Figures:
-    """A trivial function dispatched through the platform, on a warm runtime."""
+def platform_senders(runtime: str) -> tuple[Callable[[], str], Callable[[int], list[str]]]:
+    """Dispatch a trivial function through the platform: one, or a batch."""
     trigger = _bench_trigger(runtime)
-    warmup = [e.task_id for e in execution_dispatch_many(trigger=trigger, payloads=[0] * 20)]
-    _wait_all(warmup)
 
     def one() -> str:
         return execution_dispatch(trigger=trigger, payload=1).task_id
@@ -128,16 +138,23 @@ def measure_platform(samples: int, burst: int, runtime: str = "local") -> Figure
         return [e.task_id for e in execution_dispatch_many(trigger=trigger,
                                                            payloads=list(range(n)))]
 
-    return _measure(f"platform, warm {runtime} runtime", one, burst_of, samples, burst)
+    return one, burst_of
 
 
-def run_bench(samples: int = 200, burst: int = 500) -> tuple[Figures, Figures]:
-    """Start a worker, measure the floor then the platform; return both."""
+def run_bench(samples: int = 200, burst: int = 500, rounds: int = 3,
+              runtime: str = "local") -> tuple[Figures, Figures]:
+    """Start a worker and measure floor and platform in alternating rounds (so that drift in the
+    machine's load hits both alike); return the pooled figures of each."""
+    floor, platform = Series("celery no-op (floor)"), Series(f"platform, warm {runtime} runtime")
+    floor_send, platform_send = floor_senders(), platform_senders(runtime)
     with worker_process():
-        measure_floor(10, 20)  # warm the broker connection and the worker
-        floor = measure_floor(samples, burst)
-        platform = measure_platform(samples, burst)
-    return floor, platform
+        for _one, send_burst in (floor_send, platform_send):  # warm up both paths
+            _wait_all(send_burst(20))
+        per_round = max(1, samples // rounds)
+        for _ in range(rounds):
+            _measure(floor, *floor_send, per_round, burst)
+            _measure(platform, *platform_send, per_round, burst)
+    return floor.figures(burst), platform.figures(burst)
 
 
 def as_dict(figures: Figures) -> dict:

@@ -18,10 +18,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--samples", type=int, default=200, help="Sequential round trips.")
         parser.add_argument("--burst", type=int, default=500, help="Tasks sent at once.")
+        parser.add_argument("--rounds", type=int, default=3,
+                            help="Alternating floor/platform rounds (figures are pooled).")
 
-    def handle(self, *args, samples, burst, **options):
-        floor, platform = run_bench(samples=samples, burst=burst)
-        rows = [("", "p50 latency", "p95 latency", f"throughput ({burst} burst)")]
+    def handle(self, *args, samples, burst, rounds, **options):
+        floor, platform = run_bench(samples=samples, burst=burst, rounds=rounds)
+        rows = [("", "p50 latency", "p95 latency",
+                 f"throughput ({burst} burst, median of {rounds})")]
         for f in (floor, platform):
             rows.append((f.name, ms(f.p50), ms(f.p95), f"{f.throughput:.0f}/s"))
         rows.append(("ratio platform/floor", f"{platform.p50 / floor.p50:.2f}×",

@@ -1,0 +1,68 @@
+"""The run path's writes behave the same on the one-statement Postgres path and the ORM path."""
+
+import pytest
+from celery.result import AsyncResult
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from executions import run_store
+from executions.models import Execution
+from functions.services import function_register
+from kubefunction.celery import app
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(params=["one statement", "orm"])
+def path(request, monkeypatch):
+    if request.param == "orm":
+        monkeypatch.setattr(run_store, "_fast", lambda: False)
+    return request.param
+
+
+@pytest.fixture
+def execution(user):
+    version = function_register(name="f", owner=user, filename="f.py",
+                                data=b"def handle(e):\n    return e\n")
+    return Execution.objects.create(task_id="t-1", function=version.function, version=version,
+                                    input={"ü": [1, None]}, dispatched_at=timezone.now())
+
+
+def test_claim_once(path, execution):
+    task_id, payload, runtime, version_id, updated_at = run_store.claim(str(execution.pk), "w1")
+    assert (task_id, payload, version_id) == ("t-1", {"ü": [1, None]}, execution.version_id)
+    assert updated_at == execution.function.updated_at
+    assert run_store.claim(str(execution.pk), "w2") is None
+    execution.refresh_from_db()
+    assert (execution.status, execution.worker) == ("running", "w1")
+    assert execution.started_at is not None
+
+
+def test_finish_stores_outcome_and_result_together(path, execution):
+    assert not run_store.finish(str(execution.pk), "t-1", {"status": "succeeded"}, worker="w"), \
+        "a queued execution cannot be finished"
+    run_store.claim(str(execution.pk), "w")
+    fields = {"status": "succeeded", "output": {"answer": "✓", "n": 42}, "logs": "hi",
+              "cold": False, "cpu_seconds": 0.01, "finished_at": timezone.now()}
+    assert run_store.finish(str(execution.pk), "t-1", fields, worker="w")
+    execution.refresh_from_db()
+    assert (execution.status, execution.output, execution.logs) == (
+        "succeeded", {"answer": "✓", "n": 42}, "hi")
+    result = AsyncResult("t-1", app=app)
+    assert (result.state, result.result) == ("SUCCESS", {"answer": "✓", "n": 42})
+    stored = TaskResult.objects.get(task_id="t-1")
+    assert stored.worker == "w" and stored.date_created is not None
+    again = {**fields, "status": "failed", "error_type": "X", "error": "late"}
+    assert not run_store.finish(str(execution.pk), "t-1", again, worker="w"), \
+        "a finished execution is never finished twice"
+    assert AsyncResult("t-1", app=app).state == "SUCCESS"
+
+
+def test_failure_result_carries_the_error(path, execution):
+    run_store.claim(str(execution.pk), "w")
+    run_store.finish(str(execution.pk), "t-1", {
+        "status": "failed", "error_type": "ValueError",
+        "error": "Traceback (most recent call last):\nValueError: nope"}, worker="w")
+    result = AsyncResult("t-1", app=app)
+    assert result.state == "FAILURE"
+    assert "ValueError: nope" in str(result.result) and "ValueError: nope" in result.traceback
