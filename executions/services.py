@@ -97,6 +97,11 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
                   input=payload, runtime=runtime, dispatched_at=now)
         for payload in payloads
     ]
+    if len(executions) == 1:
+        # One INSERT commits on its own (or joins the caller's transaction): no extra round trip.
+        executions[0].save(force_insert=True)
+        transaction.on_commit(lambda: _send(executions))
+        return executions
     with transaction.atomic():
         Execution.objects.bulk_create(executions, batch_size=1000)
         transaction.on_commit(lambda: _send(executions))

@@ -16,7 +16,7 @@ class Command(BaseCommand):
             "trivial function through the platform; print both and the ratios.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--samples", type=int, default=200, help="Sequential round trips.")
+        parser.add_argument("--samples", type=int, default=600, help="Sequential round trips.")
         parser.add_argument("--burst", type=int, default=500, help="Tasks sent at once.")
         parser.add_argument("--rounds", type=int, default=3,
                             help="Alternating floor/platform rounds (figures are pooled).")
