@@ -47,7 +47,7 @@ lint: install
 
 ## bench: the Celery floor vs the platform on the warm local runtime.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(ENV) $(PY) manage.py bench
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(ENV) $(PY) manage.py bench && $(PY) manage.py bench_admin
 
 examples:
 	python3 scripts/build_examples.py

@@ -1,6 +1,9 @@
 """Admin for executions: read-only machine records, fast on a table of millions of rows."""
 
+import uuid
+
 from django.contrib import admin
+from django.db.models import Q
 from django.utils.html import format_html
 
 from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
@@ -25,8 +28,8 @@ class ExecutionAdmin(admin.ModelAdmin):
     list_display = ["short_task_id", "function", "trigger", "status_badge", "duration", "cold",
                     "dispatched_at"]
     list_filter = ["status", "function", "trigger", "cold", "dispatched_at"]
-    search_fields = ["=task_id"]
-    search_help_text = "Exact Celery task id."
+    search_fields = ["task_id"]
+    search_help_text = "Exact Celery task id or execution id."
     list_select_related = ["function", "trigger", "version"]
     show_full_result_count = False
     paginator = CappedCountPaginator
@@ -50,6 +53,16 @@ class ExecutionAdmin(admin.ModelAdmin):
         if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
             queryset = queryset.defer("input", "output", "error", "logs")
         return queryset
+
+    def get_search_results(self, request, queryset, search_term):
+        """Exact, index-backed lookups only (the admin's default is a case-insensitive scan)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(Q(task_id=term) | Q(pk=uuid.UUID(term))), False
+        except ValueError:
+            return queryset.filter(task_id=term), False
 
     def has_add_permission(self, request):
         return False

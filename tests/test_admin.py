@@ -123,3 +123,15 @@ def test_execution_changelist_queries_do_not_grow_with_rows(admin_client, functi
     assert len(many) <= len(few) + 1
     assert not any("COUNT(*)" in q["sql"] and "LIMIT" not in q["sql"] and
                    "executions_execution" in q["sql"] for q in many.captured_queries)
+
+
+def test_execution_search_by_task_id_or_execution_id(admin_client, function):
+    make = [Execution(task_id=f"task-{i}", function=function, version=function.active_version,
+                      dispatched_at=timezone.now()) for i in range(3)]
+    Execution.objects.bulk_create(make)
+    url = reverse("admin:executions_execution_changelist")
+    by_task = admin_client.get(url, {"q": "task-1"})
+    assert list(by_task.context["cl"].result_list) == [make[1]]
+    by_id = admin_client.get(url, {"q": str(make[2].pk)})
+    assert list(by_id.context["cl"].result_list) == [make[2]]
+    assert list(admin_client.get(url, {"q": "TASK-1"}).context["cl"].result_list) == []

@@ -1,0 +1,83 @@
+"""Timing of the admin's pages over a big executions table (default 100,000 rows)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from executions.models import Execution, ExecutionStatus
+from functions.models import Function
+from functions.services import function_register
+from triggers.models import Trigger
+from triggers.services import trigger_create
+
+from .stats import percentile
+
+NAME = "bench-admin"
+STATUSES = [ExecutionStatus.SUCCEEDED] * 8 + [ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT]
+
+
+def _fixture() -> tuple[Function, Trigger]:
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    function = Function.objects.filter(name=NAME).first() or function_register(
+        name=NAME, owner=user, filename="bench.py",
+        data=b"def handle(event):\n    return event\n").function
+    trigger = Trigger.objects.filter(name=NAME).first() or trigger_create(
+        name=NAME, function=function, user=user)
+    return function, trigger
+
+
+def fill(rows: int, batch: int = 5000) -> Function:
+    """Make the bench function hold at least `rows` finished executions."""
+    function, trigger = _fixture()
+    missing = rows - function.executions.count()
+    now = timezone.now()
+    while missing > 0:
+        size = min(batch, missing)
+        Execution.objects.bulk_create([
+            Execution(task_id=str(uuid.uuid4()), function=function,
+                      version_id=function.active_version_id, trigger=trigger, input={"i": i},
+                      output={"i": i}, status=STATUSES[i % len(STATUSES)], runtime="local",
+                      cold=i % 7 == 0, dispatched_at=now - timedelta(seconds=i + missing),
+                      started_at=now, finished_at=now, logs="x" * 200)
+            for i in range(size)])
+        missing -= size
+    return function
+
+
+def time_pages(function: Function, repeats: int = 5) -> list[tuple[str, float]]:
+    """p50 seconds to render each admin page, as a logged-in superuser."""
+    admin, _ = get_user_model().objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True})
+    client = Client()
+    client.force_login(admin)
+    some = function.executions.order_by("-dispatched_at").first()
+    changelist = reverse("admin:executions_execution_changelist")
+    pages = {
+        "admin index": reverse("admin:index"),
+        "executions": changelist,
+        "executions, status=failed": changelist + "?status__exact=failed",
+        "executions, by function": changelist + f"?function__id__exact={function.pk}",
+        "executions, page 100": changelist + "?p=100",
+        "executions, search task id": changelist + f"?q={some.task_id}",
+        "execution detail": reverse("admin:executions_execution_change", args=[some.pk]),
+        "function page": reverse("admin:functions_function_change", args=[function.pk]),
+        "functions": reverse("admin:functions_function_changelist"),
+    }
+    figures = []
+    for name, url in pages.items():
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            response = client.get(url)
+            times.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url} answered {response.status_code}")
+        figures.append((name, percentile(times, 0.5)))
+    return figures
