@@ -25,9 +25,10 @@ def _seconds(value: float | None) -> str:
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
-    list_display = ["short_task_id", "function", "trigger", "status_badge", "duration", "cold",
-                    "dispatched_at"]
-    list_filter = ["status", "function", "trigger", "cold", "dispatched_at"]
+    list_display = ["short_task_id", "function", "trigger", "status_badge", "duration",
+                    "start", "dispatched_at"]
+    list_filter = ["status", "function", "trigger", ("cold", admin.BooleanFieldListFilter),
+                   "dispatched_at"]
     search_fields = ["task_id"]
     search_help_text = "Exact Celery task id or execution id."
     list_select_related = ["function", "trigger", "version"]
@@ -42,7 +43,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Logs", {"fields": ["logs_text", "logs_truncated"]}),
         ("Timings and resources", {"fields": [
             "dispatched_at", "started_at", "finished_at", "queue_time", "run_time", "duration",
-            "runtime", "cold", "worker", "cpu_seconds", "peak_memory"]}),
+            "runtime", "start", "worker", "cpu_seconds", "peak_memory"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -85,6 +86,10 @@ class ExecutionAdmin(admin.ModelAdmin):
     @admin.display(description="total (dispatch → result)")
     def duration(self, execution):
         return _seconds(execution.total_seconds)
+
+    @admin.display(description="start", ordering="cold")
+    def start(self, execution):
+        return {True: "cold", False: "warm"}.get(execution.cold, "—")
 
     @admin.display(description="queue wait")
     def queue_time(self, execution):

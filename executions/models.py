@@ -52,7 +52,7 @@ class Execution(models.Model):
                                          help_text="The logs were over the size limit.")
     exit_code = models.IntegerField(null=True, blank=True)
     runtime = models.CharField(max_length=16, blank=True, help_text="Runtime that ran it.")
-    cold = models.BooleanField(null=True, blank=True,
+    cold = models.BooleanField(null=True, blank=True, verbose_name="cold start",
                                help_text="True when a new process/container was started for it.")
     worker = models.CharField(max_length=255, blank=True, help_text="Celery worker that ran it.")
     cpu_seconds = models.FloatField(null=True, blank=True)
@@ -70,7 +70,7 @@ class Execution(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.function_id}:{self.task_id}"
+        return f"execution {self.task_id}"
 
     @property
     def is_finished(self) -> bool:
