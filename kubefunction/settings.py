@@ -146,7 +146,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery ----------------------------------------------------------------------------------
 _BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
 EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
 # The longest a function may run. The broker's visibility timeout stays above it, so a message
 # for a function still running is never handed to a second worker.
@@ -157,6 +157,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
+        "polling_interval": 0.05,  # the file-system transport polls; the default is 1 s
     }
     if EMBEDDED_BROKER
     else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + 300}

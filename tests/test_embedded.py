@@ -1,0 +1,42 @@
+"""The embedded default: no database or broker server, SQLite and the file-system broker."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.worker
+
+
+def test_register_dispatch_and_wait_without_servers(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "KUBEFUNCTION_QUEUE")}
+    env.update(KUBEFUNCTION_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="kubefunction.settings")
+
+    def manage(*args: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    manage("migrate", "-v0")
+    manage("shell", "-c", "from django.contrib.auth.models import User; "
+                          "User.objects.create_superuser('admin', 'a@b.c', 'pw')")
+    manage("register_function", "hello", str(EXAMPLES / "hello.py"), "--trigger", "hello")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "kubefunction", "worker", "--concurrency=1",
+         "--loglevel=WARNING"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out = manage("dispatch", "hello", "--payload", '{"name": "embedded"}', "--count", "3",
+                     "--wait", "--timeout", "60")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert "3 dispatched" in out and "3 succeeded" in out
+    assert (tmp_path / "db.sqlite3").exists()
+    assert (tmp_path / "broker" / "queue").is_dir()
