@@ -213,3 +213,8 @@ def test_example_uploads_are_accepted(api):
         response = create_function(api, name=name, source=upload(filename, data))
         assert response.status_code == 201, response.content
     assert Function.objects.get(name="word-count").mode == "script"
+
+
+def test_openapi_schema_generates_without_warnings():
+    from django.core.management import call_command
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
