@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from functions.runner import FRAME_MARKER, utf8_prefix
+from functions.runner import FRAME_MARKER, Capture, utf8_prefix
 
 _MAX_LENGTH_DIGITS = 20
 
@@ -19,32 +19,14 @@ class FrameError(Exception):
     """The stream carries a frame with our nonce that cannot be read."""
 
 
-class LogBuffer:
-    """Keeps the first `limit` bytes fed to it and counts the rest."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(0, limit)
-        self.dropped = 0
-        self._data = bytearray()
-
-    @property
-    def truncated(self) -> bool:
-        return self.dropped > 0
+class LogBuffer(Capture):
+    """Keeps the first `limit` bytes fed to it and counts the rest (the runner's own capture)."""
 
     def add(self, data: bytes) -> None:
-        room = 0 if self.dropped else self.limit - len(self._data)  # keep a true prefix
-        if len(data) <= room:
-            self._data += data
-            return
-        kept = utf8_prefix(data, room) if room > 0 else b""
-        self._data += kept
-        self.dropped += len(data) - len(kept)
-
-    def __len__(self) -> int:
-        return len(self._data)
+        self.write_bytes(data)
 
     def text(self) -> str:
-        return self._data.decode("utf-8", "replace")
+        return self.getvalue()
 
 
 class FrameReader:
