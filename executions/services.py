@@ -19,10 +19,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from functions.models import FunctionVersion, VersionStatus
 from functions.services import version_spec
-from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge
+from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from triggers.models import Trigger
 
 from . import run_store
@@ -56,13 +57,16 @@ def payload_check(payload: Any, *, field: str = "payload") -> Any:
 def _send(executions: Sequence[Execution]) -> None:
     from .tasks import run_execution
 
-    if len(executions) == 1:
-        run_execution.apply_async(args=[str(executions[0].pk)], task_id=executions[0].task_id)
-        return
-    with run_execution.app.producer_or_acquire() as producer:
-        for execution in executions:
-            run_execution.apply_async(args=[str(execution.pk)], task_id=execution.task_id,
-                                      producer=producer)
+    try:
+        with run_execution.app.producer_or_acquire() as producer:
+            for execution in executions:
+                run_execution.apply_async(args=[str(execution.pk)], task_id=execution.task_id,
+                                          producer=producer)
+    except KombuOperationalError as exc:
+        logger.error("broker unreachable: %d execution(s) stored but not sent", len(executions))
+        raise ServiceUnavailable(
+            f"the broker is unreachable ({exc}): {len(executions)} execution(s) are stored as "
+            f"queued but were not sent; the first is {executions[0].task_id}.") from exc
 
 
 def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],

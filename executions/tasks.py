@@ -2,12 +2,16 @@
 
 from celery import shared_task
 from celery.exceptions import Ignore
+from django.conf import settings
 
 from . import services
 from .runtimes.base import RuntimeUnavailable
 
 
-@shared_task(bind=True, name="executions.run", max_retries=5, ignore_result=True)
+# The runtime enforces each function's own timeout; the soft limit only catches a runtime that
+# hangs, raising inside `execution_run`, which then ends the execution as a platform error.
+@shared_task(bind=True, name="executions.run", max_retries=5, ignore_result=True,
+             soft_time_limit=settings.KUBEFUNCTION_MAX_TIMEOUT + 60)
 def run_execution(self, execution_id: str) -> str:
     """Run one execution. The service stores its outcome and Celery result together (see
     `executions.results`), so this task's own result is ignored; it returns the status."""

@@ -43,7 +43,8 @@ class VersionInline(admin.TabularInline):
 @admin.register(Function)
 class FunctionAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "active_version_number", "mode", "effective_runtime",
-                    "timeout_seconds", "memory_mb", "trigger_count", "updated_at"]
+                    "timeout_seconds", "memory_mb", "trigger_count", "executions_link",
+                    "updated_at"]
     list_filter = ["runtime", "mode", "owner"]
     search_fields = ["name", "description"]
     list_select_related = ["owner", "active_version"]
@@ -76,6 +77,12 @@ class FunctionAdmin(admin.ModelAdmin):
     @admin.display(description="triggers", ordering="trigger_total")
     def trigger_count(self, function):
         return function.trigger_total
+
+    @admin.display(description="executions")
+    def executions_link(self, function):
+        url = reverse("admin:executions_execution_changelist") + \
+            f"?function__id__exact={function.pk}"
+        return format_html('<a href="{}">view</a>', url)
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data

@@ -38,3 +38,9 @@ class Conflict(KubeFunctionError):
 
 class PayloadTooLarge(KubeFunctionError):
     status_code = 413
+
+
+class ServiceUnavailable(KubeFunctionError):
+    """A service the request needs (the broker) is unreachable; trying later may work."""
+
+    status_code = 503

@@ -223,3 +223,12 @@ def test_dispatch_command_reports_failures_with_exit_status(api, worker):
     with pytest.raises(CommandError, match="1 of 1 executions did not succeed"):
         call_command("dispatch", "boom", "--wait", "--owner", "alice", stdout=StringIO(),
                      stderr=StringIO())
+
+
+def test_doctor_passes_with_a_live_worker(worker):
+    out = StringIO()
+    call_command("doctor", stdout=out)
+    text = out.getvalue()
+    for check in ("database", "broker", "worker", "runtime"):
+        assert f"ok   {check}" in text, text
+    assert worker.hostname in text
