@@ -91,7 +91,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
             "it has no version"
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
-    payloads = [trigger.default_payload if p is USE_DEFAULT else payload_check(p)
+    payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p)
                 for p in payloads]
     now = timezone.now()
     runtime = function.effective_runtime

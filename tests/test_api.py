@@ -218,3 +218,11 @@ def test_example_uploads_are_accepted(api):
 def test_openapi_schema_generates_without_warnings():
     from django.core.management import call_command
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
+
+
+def test_oversized_default_payload_is_refused(api, settings):
+    settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES = 50
+    create_function(api)
+    response = api.post("/api/triggers/", {"name": "t", "function": "echo",
+                                           "default_payload": {"x": "y" * 100}}, format="json")
+    assert response.status_code == 413 and "default_payload" in response.json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 
+from executions.services import payload_check
 from functions.models import Function
 from kubefunction.errors import InvalidInput
 
@@ -13,6 +14,7 @@ EDITABLE = ("function", "kind", "enabled", "default_payload", "description")
 
 
 def _save(trigger: Trigger) -> Trigger:
+    payload_check(trigger.default_payload, field="default_payload")
     try:
         trigger.full_clean()
     except ValidationError as exc:
