@@ -30,6 +30,10 @@ class FunctionSpec:
     timeout_seconds: float = 30
     memory_mb: int = 256
     env: dict[str, str] = field(default_factory=dict, compare=False)
+    # Container runtimes: the version's built image, pinned by digest
+    # ("127.0.0.1:5000/kubefunction/<function>@sha256:…"); empty until it is built.
+    image: str = ""
+    network: bool = False  # the function asked for network access (containers have none otherwise)
 
 
 @dataclass(frozen=True)
