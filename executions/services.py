@@ -21,8 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
-from functions.services import version_spec
+from functions.specs import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from triggers.models import Trigger
 
@@ -91,6 +92,10 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
             "it has no version"
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
+    if builds_image(function) and not version.image:
+        raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
+                       f"{function.effective_runtime} runtime yet: build it "
+                       f"(POST /api/functions/{function.name}/build/).", field="trigger")
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p)
                 for p in payloads]
     now = timezone.now()

@@ -8,12 +8,12 @@ from django.utils.html import format_html
 from kubefunction.admin_display import pre
 from kubefunction.errors import KubeFunctionError
 
-from . import services
+from . import builds, services
 from .forms import FunctionAddForm, FunctionChangeForm
 from .models import Function, FunctionVersion
 
 VERSION_FIELDS = ["number", "status", "sha256", "source_name", "source_size", "handler", "mode",
-                  "created_by", "created_at", "built_at"]
+                  "image", "created_by", "created_at", "built_at"]
 
 
 class VersionInline(admin.TabularInline):
@@ -50,6 +50,21 @@ class FunctionAdmin(admin.ModelAdmin):
     list_select_related = ["owner", "active_version"]
     readonly_fields = ["name", "owner", "handler", "mode", "created_at", "updated_at"]
     inlines = [VersionInline]
+    actions = ["build_image"]
+
+    @admin.action(description="Build image (latest version; retries a failed build)")
+    def build_image(self, request, queryset):
+        queued = 0
+        for function in queryset:
+            version = function.versions.select_related("function").first()
+            try:
+                builds.version_request_build(version=version)
+                queued += 1
+            except KubeFunctionError as exc:
+                self.message_user(request, f"{function.name}: {exc.message}", messages.WARNING)
+        if queued:
+            self.message_user(request, f"Queued the build of {queued} function(s); the version "
+                                       "pages show the build log as it runs.")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(trigger_total=Count("triggers"))
@@ -93,7 +108,7 @@ class FunctionAdmin(admin.ModelAdmin):
                 handler=data.get("handler") or None, mode=data.get("mode") or None,
                 timeout_seconds=data["timeout_seconds"], memory_mb=data["memory_mb"],
                 env_vars=data.get("env_vars") or {}, description=data.get("description", ""),
-                runtime=data.get("runtime", ""))
+                runtime=data.get("runtime", ""), network=data.get("network", False))
             obj.__dict__.update(version.function.__dict__)
             return
         previous = Function.objects.get(pk=obj.pk)
@@ -114,7 +129,8 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     list_filter = ["status", "mode"]
     search_fields = ["function__name", "sha256"]
     list_select_related = ["function"]
-    fields = [*VERSION_FIELDS, "function", "source", "requirements", "build_log_text"]
+    fields = [*VERSION_FIELDS, "function", "source", "requirements", "installed_text",
+              "build_log_text"]
     readonly_fields = fields
     actions = ["activate", "retry_build"]
 
@@ -130,6 +146,10 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     @admin.display(description="sha256")
     def short_sha(self, version):
         return version.sha256[:12]
+
+    @admin.display(description="installed packages")
+    def installed_text(self, version):
+        return pre(version.installed_packages)
 
     @admin.display(description="build log")
     def build_log_text(self, version):
@@ -150,6 +170,6 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     def activate(self, request, queryset):
         self._apply(request, queryset, services.version_activate, "Activated")
 
-    @admin.action(description="Retry the build of failed versions")
+    @admin.action(description="Build (image for container runtimes; retry a failed build)")
     def retry_build(self, request, queryset):
-        self._apply(request, queryset, services.version_retry_build, "Re-queued the build of")
+        self._apply(request, queryset, builds.version_request_build, "Queued the build of")

@@ -4,15 +4,17 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from kubefunction.access import scope_to_owner
 
-from . import services
+from . import builds, services
 from .models import Function
 from .serializers import (
     ActivateSerializer,
+    BuildSerializer,
     FunctionCreateSerializer,
     FunctionSerializer,
     SourceUploadSerializer,
@@ -68,6 +70,23 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"))
         version.refresh_from_db()
         return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=BuildSerializer, responses={202: VersionSerializer})
+    @action(detail=True, methods=["post"])
+    def build(self, request, name=None):
+        """Build a version (default: the latest) for the function's runtime — the image for
+        container runtimes — or retry its failed build. Answers 202; the version shows progress."""
+        function = self.get_object()
+        form = BuildSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        number = form.validated_data.get("version")
+        versions = function.versions.select_related("function")
+        version = get_object_or_404(versions, number=number) if number else versions.first()
+        if version is None:
+            raise NotFound("the function has no version.")
+        builds.version_request_build(version=version)
+        version.refresh_from_db()
+        return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=ActivateSerializer, responses=FunctionSerializer)
     @action(detail=True, methods=["post"])

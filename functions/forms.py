@@ -28,7 +28,7 @@ class FunctionAddForm(forms.ModelForm):
     class Meta:
         model = Function
         fields = ["name", "description", "source", "handler", "mode", "runtime",
-                  "timeout_seconds", "memory_mb", "env_vars"]
+                  "timeout_seconds", "memory_mb", "network", "env_vars"]
 
     def clean(self):
         data = super().clean()
@@ -43,8 +43,8 @@ class FunctionChangeForm(forms.ModelForm):
 
     class Meta:
         model = Function
-        fields = ["description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
-                  "active_version", "new_source"]
+        fields = ["description", "runtime", "timeout_seconds", "memory_mb", "network",
+                  "env_vars", "active_version", "new_source"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -63,6 +63,10 @@ class Function(models.Model):
         validators=[MinValueValidator(32), MaxValueValidator(settings.KUBEFUNCTION_MAX_MEMORY_MB)],
         help_text="Memory limit of one invocation, in MiB.",
     )
+    network = models.BooleanField(
+        default=False,
+        help_text="Give invocations network access. Off: containers run with no network at all.",
+    )
     env_vars = models.JSONField(
         default=dict, blank=True,
         help_text="Environment variables given to the function: an object of string to string.",
@@ -114,6 +118,14 @@ class FunctionVersion(models.Model):
     status = models.CharField(max_length=16, choices=VersionStatus.choices,
                               default=VersionStatus.PENDING, db_index=True)
     build_log = models.TextField(blank=True, help_text="What preparing the version printed.")
+    image = models.CharField(
+        max_length=500, blank=True,
+        help_text="Container image pinned by digest (registry/repository@sha256:…), once built.")
+    image_tag = models.CharField(
+        max_length=300, blank=True,
+        help_text="Content-addressed tag: the same source, requirements and base share it.")
+    installed_packages = models.TextField(
+        blank=True, help_text="What pip really installed in the image (name==version per line).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
                                    null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -13,7 +13,8 @@ class VersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = FunctionVersion
         fields = ["function", "number", "status", "active", "sha256", "source_name", "source_size",
-                  "handler", "mode", "requirements", "build_log", "created_at", "built_at"]
+                  "handler", "mode", "requirements", "image", "installed_packages", "build_log",
+                  "created_at", "built_at"]
         read_only_fields = fields
 
     def get_active(self, version: FunctionVersion) -> bool:
@@ -28,8 +29,8 @@ class FunctionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Function
         fields = ["url", "name", "description", "owner", "runtime", "handler", "mode",
-                  "timeout_seconds", "memory_mb", "env_vars", "active_version", "created_at",
-                  "updated_at"]
+                  "timeout_seconds", "memory_mb", "network", "env_vars", "active_version",
+                  "created_at", "updated_at"]
         read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
                             "updated_at"]
 
@@ -61,9 +62,16 @@ class FunctionCreateSerializer(SourceUploadSerializer):
                                                max_value=settings.KUBEFUNCTION_MAX_TIMEOUT)
     memory_mb = serializers.IntegerField(required=False, min_value=32,
                                          max_value=settings.KUBEFUNCTION_MAX_MEMORY_MB)
+    network = serializers.BooleanField(required=False, default=False,
+                                       help_text="Give invocations network access.")
     env_vars = serializers.JSONField(required=False, default=dict,
                                      help_text='An object of names to strings, e.g. {"A": "1"}.')
 
 
 class ActivateSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1, help_text="Number of a ready version.")
+
+
+class BuildSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, required=False,
+                                       help_text="Version number; default: the latest.")

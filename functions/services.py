@@ -1,4 +1,7 @@
-"""Operations on functions and versions: register, upload a version, build, activate."""
+"""Operations on functions and versions: register, update, upload a version, activate.
+
+Building a version (requirements, images) lives in `functions.builds`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,17 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
-from executions.runtimes import get_runtime
-from executions.runtimes.base import FunctionSpec
 from kubefunction.errors import Conflict, InvalidInput
 
+from . import builds
 from .models import DNS1123_LABEL, Function, FunctionVersion, VersionStatus
 from .validation import validate_source
 
 logger = logging.getLogger(__name__)
 
-EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars")
+EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
+                     "network")
 
 
 def _check_env_vars(env_vars: object) -> dict[str, str]:
@@ -44,29 +46,12 @@ def _full_clean(function: Function) -> None:
         raise InvalidInput(" ".join(messages), field=field) from exc
 
 
-def version_spec(version: FunctionVersion) -> FunctionSpec:
-    """The runtime's view of a version (with its function's current limits and env)."""
-    function = version.function
-
-    def read_source() -> bytes:
-        with version.source.open("rb") as handle:
-            return handle.read()
-
-    return FunctionSpec(
-        version_id=version.pk, function_name=function.name, version_number=version.number,
-        sha256=version.sha256, source_name=version.source_name, read_source=read_source,
-        handler=version.handler, mode=version.mode, requirements=version.requirements,
-        timeout_seconds=function.timeout_seconds, memory_mb=function.memory_mb,
-        env=dict(function.env_vars or {}),
-    )
-
-
 @transaction.atomic
 def function_register(*, name: str, owner, filename: str, data: bytes,
                       handler: str | None = None, mode: str | None = None,
                       timeout_seconds: int | None = None, memory_mb: int | None = None,
                       env_vars: dict | None = None, description: str = "",
-                      runtime: str = "") -> FunctionVersion:
+                      runtime: str = "", network: bool = False) -> FunctionVersion:
     """Create a function and its first version from an upload. Returns the version."""
     try:
         DNS1123_LABEL(name)
@@ -76,7 +61,7 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
         raise InvalidInput(f"a function named '{name}' already exists.", field="name")
     checked = validate_source(filename=filename, data=data, handler=handler, mode=mode)
     function = Function(name=name, owner=owner, description=description, runtime=runtime,
-                        handler=checked.handler, mode=checked.mode,
+                        handler=checked.handler, mode=checked.mode, network=network,
                         env_vars=_check_env_vars(env_vars or {}))
     if timeout_seconds is not None:
         function.timeout_seconds = timeout_seconds
@@ -130,65 +115,8 @@ def version_create(*, function: Function, filename: str, data: bytes, user=None,
     version.save()
     if (function.handler, function.mode) != (checked.handler, checked.mode):
         Function.objects.filter(pk=function.pk).update(handler=checked.handler, mode=checked.mode)
-    runtime = get_runtime(function.effective_runtime)
-    if runtime.needs_prepare(version_spec(version)):
-        transaction.on_commit(lambda: _send_build(version.pk))
-    else:
-        _mark_built(version, ok=True, log=f"ready at once: nothing to prepare on the "
-                                       f"{runtime.name} runtime.")
+    builds.version_start_build(version)
     return version
-
-
-def _send_build(version_id: int) -> None:
-    from .tasks import build_version
-
-    build_version.delay(version_id)
-
-
-def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
-    version.status = VersionStatus.READY if ok else VersionStatus.FAILED
-    version.build_log = log
-    version.built_at = timezone.now()
-    FunctionVersion.objects.filter(pk=version.pk).update(
-        status=version.status, build_log=log, built_at=version.built_at)
-    if ok:
-        # The newest ready version becomes active; an older one only by explicit activation.
-        activated = Function.objects.filter(pk=version.function_id).exclude(
-            active_version__number__gt=version.number).update(active_version=version)
-        if activated:
-            version.function.active_version = version
-
-
-def version_build(*, version_id: int) -> FunctionVersion | None:
-    """Prepare a pending (or failed, on retry) version on its runtime; ready or failed after.
-
-    Returns None when another worker is already building it.
-    """
-    claimed = FunctionVersion.objects.filter(
-        pk=version_id, status__in=[VersionStatus.PENDING, VersionStatus.FAILED]
-    ).update(status=VersionStatus.BUILDING, build_log="")
-    if not claimed:
-        return None
-    version = FunctionVersion.objects.select_related("function").get(pk=version_id)
-    runtime = get_runtime(version.function.effective_runtime)
-    try:
-        result = runtime.prepare(version_spec(version))
-        ok, log = result.ok, result.log
-    except Exception as exc:  # a build must end ready or failed, never stay 'building'
-        logger.exception("building %s failed", version)
-        ok, log = False, f"build failed: {exc!r}"
-    _mark_built(version, ok=ok, log=log)
-    return version
-
-
-def version_retry_build(*, version: FunctionVersion) -> None:
-    """Send a failed version's build again."""
-    if version.status != VersionStatus.FAILED:
-        raise Conflict(f"version {version.number} is {version.status}; only a failed build "
-                       "can be retried.", field="version")
-    FunctionVersion.objects.filter(pk=version.pk, status=VersionStatus.FAILED).update(
-        status=VersionStatus.PENDING)
-    transaction.on_commit(lambda: _send_build(version.pk))
 
 
 def version_activate(*, version: FunctionVersion) -> Function:

@@ -2,11 +2,11 @@
 
 from celery import shared_task
 
-from . import services
+from . import builds
 
 
 @shared_task(name="functions.build_version", acks_late=True)
 def build_version(version_id: int) -> str | None:
     """Prepare a version on its runtime (install requirements, build an image)."""
-    version = services.version_build(version_id=version_id)
+    version = builds.version_build(version_id=version_id)
     return version.status if version else None

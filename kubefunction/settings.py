@@ -211,3 +211,31 @@ KUBEFUNCTION_WARM_POOL_SIZE = env.int("KUBEFUNCTION_WARM_POOL_SIZE", default=8)
 KUBEFUNCTION_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_WARM_POOL_PER_VERSION", default=2)
 KUBEFUNCTION_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_WARM_IDLE_SECONDS", default=300)
 KUBEFUNCTION_PIP_TIMEOUT = env.int("KUBEFUNCTION_PIP_TIMEOUT", default=600)
+
+# --- Images ----------------------------------------------------------------------------------
+# Base of every function image; `make services` builds the default locally (no public registry
+# is needed). With internet access, python:3.11-slim works as well.
+KUBEFUNCTION_BASE_IMAGE = env.str("KUBEFUNCTION_BASE_IMAGE",
+                                  default="kubefunction/python-base:bookworm")
+KUBEFUNCTION_REGISTRY = env.str("KUBEFUNCTION_REGISTRY", default="127.0.0.1:5000")
+KUBEFUNCTION_REGISTRY_USERNAME = env.str("KUBEFUNCTION_REGISTRY_USERNAME", default="")
+KUBEFUNCTION_REGISTRY_PASSWORD = env.str("KUBEFUNCTION_REGISTRY_PASSWORD", default="")
+KUBEFUNCTION_BUILD_TIMEOUT = env.int("KUBEFUNCTION_BUILD_TIMEOUT", default=900)
+
+# --- Docker runtime --------------------------------------------------------------------------
+# Engine address; empty: from the environment (DOCKER_HOST, or the local socket).
+KUBEFUNCTION_DOCKER_URL = env.str("KUBEFUNCTION_DOCKER_URL", default="")
+# Seconds any one engine API call may take (waiting for a container uses the function's timeout).
+KUBEFUNCTION_DOCKER_TIMEOUT = env.int("KUBEFUNCTION_DOCKER_TIMEOUT", default=30)
+# CPUs and processes one function container may use (memory comes from the function).
+KUBEFUNCTION_DOCKER_CPUS = env.float("KUBEFUNCTION_DOCKER_CPUS", default=1.0)
+KUBEFUNCTION_DOCKER_PIDS_LIMIT = env.int("KUBEFUNCTION_DOCKER_PIDS_LIMIT", default=64)
+# The network a function that asks for one joins (others get none); never "host".
+KUBEFUNCTION_DOCKER_NETWORK = env.str("KUBEFUNCTION_DOCKER_NETWORK", default="bridge")
+# Warm containers per worker process: total (0: a one-shot container per invocation), per
+# version, and the seconds an idle one lives.
+KUBEFUNCTION_DOCKER_WARM_POOL_SIZE = env.int("KUBEFUNCTION_DOCKER_WARM_POOL_SIZE", default=4)
+KUBEFUNCTION_DOCKER_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_DOCKER_WARM_POOL_PER_VERSION",
+                                                    default=2)
+KUBEFUNCTION_DOCKER_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_DOCKER_WARM_IDLE_SECONDS",
+                                                default=300)
