@@ -226,3 +226,20 @@ def test_oversized_default_payload_is_refused(api, settings):
     response = api.post("/api/triggers/", {"name": "t", "function": "echo",
                                            "default_payload": {"x": "y" * 100}}, format="json")
     assert response.status_code == 413 and "default_payload" in response.json()
+
+
+def test_build_endpoint_refuses_what_is_built_and_unknown_versions(api):
+    create_function(api)
+    built = api.post("/api/functions/echo/build/", {}, format="json")
+    assert built.status_code == 409 and "built already" in built.json()["version"][0]
+    assert api.post("/api/functions/echo/build/", {"version": 5},
+                    format="json").status_code == 404
+
+
+def test_docker_function_without_image_cannot_be_dispatched_yet(api):
+    response = create_function(api, runtime="docker")
+    assert response.status_code == 201
+    assert response.json()["version"]["status"] == "pending"
+    api.post("/api/triggers/", {"name": "t", "function": "echo"}, format="json")
+    refused = api.post("/api/triggers/t/dispatch/", {}, format="json")
+    assert refused.status_code == 409 and "no ready version" in refused.json()["trigger"][0]
