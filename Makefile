@@ -6,7 +6,7 @@ ENV := set -a; . scripts/env.sh; set +a;
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DJANGO_DEBUG ?= true
 
-.PHONY: up install migrate bootstrap test lint bench worker examples clean
+.PHONY: up install migrate bootstrap test lint bench worker examples clean services services-stop
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -54,3 +54,10 @@ examples:
 
 clean:
 	rm -rf var
+
+## services: Docker engine, registry on 127.0.0.1:5000 and the base image (idempotent; docs/services.md).
+services:
+	@bash scripts/services.sh
+
+services-stop:
+	@bash scripts/services.sh stop
