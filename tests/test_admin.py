@@ -135,3 +135,12 @@ def test_execution_search_by_task_id_or_execution_id(admin_client, function):
     by_id = admin_client.get(url, {"q": str(make[2].pk)})
     assert list(by_id.context["cl"].result_list) == [make[2]]
     assert list(admin_client.get(url, {"q": "TASK-1"}).context["cl"].result_list) == []
+
+
+def test_version_page_reloads_while_building(admin_client, function):
+    version = function.active_version
+    url = reverse("admin:functions_functionversion_change", args=[version.pk])
+    assert b'http-equiv="refresh"' not in admin_client.get(url).content
+    type(version).objects.filter(pk=version.pk).update(status="building", build_log="Step 1/9")
+    page = admin_client.get(url).content
+    assert b'http-equiv="refresh"' in page and b"Step 1/9" in page
