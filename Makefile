@@ -6,7 +6,8 @@ ENV := set -a; . scripts/env.sh; set +a;
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DJANGO_DEBUG ?= true
 
-.PHONY: up install migrate bootstrap test lint bench worker examples clean services services-stop
+.PHONY: up install migrate bootstrap test lint bench bench-docker worker examples clean services \
+        services-stop
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +49,10 @@ lint: install
 ## bench: the Celery floor vs the platform on the warm local runtime.
 bench: migrate
 	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(ENV) $(PY) manage.py bench && $(PY) manage.py bench_admin
+
+## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.
+bench-docker: migrate
+	@$(ENV) $(PY) manage.py bench_docker
 
 examples:
 	python3 scripts/build_examples.py

@@ -2,11 +2,16 @@
 
 Standard library only, no Django, Python 3.9+: this file is copied alone into container images.
 
-    python runner.py --root SRC [--path DIR]... --handler H --mode handler|script [--serve]
+    python runner.py --root SRC [--path DIR]... --handler H --mode handler|script
+                     [--serve | --request-file PATH | --socket PATH]
 
-Requests are JSON lines on stdin: {"nonce", "event", "context": {...}, "max_output_bytes",
-"max_log_bytes"}. Without --serve the runner answers one request and exits with the function's
-exit code; with --serve it imports the function once (warm) and answers until stdin closes.
+Requests are JSON lines: {"nonce", "event", "context": {...}, "max_output_bytes",
+"max_log_bytes"}. By default the runner reads one request from stdin, answers it and exits with the
+function's exit code; with --request-file it reads that one request from a file instead (a
+container's read-only mount). With --serve it imports the function once (warm) and answers
+requests from stdin until stdin closes. With --socket it serves over the host's unix socket at
+PATH (see `SocketChannel`): it connects, reads one request line, answers with one frame, closes,
+and connects again for the next request, until SIGTERM or until the host stops listening.
 
 Each answer is a frame written to a private duplicate of the original stdout, the only thing ever
 written there:
@@ -16,6 +21,10 @@ written there:
 File descriptor 1 is pointed at stderr at startup, so nothing the function writes (print, os.write,
 subprocesses, C extensions) can land inside a frame, and the per-request nonce means a function
 cannot forge one either. Python-level stdout/stderr are captured, bounded, while the function runs.
+In socket mode the frame travels on the request's connection, and so do fds 1 and 2 while the
+request runs: the host reads the function's stray output there, and the nonce still tells the
+frame apart. There a frame also says `"retire": true` when the function left processes running
+in the container (the runner then exits: the host must not reuse it).
 """
 
 from __future__ import annotations
@@ -611,13 +620,44 @@ class _Raw(str):
 # --- the process: file descriptors, the request loop ---------------------------------------------
 
 
-class Channel:
-    """Private request and result descriptors; fds 0 and 1 are left for the function to misuse."""
+def write_frame(fd: int, nonce: str, answer: dict) -> None:
+    """Write `answer` as one frame to `fd` (its "output" is spliced in as JSON text)."""
+    output = answer.pop("output", None)
+    rest = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+    output_json = output if isinstance(output, _Raw) else json.dumps(output, ensure_ascii=False)
+    payload = f'{rest[:-1]}, "output": {output_json}}}'.encode("utf-8", "replace")
+    data = memoryview(frame_header(nonce, len(payload)) + payload + b"\n")
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
-    def __init__(self) -> None:
+
+def parse_request(line: bytes) -> tuple[str, dict]:
+    """(nonce, request) from one request line; raises ValueError when it is not a request."""
+    try:
+        request = json.loads(line)
+        nonce = str(request["nonce"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"no nonce: {exc!r}") from None
+    if not (8 <= len(nonce) <= 128 and NONCE_CHARACTERS.issuperset(nonce)):
+        raise ValueError(f"bad nonce {nonce!r}")
+    if not isinstance(request, dict):
+        raise ValueError("the request is not an object")
+    return nonce, request
+
+
+class Channel:
+    """Private request and result descriptors; fds 0 and 1 are left for the function to misuse.
+
+    Requests come from stdin, or from `request_file` (one-shot mode in a container); the function
+    always gets an empty stdin.
+    """
+
+    def __init__(self, request_file: str = "") -> None:
         self.result_fd = os.dup(1)  # dup'ed descriptors are not inherited by subprocesses
         os.dup2(2, 1)
-        request_fd = os.dup(0)
+        request_fd = os.open(request_file, os.O_RDONLY | os.O_CLOEXEC) if request_file \
+            else os.dup(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -628,21 +668,89 @@ class Channel:
         return line if line else None
 
     def write(self, nonce: str, answer: dict) -> None:
-        output = answer.pop("output", None)
-        rest = json.dumps(answer, ensure_ascii=False, allow_nan=False)
-        output_json = output if isinstance(output, _Raw) else json.dumps(output, ensure_ascii=False)
-        payload = f'{rest[:-1]}, "output": {output_json}}}'.encode("utf-8", "replace")
-        data = memoryview(frame_header(nonce, len(payload)) + payload + b"\n")
-        while data:
-            written = os.write(self.result_fd, data)
-            data = data[written:]
+        write_frame(self.result_fd, nonce, answer)
+
+
+class SocketChannel:
+    """Socket mode: requests arrive on connections the runner makes to the host's unix socket.
+
+    The host listens; the runner connects (first before importing the function, so the host
+    learns at once if it dies while importing, and again after each answer), reads one request
+    line, answers with one frame on the same connection and closes it. A connection waiting in
+    the host's backlog is how the host knows the runner is ready, without polling. While a
+    request runs, fds 1 and 2 point at its connection, so whatever the function writes at the
+    file-descriptor level reaches the host as stray output; between requests they point at the
+    runner's own stderr. SIGTERM ends an idle runner at once and a busy one after its answer.
+    """
+
+    def __init__(self, path: str) -> None:
+        import signal
+
+        self.path = path
+        self.pid = os.getpid()
+        self.stderr_fd = os.dup(2)
+        self.idle = True
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        if self.idle:
+            os._exit(0)
+        self.stopping = True
+
+    def connect(self) -> object | None:
+        """A new connection to the host, or None when the host no longer listens."""
+        import socket
+
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(self.path)
+        except OSError as exc:
+            conn.close()
+            print(f"runner: cannot connect to {self.path}: {exc}", file=sys.stderr)
+            return None
+        return conn
+
+    def read(self, conn: object) -> bytes | None:
+        """One request line from `conn`; None when the host closed it first."""
+        data = bytearray()
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(65536)  # type: ignore[attr-defined]
+            if not chunk:
+                return None
+            data += chunk
+        self.idle = False
+        return bytes(data)
+
+    def redirect(self, conn: object | None) -> None:
+        """Point fds 1 and 2 at `conn` for a request, or back at stderr with None."""
+        try:
+            sys.__stderr__.flush()  # what the runner itself printed goes where it was meant to
+        except (AttributeError, OSError, ValueError):
+            pass
+        fd = conn.fileno() if conn is not None else self.stderr_fd  # type: ignore[attr-defined]
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+
+
+def _left_processes(pid: int) -> bool:
+    """True when, in a container of its own (the runner is its init or the init's child), the
+    function left other processes running (or unreaped): such a container is not reused."""
+    if pid != 1 and os.getppid() != 1:
+        return False
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return False
+    return any(name.isdigit() and int(name) not in (1, pid) for name in names)
 
 
 class Arguments:
     """The command line (argparse would add a tenth to a cold start)."""
 
     USAGE = ("usage: runner.py --root SRC_DIR [--path DIR]... [--handler H] "
-             "[--mode handler|script] [--serve]")
+             "[--mode handler|script] [--serve | --request-file PATH | --socket PATH]")
+    VALUED = ("--root", "--path", "--handler", "--mode", "--request-file", "--socket")
 
     def __init__(self, argv: list[str]) -> None:
         self.root = ""
@@ -650,24 +758,28 @@ class Arguments:
         self.handler = "handler.handle"
         self.mode = "handler"
         self.serve = False
+        self.request_file = ""
+        self.socket = ""
         items = iter(argv)
         for item in items:
             if item == "--serve":
                 self.serve = True
-            elif item in ("--root", "--path", "--handler", "--mode"):
+            elif item in self.VALUED:
                 value = next(items, None)
                 if value is None:
                     self.fail(f"{item} needs a value")
                 if item == "--path":
                     self.path.append(value)
                 else:
-                    setattr(self, item[2:], value)
+                    setattr(self, item[2:].replace("-", "_"), value)
             else:
                 self.fail(f"unknown argument {item!r}")
         if not self.root:
             self.fail("--root is required")
         if self.mode not in ("handler", "script"):
             self.fail(f"--mode must be handler or script, not {self.mode!r}")
+        if self.serve + bool(self.request_file) + bool(self.socket) > 1:
+            self.fail("--serve, --request-file and --socket exclude each other")
 
     def fail(self, message: str) -> None:
         print(f"{self.USAGE}\nrunner.py: {message}", file=sys.stderr)
@@ -688,29 +800,80 @@ def _setup_paths(root: str, extra: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the runner; returns the process exit code."""
     args = Arguments(sys.argv[1:] if argv is None else argv)
-    channel = Channel()
+    try:
+        channel = Channel(args.request_file)
+    except OSError as exc:
+        print(f"runner: cannot read the request: {exc}", file=sys.stderr)
+        return 2
+    if args.socket:
+        return _serve_socket(args)
     _setup_paths(args.root, args.path)
     runner = Runner(args.handler, args.mode)
+    me = os.getpid()
     while True:
         line = channel.read()
         if line is None:  # the host closed stdin: a normal end when serving
-            if not args.serve:
+            if args.request_file:
+                print(f"runner: {args.request_file} holds no request", file=sys.stderr)
+            elif not args.serve:
                 print("runner: stdin closed before any request", file=sys.stderr)
             return 0 if args.serve else 2
         try:
-            request = json.loads(line)
-            nonce = str(request["nonce"])
-            if not (8 <= len(nonce) <= 128 and NONCE_CHARACTERS.issuperset(nonce)):
-                raise ValueError(f"bad nonce {nonce!r}")
-        except (ValueError, KeyError, TypeError) as exc:
+            nonce, request = parse_request(line)
+        except ValueError as exc:
             print(f"runner: bad request: {exc}", file=sys.stderr)
             return 2
         answer = runner.answer(request)
+        if os.getpid() != me:  # a process the function forked came back here: it never answers
+            os._exit(0)
         exit_code = answer["exit_code"]
         fatal = answer["error_type"] in FATAL_ERROR_TYPES
         channel.write(nonce, answer)
         if fatal or not args.serve:
             return exit_code
+
+
+def _serve_socket(args: Arguments) -> int:
+    channel = SocketChannel(args.socket)
+    conn = channel.connect()  # before the import: the host sees a crash while importing as EOF
+    if conn is None:
+        return 2
+    _setup_paths(args.root, args.path)
+    runner = Runner(args.handler, args.mode)
+    me = channel.pid
+    while conn is not None:
+        try:
+            line = channel.read(conn)
+        except OSError:
+            line = None
+        if line is None:  # the host dropped the connection: it wants no more of this runner
+            return 0
+        try:
+            nonce, request = parse_request(line)
+        except ValueError as exc:
+            print(f"runner: bad request: {exc}", file=sys.stderr)
+            return 2
+        channel.redirect(conn)
+        try:
+            answer = runner.answer(request)
+            if os.getpid() != me:  # a process the function forked came back here
+                os._exit(0)
+            fatal = answer["error_type"] in FATAL_ERROR_TYPES
+            if _left_processes(me):
+                answer["retire"] = fatal = True
+            exit_code = answer["exit_code"]
+            try:
+                write_frame(conn.fileno(), nonce, answer)
+            except OSError:  # the host gave up on this request (its deadline): it kills us next
+                pass
+        finally:
+            channel.redirect(None)
+            conn.close()
+        channel.idle = True  # first: a SIGTERM from now on ends the runner at once
+        if fatal or channel.stopping:
+            return exit_code
+        conn = channel.connect()
+    return 0
 
 
 if __name__ == "__main__":

@@ -333,12 +333,14 @@ build_base_image() {
   ln -sf /usr/bin/python3 "$root/usr/local/bin/python"
   ln -sf /usr/bin/pip3 "$root/usr/local/bin/pip"
   rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
+  # Bytecode for the whole standard library: function containers run with a read-only root and
+  # PYTHONDONTWRITEBYTECODE, so without it every cold start recompiles json, re, enum… (~50 ms).
+  chroot "$root" /usr/bin/python3 -m compileall -q /usr/lib/python3 /usr/lib/python3.11 >/dev/null 2>&1 || true
   # Keep it small: no package caches, lists, docs, man pages or translations.
   rm -rf --one-file-system "${root:?}"/var/cache/apt/* "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/debconf/*-old \
          "${root:?}"/var/log/* "${root:?}"/usr/share/doc/* "${root:?}"/usr/share/man/* "${root:?}"/usr/share/info/* \
          "${root:?}"/usr/share/locale/* "${root:?}"/usr/share/lintian/* "${root:?}"/tmp/* "${root:?}"/root/.cache \
          "${root:?}"/dev/* "${root:?}"/proc/* "${root:?}"/sys/* "${root:?}"/run/*
-  find "$root" -depth -name __pycache__ -type d -exec rm -rf {} + 2>/dev/null || true
   : >"$root/etc/resolv.conf"
   : >"$root/etc/hostname"
   say "importing the root as $IMAGE"

@@ -26,3 +26,19 @@ def engine_problem() -> str | None:
 
 
 needs_docker = pytest.mark.skipif(engine_problem() is not None, reason=engine_problem() or "")
+
+
+def registry_repositories() -> set[str]:
+    """Every repository in the registry's catalog (following its pagination)."""
+    import json
+    import re
+
+    names: set[str] = set()
+    path = "/v2/_catalog?n=1000"
+    while path:
+        url = f"http://{settings.KUBEFUNCTION_REGISTRY}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            names.update(json.load(response)["repositories"] or [])
+            link = re.match(r"<([^>]+)>", response.headers.get("Link", ""))
+        path = link.group(1) if link else None
+    return names

@@ -1,27 +1,18 @@
 """Image builds against the real Docker engine and registry (skipped without them)."""
 
-import json
-import urllib.request
 import uuid
 from dataclasses import replace
 
 import pytest
-from django.conf import settings
 
 from functions import builds, images
 from functions.models import FunctionVersion
 from functions.services import function_register, version_create
 from functions.specs import version_spec
 from tests.archives import make_zip
-from tests.docker_engine import needs_docker
+from tests.docker_engine import needs_docker, registry_repositories
 
 pytestmark = [pytest.mark.django_db, needs_docker]
-
-
-def catalog() -> list[str]:
-    url = f"http://{settings.KUBEFUNCTION_REGISTRY}/v2/_catalog"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)["repositories"]
 
 
 def register(user, name, files, **kwargs) -> FunctionVersion:
@@ -44,7 +35,7 @@ def test_build_push_pin_and_reuse(user):
     assert built.image.startswith(f"{repo}@sha256:")
     assert built.installed_packages == "six==1.16.0"
     assert "Successfully installed six-1.16.0" in built.build_log
-    assert f"kubefunction/img-{marker}" in catalog()
+    assert f"kubefunction/img-{marker}" in registry_repositories()
     client = images.docker_client()
     labels = client.images.get(built.image_tag).labels
     assert labels["io.kubefunction.function"] == f"img-{marker}"

@@ -10,6 +10,7 @@ from .base import Runtime
 
 RUNTIMES = {
     "local": "executions.runtimes.local.LocalRuntime",
+    "docker": "executions.runtimes.docker.DockerRuntime",
 }
 
 _instances: dict[str, Runtime] = {}

@@ -1,0 +1,431 @@
+"""The docker runtime: each invocation in a hardened container, cold or from a warm pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import requests
+from django.conf import settings
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from .base import (
+    FunctionSpec,
+    InvocationContext,
+    Outcome,
+    PrepareResult,
+    Runtime,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+from .docker_container import (
+    LABEL,
+    MANAGED_LABEL,
+    OWNER_LABEL,
+    ContainerExchange,
+    Limits,
+    engine_errors,
+    owner_id,
+    run_once,
+)
+from .docker_warm import WarmContainer
+from .framing import join_logs
+from .local import RETIRING_ERRORS
+from .local_process import _pid_alive, remove_stale_homes
+from .warm_pool import PoolLimits, WarmPool
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+T = TypeVar("T")
+
+
+def folders_dir() -> Path:
+    """Where the host folders mounted into containers live (request files, warm sockets)."""
+    return Path(settings.KUBEFUNCTION_WORK_DIR) / "docker"
+
+
+def pool_key(spec: FunctionSpec) -> tuple:
+    """Containers are interchangeable only if everything that shaped them at start is equal."""
+    return (spec.version_id, spec.image, spec.handler, spec.mode, spec.memory_mb, spec.network,
+            tuple(sorted(spec.env.items())))
+
+
+def _pool_limits() -> PoolLimits:
+    return PoolLimits(
+        size=settings.KUBEFUNCTION_DOCKER_WARM_POOL_SIZE,
+        per_key=settings.KUBEFUNCTION_DOCKER_WARM_POOL_PER_VERSION,
+        idle_seconds=settings.KUBEFUNCTION_DOCKER_WARM_IDLE_SECONDS,
+    )
+
+
+def _limits() -> Limits:
+    # A log file holds at least one whole frame (JSON escaping may grow the output's text, and
+    # the log driver adds its own), so the frame of a one-shot container is never rotated away.
+    frame = settings.KUBEFUNCTION_MAX_OUTPUT_BYTES + 2 * settings.KUBEFUNCTION_MAX_LOG_BYTES
+    return Limits(cpus=settings.KUBEFUNCTION_DOCKER_CPUS,
+                  pids=settings.KUBEFUNCTION_DOCKER_PIDS_LIMIT,
+                  log_max_bytes=max(8 * MIB, 4 * frame),
+                  network=settings.KUBEFUNCTION_DOCKER_NETWORK)
+
+
+def build_client() -> docker.DockerClient:
+    """A Docker SDK client for KUBEFUNCTION_DOCKER_URL (or DOCKER_HOST and the rest of the
+    environment when it is empty), with the API timeout in seconds; asks the engine its API
+    version, so it fails here when the engine does not answer."""
+    timeout = settings.KUBEFUNCTION_DOCKER_TIMEOUT
+    if settings.KUBEFUNCTION_DOCKER_URL:
+        return docker.DockerClient(base_url=settings.KUBEFUNCTION_DOCKER_URL, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
+def cleanup_orphans(client: docker.DockerClient) -> int:
+    """Remove the runtime's containers whose worker process is gone; returns how many.
+
+    A container belongs to the process named in its `io.kubefunction.owner` label (host:pid).
+    Only containers of this host are judged (an engine may serve several hosts); those of live
+    processes, and any without an owner, are left alone. The host folders those workers
+    mounted go too.
+    """
+    host = socket.gethostname()
+    removed = 0
+    found = client.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+    for container in found:
+        owner = (container.get("Labels") or {}).get(OWNER_LABEL, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        try:
+            client.api.remove_container(container["Id"], force=True)
+            removed += 1
+        except NotFound:
+            pass
+    remove_stale_homes(folders_dir())
+    return removed
+
+
+class DockerRuntime(Runtime):
+    """Runs each invocation in a container of the version's image (`spec.image`).
+
+    Every container is hardened the same way (see `docker_container.create_container`): no
+    network unless the function asks for one, read-only root with a 64 MiB noexec /tmp, user
+    10001, no capabilities, no-new-privileges, memory (no swap), CPU and pids limits, bounded
+    logs, the function's environment only, labelled with the worker that owns it.
+
+    With the warm pool on (KUBEFUNCTION_DOCKER_WARM_POOL_SIZE > 0), an invocation takes an idle
+    container of the same version or starts one (`cold`), and a container that answered returns
+    to the pool: bounded per version and in total, removed after an idle time. With it off,
+    every invocation gets a one-shot container that reads its request from a read-only mounted
+    file, writes its frame to stdout and is removed. A timeout kills and removes the container.
+
+    `close()` removes the containers this process started (and runs at exit); a worker that
+    ended without it leaves containers that `cleanup_orphans` removes when the next worker on
+    the host first reaches the engine.
+    """
+
+    name = "docker"
+
+    def __init__(self, pool_limits: PoolLimits | None = None) -> None:
+        """`pool_limits` fixes the warm pool's limits (for benchmarks); by default they come from
+        the settings, read at each use."""
+        self._pool_limits = (lambda: pool_limits) if pool_limits is not None else _pool_limits
+        self._pool = WarmPool(self._pool_limits)
+        self._client: docker.DockerClient | None = None
+        self._client_pid = 0
+        self._lock = threading.Lock()
+
+    # --- the engine --------------------------------------------------------------------------
+
+    def client(self) -> docker.DockerClient:
+        """The SDK client, built once per process (a forked child builds its own); the first
+        one also removes the orphans of dead workers."""
+        pid = os.getpid()
+        if self._client is not None and self._client_pid == pid:
+            return self._client
+        with self._lock:
+            if self._client is None or self._client_pid != pid:
+                with engine_errors("connect"):
+                    client = build_client()
+                try:
+                    removed = cleanup_orphans(client)
+                    if removed:
+                        logger.info("removed %d containers of workers that are gone", removed)
+                except (APIError, DockerException, requests.exceptions.RequestException,
+                        OSError) as exc:
+                    logger.warning("could not look for orphaned containers: %s", exc)
+                self._client, self._client_pid = client, pid
+        return self._client
+
+    @property
+    def api(self) -> Any:
+        return self.client().api
+
+    # --- images ------------------------------------------------------------------------------
+
+    def _image_present(self, image: str) -> bool:
+        try:
+            with engine_errors("look for the function's image"):
+                self.api.inspect_image(image)
+        except RuntimeFailure as exc:
+            if isinstance(exc.__cause__, NotFound):
+                return False
+            raise
+        return True
+
+    def _pull(self, spec: FunctionSpec) -> str:
+        """Pull the version's image (by digest); returns a line for the log."""
+        auth = None
+        username = getattr(settings, "KUBEFUNCTION_REGISTRY_USERNAME", "")
+        if username:
+            auth = {"username": username,
+                    "password": getattr(settings, "KUBEFUNCTION_REGISTRY_PASSWORD", "")}
+        started = time.monotonic()
+        try:
+            self.client().images.pull(spec.image, auth_config=auth)
+        except (ImageNotFound, NotFound) as exc:
+            raise RuntimeFailure(f"the image {spec.image} of {spec.function_name} "
+                                 f"v{spec.version_number} is not in the registry: "
+                                 f"{exc.explanation or exc}") from exc
+        except APIError as exc:
+            detail = exc.explanation or str(exc)
+            if exc.status_code and exc.status_code < 500 or "manifest unknown" in detail:
+                raise RuntimeFailure(f"the image {spec.image} cannot be pulled: {detail}") from exc
+            raise RuntimeUnavailable(f"pulling {spec.image} failed: {detail}") from exc
+        except (DockerException, requests.exceptions.RequestException) as exc:
+            raise RuntimeUnavailable(f"pulling {spec.image} failed: {exc}") from exc
+        return f"pulled {spec.image} in {time.monotonic() - started:.1f} s"
+
+    def _require_image(self, spec: FunctionSpec) -> None:
+        if not spec.image:
+            raise RuntimeFailure(f"{spec.function_name} v{spec.version_number} has no image "
+                                 "yet: build it for the docker runtime first")
+
+    def needs_prepare(self, spec: FunctionSpec) -> bool:
+        """True unless the version's image is set and already on this engine."""
+        return not spec.image or not self._image_present(spec.image)
+
+    def prepare(self, spec: FunctionSpec) -> PrepareResult:
+        """Make sure the version's image is on this engine, pulling it by digest if needed.
+
+        The image itself is built and pushed by `functions.images`; this runtime only runs it.
+        """
+        try:
+            self._require_image(spec)
+            if self._image_present(spec.image):
+                return PrepareResult(ok=True, log=f"{spec.image} is present")
+            return PrepareResult(ok=True, log=self._pull(spec))
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            return PrepareResult(ok=False, log=str(exc))
+
+    def _with_image(self, spec: FunctionSpec, start: Callable[[], T], deadline: float) -> T:
+        """`start()`; if the engine lacks the image, pull it and start again."""
+        try:
+            return start()
+        except RuntimeFailure as exc:
+            if not isinstance(exc.__cause__, ImageNotFound):
+                raise
+        self._pull(spec)
+        if time.monotonic() >= deadline:
+            raise RuntimeUnavailable(f"pulled {spec.image}, but the invocation's deadline "
+                                     "passed meanwhile; the next attempt will find it")
+        return start()
+
+    # --- invoke ------------------------------------------------------------------------------
+
+    def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
+        self._require_image(spec)
+        budget = context.deadline - time.time()
+        if budget <= 0:
+            return Outcome(status="timed_out", error_type="Timeout",
+                           error="the deadline passed before the function started")
+        deadline = time.monotonic() + budget
+        request, nonce = _request(spec, payload, context)
+        max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
+        # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
+        max_frame = 8 * (settings.KUBEFUNCTION_MAX_OUTPUT_BYTES + 2 * max_log) + MIB
+        limits = _limits()
+        pool = self._pool_limits()
+        if pool.size <= 0 or pool.per_key <= 0:
+            labels = {**_version_labels(spec), f"{LABEL}.execution": context.execution_id}
+            exchange = self._with_image(spec, lambda: run_once(
+                self.api, spec, request, nonce, deadline, parent=folders_dir(), labels=labels,
+                limits=limits, max_log_bytes=max_log, max_frame_bytes=max_frame), deadline)
+            return _outcome(exchange, spec, True, budget)
+
+        key = pool_key(spec)
+        container = self._pool.acquire(key)
+        cold = container is None
+        if container is None:
+            container = self._start(spec, key, limits, deadline)
+        try:
+            exchange = container.exchange(request, nonce, deadline, max_log_bytes=max_log,
+                                          max_frame_bytes=max_frame)
+            if not exchange.sent and not cold and not exchange.timed_out:
+                # it died idle: the function never saw the request
+                container = self._start(spec, key, limits, deadline)
+                cold = True
+                exchange = container.exchange(request, nonce, deadline, max_log_bytes=max_log,
+                                              max_frame_bytes=max_frame)
+        except BaseException:
+            container.kill()
+            raise
+        if exchange.frame is not None and _reusable(exchange.frame) and container.alive():
+            self._pool.release(key, container)
+        else:
+            container.kill()
+        return _outcome(exchange, spec, cold, budget)
+
+    def _start(self, spec: FunctionSpec, key: tuple, limits: Limits,
+               deadline: float) -> WarmContainer:
+        labels = {**_version_labels(spec), f"{LABEL}.pool": _key_digest(key)}
+        container = self._with_image(spec, lambda: WarmContainer.start(
+            self.api, spec, parent=folders_dir(), labels=labels, limits=limits), deadline)
+        self._pool.track(container)
+        return container
+
+    # --- the rest of the interface -----------------------------------------------------------
+
+    def release(self, spec: FunctionSpec) -> None:
+        self._pool.drop(lambda key: key[0] == spec.version_id)
+
+    def health(self) -> tuple[bool, str]:
+        base = settings.KUBEFUNCTION_BASE_IMAGE
+        try:
+            client = self.client()
+            with engine_errors("answer a ping"):
+                client.ping()
+                version = client.version()
+            present = self._image_present(base)
+        except (RuntimeUnavailable, RuntimeFailure) as exc:
+            return False, f"docker runtime: {exc}"
+        engine = (f"Docker engine {version.get('Version', '?')} "
+                  f"(API {version.get('ApiVersion', '?')}) at {client.api.base_url}")
+        if not present:
+            return False, (f"docker runtime: {engine}; the base image {base} is missing: "
+                           "run `make services` (or set KUBEFUNCTION_BASE_IMAGE)")
+        return True, (f"docker runtime: {engine}; base image {base} present; "
+                      f"{len(self._pool)} warm containers")
+
+    @property
+    def warm_containers(self) -> int:
+        """How many idle containers the warm pool holds now."""
+        return len(self._pool)
+
+    def close(self) -> None:
+        """Remove every container this process started (idle or busy)."""
+        self._pool.close()
+        if self._client is None or self._client_pid != os.getpid():
+            return
+        try:
+            left = self._client.api.containers(all=True, filters={
+                "label": [f"{MANAGED_LABEL}=true", f"{OWNER_LABEL}={owner_id()}"]})
+            for container in left:
+                self._client.api.remove_container(container["Id"], force=True)
+        except (APIError, DockerException, requests.exceptions.RequestException) as exc:
+            logger.warning("could not remove this worker's containers: %s", exc)
+
+
+def _version_labels(spec: FunctionSpec) -> dict[str, str]:
+    return {f"{LABEL}.function": spec.function_name,
+            f"{LABEL}.version": str(spec.version_number)}
+
+
+def _key_digest(key: tuple) -> str:
+    return hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:16]
+
+
+def _request(spec: FunctionSpec, payload: Any, context: InvocationContext) -> tuple[bytes, str]:
+    """The request line for the runner and its nonce."""
+    nonce = secrets.token_hex(16)
+    request = {
+        "nonce": nonce,
+        "event": payload,
+        "context": {
+            "execution_id": context.execution_id, "task_id": context.task_id,
+            "function_name": spec.function_name, "function_version": spec.version_number,
+            "deadline": context.deadline,
+        },
+        "max_output_bytes": settings.KUBEFUNCTION_MAX_OUTPUT_BYTES,
+        "max_log_bytes": settings.KUBEFUNCTION_MAX_LOG_BYTES,
+    }
+    try:
+        line = json.dumps(request, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise RuntimeFailure(f"the payload cannot be sent as JSON: {exc}") from exc
+    return line + b"\n", nonce
+
+
+def _reusable(frame: dict) -> bool:
+    return frame.get("error_type") not in RETIRING_ERRORS and not frame.get("retire")
+
+
+def _outcome(exchange: ContainerExchange, spec: FunctionSpec, cold: bool,
+             budget: float) -> Outcome:
+    max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
+    frame = exchange.frame
+    stray = (exchange.stray, exchange.stray_truncated)
+    if frame is not None:
+        # Stray output first: it includes what the runner saved just before a near-miss deadline.
+        logs, truncated = join_logs(
+            [stray, (str(frame.get("logs") or ""), bool(frame.get("logs_truncated")))], max_log
+        )
+        ok = bool(frame.get("ok"))
+        return Outcome(
+            status="succeeded" if ok else "failed",
+            output=frame.get("output"),
+            output_truncated=bool(frame.get("output_truncated")),
+            error_type=str(frame.get("error_type") or ""),
+            error=str(frame.get("error") or ""),
+            logs=logs, logs_truncated=truncated,
+            exit_code=int(frame.get("exit_code", 0 if ok else 1)),
+            cold=cold,
+            cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
+            peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
+        )
+    logs, truncated = join_logs([stray], max_log)
+    common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
+              "cpu_seconds": exchange.cpu_seconds}
+    if exchange.oom_killed:
+        return Outcome(status="failed", error_type="MemoryError", exit_code=exchange.returncode,
+                       error=f"the function's container was killed because it exceeded its "
+                             f"memory limit of {spec.memory_mb} MiB",
+                       peak_memory_bytes=spec.memory_mb * MIB, **common)
+    common["peak_memory_bytes"] = exchange.peak_memory_bytes
+    if exchange.timed_out:
+        return Outcome(status="timed_out", error_type="Timeout", exit_code=None,
+                       error=f"function did not finish within {round(budget, 1):g} s", **common)
+    if exchange.protocol_error:
+        return Outcome(status="failed", error_type="ProtocolError", exit_code=None,
+                       error=f"the runner's answer could not be read: {exchange.protocol_error}",
+                       **common)
+    code = exchange.returncode
+    if code is None:
+        return Outcome(status="failed", error_type="ProcessExited", exit_code=None,
+                       error="the function's container ended without a result", **common)
+    if code > 128:  # the engine's (and the init's) way of saying "killed by signal code - 128"
+        return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
+                       error=f"the function's process was killed by {_signal_name(code - 128)} "
+                             "without a result", **common)
+    return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
+                   error=f"the function's process exited with code {code} without a result",
+                   **common)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

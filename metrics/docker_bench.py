@@ -1,0 +1,165 @@
+"""The Docker benchmark: a raw container of the base image (the floor) against the docker runtime.
+
+The floor is what `docker run --rm --network none BASE python3 -c pass` costs through the SDK
+(`containers.run(..., remove=True)`: create, start, wait, logs, remove). Against it: a cold
+invocation of a trivial function (one hardened one-shot container, from `invoke()` to the
+outcome), the first invocation on a new warm container, and warm invocations (an idle pooled
+container answering over its socket). Floor and cold samples alternate, so a busy machine
+weighs on both alike. No database, broker or worker is involved: this measures the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+
+import docker
+from django.conf import settings
+from docker.errors import ImageNotFound
+
+from executions.runtimes.base import FunctionSpec, InvocationContext
+from executions.runtimes.docker import DockerRuntime
+from executions.runtimes.warm_pool import PoolLimits
+from functions import runner
+
+from .stats import percentile
+
+BENCH_SOURCE = b"def handle(event):\n    return event\n"
+REPOSITORY = "kubefunction-bench/echo"
+# The image layout every function image has (see functions/images.py).
+DOCKERFILE = """\
+FROM {base}
+LABEL io.kubefunction.function="bench-echo" io.kubefunction.version="1" \\
+      io.kubefunction.sha256="{sha256}"
+ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY runner.py /opt/kubefunction/runner.py
+COPY deps/ /opt/kubefunction/deps/
+COPY src/ /opt/kubefunction/src/
+{compile}USER 10001:10001
+WORKDIR /opt/kubefunction/src
+"""
+# Bytecode for the standard library and the runner: what a base image that kept its
+# __pycache__ folders (python:3.11-slim does) gives every cold start.
+COMPILE = "RUN python3 -m compileall -q /usr/lib/python3* /opt/kubefunction >/dev/null || true\n"
+
+
+@dataclass
+class DockerFigures:
+    floor: float  # median seconds of the raw container run
+    cold: float  # median seconds of a one-shot invocation
+    cold_warm_pool: float  # median seconds of the first invocation on a new warm container
+    warm_p50: float
+    warm_p95: float
+    samples: int
+    warm_samples: int
+    image: str
+    stdlib_bytecode: bool  # the base image ships compiled standard-library modules
+
+
+def bench_image(client: docker.DockerClient, *, compile_bytecode: bool = False) -> str:
+    """The trivial function's image (built through the SDK, reused when present)."""
+    base = settings.KUBEFUNCTION_BASE_IMAGE
+    source_digest = hashlib.sha256(BENCH_SOURCE).hexdigest()
+    dockerfile = DOCKERFILE.format(base=base, sha256=source_digest,
+                                   compile=COMPILE if compile_bytecode else "").encode()
+    runner_source = open(runner.__file__, "rb").read()  # noqa: SIM115
+    digest = hashlib.sha256(dockerfile + runner_source + BENCH_SOURCE
+                            + client.images.get(base).id.encode()).hexdigest()
+    tag = f"{REPOSITORY}:{digest[:24]}"
+    try:
+        client.images.get(tag)
+        return tag
+    except ImageNotFound:
+        pass
+    files = {"Dockerfile": dockerfile, "runner.py": runner_source,
+             "src/handler.py": BENCH_SOURCE}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for folder in ("deps", "src"):
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, forcerm=True,
+                        network_mode="none")
+    return tag
+
+
+def has_stdlib_bytecode(client: docker.DockerClient) -> bool:
+    """True when the base image ships the standard library's bytecode (json's, as a sample)."""
+    out = client.containers.run(
+        settings.KUBEFUNCTION_BASE_IMAGE, ["python3", "-c", (
+            "import importlib.util as u, os; "
+            "print(os.path.exists(u.find_spec('json').cached))")],
+        remove=True, network_mode="none")
+    return out.strip() == b"True"
+
+
+def _spec(image: str) -> FunctionSpec:
+    return FunctionSpec(version_id=-1, function_name="bench-echo", version_number=1,
+                        sha256=hashlib.sha256(BENCH_SOURCE).hexdigest(), source_name="handler.py",
+                        read_source=lambda: BENCH_SOURCE, image=image, timeout_seconds=30)
+
+
+def _timed_invoke(runtime: DockerRuntime, spec: FunctionSpec, payload: object) -> tuple[float,
+                                                                                         bool]:
+    context = InvocationContext(execution_id="bench", task_id="bench",
+                                deadline=time.time() + spec.timeout_seconds)
+    started = time.perf_counter()
+    outcome = runtime.invoke(spec, payload, context)
+    elapsed = time.perf_counter() - started
+    if outcome.status != "succeeded" or outcome.output != payload:
+        raise RuntimeError(f"the bench function failed: {outcome}")
+    return elapsed, outcome.cold
+
+
+def run_docker_bench(*, samples: int = 20, warm_samples: int = 200,
+                     compile_bytecode: bool = False) -> DockerFigures:
+    client = docker.from_env(timeout=settings.KUBEFUNCTION_DOCKER_TIMEOUT)
+    base = settings.KUBEFUNCTION_BASE_IMAGE
+    image = bench_image(client, compile_bytecode=compile_bytecode)
+    spec = _spec(image)
+    bytecode = has_stdlib_bytecode(client)
+    floor, cold, cold_pool, warm = [], [], [], []
+    one_shot = DockerRuntime(PoolLimits(size=0, per_key=0, idle_seconds=0))
+    pooled = DockerRuntime(PoolLimits(size=1, per_key=1, idle_seconds=600))
+    try:
+        # One of each first, unmeasured: the engine's caches are warm after.
+        client.containers.run(base, ["python3", "-c", "pass"], remove=True, network_mode="none")
+        _timed_invoke(one_shot, spec, 0)
+        for index in range(samples):
+            started = time.perf_counter()
+            client.containers.run(base, ["python3", "-c", "pass"], remove=True,
+                                  network_mode="none")
+            floor.append(time.perf_counter() - started)
+            cold.append(_timed_invoke(one_shot, spec, index)[0])
+            pooled.release(spec)  # so the next call starts a new warm container
+            elapsed, was_cold = _timed_invoke(pooled, spec, index)
+            if not was_cold:
+                raise RuntimeError("a released warm container answered again")
+            cold_pool.append(elapsed)
+        for index in range(warm_samples):
+            elapsed, was_cold = _timed_invoke(pooled, spec, {"n": index})
+            if was_cold:
+                raise RuntimeError("the warm container was not reused")
+            warm.append(elapsed)
+    finally:
+        one_shot.close()
+        pooled.close()
+        client.close()
+    return DockerFigures(
+        floor=percentile(floor, 0.5), cold=percentile(cold, 0.5),
+        cold_warm_pool=percentile(cold_pool, 0.5), warm_p50=percentile(warm, 0.5),
+        warm_p95=percentile(warm, 0.95), samples=samples, warm_samples=warm_samples,
+        image=image, stdlib_bytecode=bytecode)
+
+
+def as_dict(figures: DockerFigures) -> dict:
+    return asdict(figures)

@@ -1,0 +1,63 @@
+"""manage.py bench_docker: a raw container run (the floor) vs the docker runtime, cold and warm."""
+
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from metrics.docker_bench import as_dict, run_docker_bench
+from metrics.stats import ms
+
+COLD_GOAL = 1.3  # cold invocation within 1.3x the floor
+WARM_GOAL = 0.015  # warm p50 under 15 ms
+
+
+class Command(BaseCommand):
+    help = ("Time a raw `docker run --rm` of the base image through the SDK (the floor), a cold "
+            "invocation of a trivial function on the docker runtime and warm invocations; print "
+            "the figures and their ratios to the floor.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--samples", type=int, default=20,
+                            help="Floor and cold runs, alternating (medians are shown).")
+        parser.add_argument("--warm", type=int, default=200, help="Warm invocations.")
+        parser.add_argument("--compile-bytecode", action="store_true",
+                            help="Compile the standard library and the runner into the bench "
+                                 "image (what a base image that keeps its bytecode gives).")
+
+    def handle(self, *args, samples, warm, compile_bytecode, **options):
+        figures = run_docker_bench(samples=samples, warm_samples=warm,
+                                   compile_bytecode=compile_bytecode)
+        floor = figures.floor
+        rows = [
+            ("floor: docker run --rm (SDK)", ms(floor), "1.00×"),
+            ("cold: one-shot container", ms(figures.cold), f"{figures.cold / floor:.2f}×"),
+            ("cold: new warm container", ms(figures.cold_warm_pool),
+             f"{figures.cold_warm_pool / floor:.2f}×"),
+            (f"warm p50 ({figures.warm_samples} calls)", ms(figures.warm_p50),
+             f"{figures.warm_p50 / floor:.3f}×"),
+            (f"warm p95 ({figures.warm_samples} calls)", ms(figures.warm_p95),
+             f"{figures.warm_p95 / floor:.3f}×"),
+        ]
+        self.stdout.write(f"{'':32}{'time':>12}  ratio to floor")
+        for name, value, ratio in rows:
+            self.stdout.write(f"{name:32}{value:>12}  {ratio}")
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        self.stdout.write(
+            f"goal: cold ≤ {COLD_GOAL}× floor: one-shot "
+            f"{verdict(figures.cold <= COLD_GOAL * floor)}, new warm container "
+            f"{verdict(figures.cold_warm_pool <= COLD_GOAL * floor)}; warm p50 < "
+            f"{WARM_GOAL * 1000:.0f} ms: {verdict(figures.warm_p50 < WARM_GOAL)} "
+            f"(medians of {figures.samples} alternating runs of each)")
+        if not figures.stdlib_bytecode:
+            self.stdout.write(
+                f"note: {settings.KUBEFUNCTION_BASE_IMAGE} has no compiled standard library, so "
+                "every cold start compiles json, re, enum, threading…; keep the __pycache__ "
+                "folders in the base image (--compile-bytecode shows the difference).")
+        report = Path(settings.VAR_DIR) / f"bench-docker-{int(time.time())}.json"
+        report.write_text(json.dumps(as_dict(figures), indent=2))
+        self.stdout.write(f"figures saved to {report}")
