@@ -3,9 +3,12 @@ the registry, delete it from the engine, dispatch, and get the output (the runti
 
 import time
 import uuid
+from io import StringIO
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from docker.errors import ImageNotFound
 
 from functions import images
@@ -56,3 +59,25 @@ def test_build_delete_dispatch_pulls_it_back(api, celery_worker_process):
     assert body["output"] == {"slug": "hello-docker", "v": 1}
     assert body["runtime"] == "docker"
     assert client.images.get(version.image)  # pulled back by digest
+
+
+def test_build_function_command_retries_and_reports_a_failed_build(api, celery_worker_process):
+    marker = uuid.uuid4().hex[:8]
+    source = make_zip({"handler.py": "def handle(e):\n    return 1\n",
+                       "requirements.txt": f"no-such-kubefunction-{marker}==1.0\n"})
+    api.post("/api/functions/", {"name": f"broken-{marker}", "runtime": "docker",
+                                 "source": SimpleUploadedFile("code.zip", source)},
+             format="multipart")
+    version = FunctionVersion.objects.get(function__name=f"broken-{marker}")
+    deadline = time.monotonic() + 120
+    while version.status in ("pending", "building") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version.refresh_from_db()
+    assert version.status == "failed"
+    out = StringIO()
+    with pytest.raises(CommandError, match="the build of v1 failed"):
+        call_command("build_function", f"broken-{marker}", "--wait", "--timeout", "120",
+                     stdout=out)
+    assert "build of" in out.getvalue() and f"no-such-kubefunction-{marker}" in out.getvalue()
+    with pytest.raises(CommandError, match="no function named"):
+        call_command("build_function", "ghost", stdout=StringIO())

@@ -100,3 +100,11 @@ def test_new_version_of_a_docker_function_is_pending_until_built(user):
     assert second.status == "pending" and second.image == ""
     version.function.refresh_from_db()
     assert version.function.active_version_id == version.pk
+
+
+def test_engine_down_fails_the_build_with_the_reason(user, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    version = register(user, "no-engine", {"handler.py": "def handle(e):\n    return 4\n"})
+    built = builds.version_build(version_id=version.pk)
+    assert built.status == "failed"
+    assert "Docker engine is unreachable" in built.build_log

@@ -10,23 +10,23 @@ from kubefunction.commands import domain_errors_as_command_errors
 
 
 class Command(BaseCommand):
-    help = ("Build the latest (or --version N) version of a function for its runtime, or retry "
+    help = ("Build the latest (or --number N) version of a function for its runtime, or retry "
             "its failed build; --wait follows the build log until it ends.")
 
     def add_arguments(self, parser):
         parser.add_argument("name")
-        parser.add_argument("--version", type=int, help="Version number (default: the latest).")
+        parser.add_argument("--number", type=int, help="Version number (default: the latest).")
         parser.add_argument("--wait", action="store_true", help="Wait for the build to end.")
         parser.add_argument("--timeout", type=float, default=900)
 
-    def handle(self, *args, name, version, wait, timeout, **options):
+    def handle(self, *args, name, number, wait, timeout, **options):
         function = Function.objects.filter(name=name).first()
         if function is None:
             raise CommandError(f"no function named '{name}'.")
         versions = function.versions.select_related("function")
-        target = versions.filter(number=version).first() if version else versions.first()
+        target = versions.filter(number=number).first() if number else versions.first()
         if target is None:
-            raise CommandError(f"'{name}' has no version {version or ''}".strip() + ".")
+            raise CommandError(f"'{name}' has no version {number or ''}".strip() + ".")
         with domain_errors_as_command_errors():
             builds.version_request_build(version=target)
         self.stdout.write(f"build of {name} v{target.number} queued")
