@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import threading
@@ -41,8 +39,8 @@ from .docker_container import (
 )
 from .docker_warm import WarmContainer
 from .framing import join_logs
-from .local import RETIRING_ERRORS
 from .local_process import _pid_alive, remove_stale_homes
+from .protocol import frame_outcome, reusable, runner_request
 from .warm_pool import PoolLimits, WarmPool
 
 logger = logging.getLogger(__name__)
@@ -252,7 +250,7 @@ class DockerRuntime(Runtime):
             return Outcome(status="timed_out", error_type="Timeout",
                            error="the deadline passed before the function started")
         deadline = time.monotonic() + budget
-        request, nonce = _request(spec, payload, context)
+        request, nonce = runner_request(spec, payload, context)
         max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
         # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
         max_frame = 8 * (settings.KUBEFUNCTION_MAX_OUTPUT_BYTES + 2 * max_log) + MIB
@@ -282,7 +280,7 @@ class DockerRuntime(Runtime):
         except BaseException:
             container.kill()
             raise
-        if exchange.frame is not None and _reusable(exchange.frame) and container.alive():
+        if exchange.frame is not None and reusable(exchange.frame) and container.alive():
             self._pool.release(key, container)
         else:
             container.kill()
@@ -347,54 +345,13 @@ def _key_digest(key: tuple) -> str:
     return hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:16]
 
 
-def _request(spec: FunctionSpec, payload: Any, context: InvocationContext) -> tuple[bytes, str]:
-    """The request line for the runner and its nonce."""
-    nonce = secrets.token_hex(16)
-    request = {
-        "nonce": nonce,
-        "event": payload,
-        "context": {
-            "execution_id": context.execution_id, "task_id": context.task_id,
-            "function_name": spec.function_name, "function_version": spec.version_number,
-            "deadline": context.deadline,
-        },
-        "max_output_bytes": settings.KUBEFUNCTION_MAX_OUTPUT_BYTES,
-        "max_log_bytes": settings.KUBEFUNCTION_MAX_LOG_BYTES,
-    }
-    try:
-        line = json.dumps(request, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise RuntimeFailure(f"the payload cannot be sent as JSON: {exc}") from exc
-    return line + b"\n", nonce
-
-
-def _reusable(frame: dict) -> bool:
-    return frame.get("error_type") not in RETIRING_ERRORS and not frame.get("retire")
-
-
 def _outcome(exchange: ContainerExchange, spec: FunctionSpec, cold: bool,
              budget: float) -> Outcome:
     max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
     frame = exchange.frame
     stray = (exchange.stray, exchange.stray_truncated)
     if frame is not None:
-        # Stray output first: it includes what the runner saved just before a near-miss deadline.
-        logs, truncated = join_logs(
-            [stray, (str(frame.get("logs") or ""), bool(frame.get("logs_truncated")))], max_log
-        )
-        ok = bool(frame.get("ok"))
-        return Outcome(
-            status="succeeded" if ok else "failed",
-            output=frame.get("output"),
-            output_truncated=bool(frame.get("output_truncated")),
-            error_type=str(frame.get("error_type") or ""),
-            error=str(frame.get("error") or ""),
-            logs=logs, logs_truncated=truncated,
-            exit_code=int(frame.get("exit_code", 0 if ok else 1)),
-            cold=cold,
-            cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
-            peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
-        )
+        return frame_outcome(frame, *stray, cold=cold)
     logs, truncated = join_logs([stray], max_log)
     common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
               "cpu_seconds": exchange.cpu_seconds}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -33,11 +31,9 @@ from .base import (
 )
 from .framing import join_logs
 from .local_process import RUNNER_PATH, Exchange, RunnerProcess, remove_stale_homes
+from .protocol import frame_outcome, reusable, runner_request
 from .warm_pool import PoolLimits, WarmPool
 
-# After these the process is not trusted with another call: it is killed rather than pooled.
-# (An import failure would only repeat, and a process that hit its memory limit exits anyway.)
-RETIRING_ERRORS = frozenset({"SystemExit", "MemoryError", "ImportError", "HandlerNotFound"})
 # Environment variables pip may need to reach an index (proxies, certificates, its own settings).
 PIP_PASSTHROUGH = re.compile(
     r"^(PIP_\w+|(?i:https?_proxy|no_proxy|all_proxy)|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE)$"
@@ -196,7 +192,7 @@ class LocalRuntime(Runtime):
         except BaseException:
             process.kill()
             raise
-        if exchange.frame is not None and _reusable(exchange.frame) and process.alive():
+        if exchange.frame is not None and reusable(exchange.frame) and process.alive():
             self._pool.release(key, process)
         else:
             process.kill()
@@ -222,25 +218,10 @@ class LocalRuntime(Runtime):
               context: InvocationContext, deadline: float) -> Exchange:
         max_output = settings.KUBEFUNCTION_MAX_OUTPUT_BYTES
         max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
-        nonce = secrets.token_hex(16)
-        request = {
-            "nonce": nonce,
-            "event": payload,
-            "context": {
-                "execution_id": context.execution_id, "task_id": context.task_id,
-                "function_name": spec.function_name, "function_version": spec.version_number,
-                "deadline": context.deadline,
-            },
-            "max_output_bytes": max_output,
-            "max_log_bytes": max_log,
-        }
-        try:
-            line = json.dumps(request, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise RuntimeFailure(f"the payload cannot be sent as JSON: {exc}") from exc
+        line, nonce = runner_request(spec, payload, context)
         # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
         max_frame = 8 * (max_output + 2 * max_log) + 1024 * 1024
-        return process.exchange(line + b"\n", nonce, deadline, max_log_bytes=max_log,
+        return process.exchange(line, nonce, deadline, max_log_bytes=max_log,
                                 max_frame_bytes=max_frame)
 
     # --- the rest of the interface ------------------------------------------------------------
@@ -270,32 +251,13 @@ class LocalRuntime(Runtime):
         self._pool.close()
 
 
-def _reusable(frame: dict) -> bool:
-    return frame.get("error_type") not in RETIRING_ERRORS
-
 
 def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float) -> Outcome:
     max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
     frame = exchange.frame
     stray = (exchange.stray, exchange.stray_truncated)
     if frame is not None:
-        # Stray output first: it includes what the runner saved just before a near-miss deadline.
-        logs, truncated = join_logs(
-            [stray, (str(frame.get("logs") or ""), bool(frame.get("logs_truncated")))], max_log
-        )
-        ok = bool(frame.get("ok"))
-        return Outcome(
-            status="succeeded" if ok else "failed",
-            output=frame.get("output"),
-            output_truncated=bool(frame.get("output_truncated")),
-            error_type=str(frame.get("error_type") or ""),
-            error=str(frame.get("error") or ""),
-            logs=logs, logs_truncated=truncated,
-            exit_code=int(frame.get("exit_code", 0 if ok else 1)),
-            cold=cold,
-            cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
-            peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
-        )
+        return frame_outcome(frame, *stray, cold=cold)
     logs, truncated = join_logs([stray], max_log)
     common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
               "cpu_seconds": exchange.cpu_seconds}
