@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,7 +103,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = VAR_DIR / "static"  # filled by collectstatic; WhiteNoise serves it
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("KUBEFUNCTION_MEDIA_ROOT", default=str(VAR_DIR / "media")))
 # Uploads above this many bytes spill to a temporary file instead of memory.
@@ -239,3 +241,25 @@ KUBEFUNCTION_DOCKER_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_DOCKER_WARM_PO
                                                     default=2)
 KUBEFUNCTION_DOCKER_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_DOCKER_WARM_IDLE_SECONDS",
                                                 default=300)
+
+# --- Kubernetes runtime ----------------------------------------------------------------------
+# The cluster: this kubeconfig file; empty: in-cluster config inside a pod, else KUBECONFIG or
+# ~/.kube/config.
+KUBEFUNCTION_KUBECONFIG = env.str("KUBEFUNCTION_KUBECONFIG", default="")
+# The namespace function Jobs run in (the platform's ServiceAccount needs a Role there).
+KUBEFUNCTION_KUBE_NAMESPACE = env.str("KUBEFUNCTION_KUBE_NAMESPACE",
+                                      default="kubefunction-functions")
+# Seconds any one API call may take (connect and read); watches add their own timeoutSeconds.
+KUBEFUNCTION_KUBE_TIMEOUT = env.int("KUBEFUNCTION_KUBE_TIMEOUT", default=30)
+# Longest single watch request; the watch is renewed (from its resourceVersion) until the end.
+KUBEFUNCTION_KUBE_WATCH_SECONDS = env.int("KUBEFUNCTION_KUBE_WATCH_SECONDS", default=60)
+# Seconds beyond the function's timeout the runtime waits for a Job that has not ended (pod
+# scheduling and image pulls happen before the function's own clock starts).
+KUBEFUNCTION_KUBE_START_GRACE = env.int("KUBEFUNCTION_KUBE_START_GRACE", default=120)
+# Seconds a finished Job stays (ttlSecondsAfterFinished) if the worker could not delete it.
+KUBEFUNCTION_KUBE_JOB_TTL = env.int("KUBEFUNCTION_KUBE_JOB_TTL", default=300)
+# CPU request and limit of a function's container (memory comes from the function).
+KUBEFUNCTION_KUBE_CPU_REQUEST = env.str("KUBEFUNCTION_KUBE_CPU_REQUEST", default="100m")
+KUBEFUNCTION_KUBE_CPU_LIMIT = env.str("KUBEFUNCTION_KUBE_CPU_LIMIT", default="1")
+# Comma-separated Secrets (in the functions namespace) the kubelet pulls function images with.
+KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS = env.list("KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS", default=[])
