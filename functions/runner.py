@@ -3,15 +3,19 @@
 Standard library only, no Django, Python 3.9+: this file is copied alone into container images.
 
     python runner.py --root SRC [--path DIR]... --handler H --mode handler|script
-                     [--serve | --request-file PATH | --socket PATH]
+                     [--serve | --request-file PATH | --request-env NAME | --socket PATH |
+                      --http [HOST]:PORT]
 
 Requests are JSON lines: {"nonce", "event", "context": {...}, "max_output_bytes",
 "max_log_bytes"}. By default the runner reads one request from stdin, answers it and exits with the
 function's exit code; with --request-file it reads that one request from a file instead (a
-container's read-only mount). With --serve it imports the function once (warm) and answers
-requests from stdin until stdin closes. With --socket it serves over the host's unix socket at
-PATH (see `SocketChannel`): it connects, reads one request line, answers with one frame, closes,
-and connects again for the next request, until SIGTERM or until the host stops listening.
+container's read-only mount), and with --request-env from that environment variable (a pod's
+env; the runner removes it from its environment before the function runs). With --serve it
+imports the function once (warm) and answers requests from stdin until stdin closes. With
+--socket it serves over the host's unix socket at PATH (see `SocketChannel`): it connects, reads
+one request line, answers with one frame, closes, and connects again for the next request, until
+SIGTERM or until the host stops listening. With --http it serves HTTP (a warm pod):
+GET /healthz, and POST /invoke with one request line, answered with its frame.
 
 Each answer is a frame written to a private duplicate of the original stdout, the only thing ever
 written there:
@@ -620,13 +624,18 @@ class _Raw(str):
 # --- the process: file descriptors, the request loop ---------------------------------------------
 
 
-def write_frame(fd: int, nonce: str, answer: dict) -> None:
-    """Write `answer` as one frame to `fd` (its "output" is spliced in as JSON text)."""
+def frame_bytes(nonce: str, answer: dict) -> bytes:
+    """`answer` as one frame (its "output" is spliced in as JSON text)."""
     output = answer.pop("output", None)
     rest = json.dumps(answer, ensure_ascii=False, allow_nan=False)
     output_json = output if isinstance(output, _Raw) else json.dumps(output, ensure_ascii=False)
     payload = f'{rest[:-1]}, "output": {output_json}}}'.encode("utf-8", "replace")
-    data = memoryview(frame_header(nonce, len(payload)) + payload + b"\n")
+    return frame_header(nonce, len(payload)) + payload + b"\n"
+
+
+def write_frame(fd: int, nonce: str, answer: dict) -> None:
+    """Write `answer` as one frame to `fd`."""
+    data = memoryview(frame_bytes(nonce, answer))
     while data:
         written = os.write(fd, data)
         data = data[written:]
@@ -653,15 +662,21 @@ class Channel:
     always gets an empty stdin.
     """
 
-    def __init__(self, request_file: str = "") -> None:
+    def __init__(self, request_file: str = "", request_env: str = "") -> None:
         self.result_fd = os.dup(1)  # dup'ed descriptors are not inherited by subprocesses
         os.dup2(2, 1)
-        request_fd = os.open(request_file, os.O_RDONLY | os.O_CLOEXEC) if request_file \
-            else os.dup(0)
+        if request_env:
+            import io
+
+            data = os.environ.pop(request_env, "").encode("utf-8", "surrogateescape")
+            self.requests = io.BytesIO(data if not data or data.endswith(b"\n") else data + b"\n")
+        else:
+            request_fd = os.open(request_file, os.O_RDONLY | os.O_CLOEXEC) if request_file \
+                else os.dup(0)
+            self.requests = os.fdopen(request_fd, "rb")
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        self.requests = os.fdopen(request_fd, "rb")
 
     def read(self) -> bytes | None:
         line = self.requests.readline()
@@ -749,8 +764,10 @@ class Arguments:
     """The command line (argparse would add a tenth to a cold start)."""
 
     USAGE = ("usage: runner.py --root SRC_DIR [--path DIR]... [--handler H] "
-             "[--mode handler|script] [--serve | --request-file PATH | --socket PATH]")
-    VALUED = ("--root", "--path", "--handler", "--mode", "--request-file", "--socket")
+             "[--mode handler|script] [--serve | --request-file PATH | --request-env NAME | "
+             "--socket PATH | --http [HOST]:PORT]")
+    VALUED = ("--root", "--path", "--handler", "--mode", "--request-file", "--request-env",
+              "--socket", "--http")
 
     def __init__(self, argv: list[str]) -> None:
         self.root = ""
@@ -759,7 +776,9 @@ class Arguments:
         self.mode = "handler"
         self.serve = False
         self.request_file = ""
+        self.request_env = ""
         self.socket = ""
+        self.http = ""
         items = iter(argv)
         for item in items:
             if item == "--serve":
@@ -778,8 +797,12 @@ class Arguments:
             self.fail("--root is required")
         if self.mode not in ("handler", "script"):
             self.fail(f"--mode must be handler or script, not {self.mode!r}")
-        if self.serve + bool(self.request_file) + bool(self.socket) > 1:
-            self.fail("--serve, --request-file and --socket exclude each other")
+        if self.serve + bool(self.request_file) + bool(self.request_env) + bool(self.socket) \
+                + bool(self.http) > 1:
+            self.fail("--serve, --request-file, --request-env, --socket and --http exclude each "
+                      "other")
+        if self.http and not self.http.rpartition(":")[2].isdigit():
+            self.fail(f"--http needs [HOST]:PORT, not {self.http!r}")
 
     def fail(self, message: str) -> None:
         print(f"{self.USAGE}\nrunner.py: {message}", file=sys.stderr)
@@ -801,20 +824,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run the runner; returns the process exit code."""
     args = Arguments(sys.argv[1:] if argv is None else argv)
     try:
-        channel = Channel(args.request_file)
+        channel = Channel(args.request_file, args.request_env)
     except OSError as exc:
         print(f"runner: cannot read the request: {exc}", file=sys.stderr)
         return 2
     if args.socket:
         return _serve_socket(args)
+    if args.http:
+        return _serve_http(args)
     _setup_paths(args.root, args.path)
     runner = Runner(args.handler, args.mode)
     me = os.getpid()
     while True:
         line = channel.read()
         if line is None:  # the host closed stdin: a normal end when serving
-            if args.request_file:
-                print(f"runner: {args.request_file} holds no request", file=sys.stderr)
+            if args.request_file or args.request_env:
+                print(f"runner: {args.request_file or '$' + args.request_env} holds no request",
+                      file=sys.stderr)
             elif not args.serve:
                 print("runner: stdin closed before any request", file=sys.stderr)
             return 0 if args.serve else 2
@@ -831,6 +857,58 @@ def main(argv: list[str] | None = None) -> int:
         channel.write(nonce, answer)
         if fatal or not args.serve:
             return exit_code
+
+
+def _serve_http(args: Arguments) -> int:
+    """HTTP mode (a warm pod): GET /healthz answers 200 once the function is imported; POST
+    /invoke takes one request line and answers with its frame. One request at a time, one per
+    connection; after a fatal error the runner exits (its pod restarts it)."""
+    import http.server
+
+    host, _, port = args.http.rpartition(":")
+    _setup_paths(args.root, args.path)
+    runner = Runner(args.handler, args.mode)
+    me = os.getpid()
+    ended: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *items: object) -> None:  # noqa: A002
+            pass
+
+        def _send(self, code: int, data: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._send(200, b"ok\n") if self.path == "/healthz" else self._send(404, b"")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/invoke":
+                self._send(404, b"")
+                return
+            line = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                nonce, request = parse_request(line)
+            except ValueError as exc:
+                self._send(400, f"bad request: {exc}\n".encode())
+                return
+            answer = runner.answer(request)
+            if os.getpid() != me:  # a process the function forked came back here
+                os._exit(0)
+            if answer["error_type"] in FATAL_ERROR_TYPES:
+                ended.append(answer["exit_code"])
+            self._send(200, frame_bytes(nonce, answer))
+
+    server = http.server.HTTPServer((host or "0.0.0.0", int(port)), Handler)
+    try:
+        while not ended:
+            server.handle_request()
+    finally:
+        server.server_close()
+    return ended[0]
 
 
 def _serve_socket(args: Arguments) -> int:

