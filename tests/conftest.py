@@ -32,13 +32,27 @@ def _test_database_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+def worker_kube(tmp_path_factory):
+    """The fake Kubernetes API the session's worker is pointed at (docker kubelet when a Docker
+    engine is here, so function images really run; scripted otherwise)."""
+    from tests.docker_engine import engine_problem
+    from tests.kube.fixtures import running_fake_kube
+
+    kubelet = "scripted" if engine_problem() else "docker"
+    with running_fake_kube(tmp_path_factory.mktemp("kube"), kubelet) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory, worker_kube):
     """A real `celery worker` subprocess on the test database and a private queue."""
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     name = f"pytest-{os.getpid()}@localhost"
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {**os.environ, "DATABASE_URL": _test_database_url(),
-           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "KUBEFUNCTION_QUEUE": queue}
+           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "KUBEFUNCTION_QUEUE": queue,
+           "KUBEFUNCTION_KUBECONFIG": str(worker_kube.kubeconfig_path),
+           "KUBEFUNCTION_KUBE_NAMESPACE": worker_kube.namespace}
     with django_db_blocker.unblock():
         celery_app.control.purge()
     log = log_path.open("wb")

@@ -1,0 +1,49 @@
+"""Through the API as a new user would, on the Kubernetes runtime pointed at the fake API server
+(docker kubelet): register, build, dispatch 50, read 50 outputs — through the real worker."""
+
+import time
+import uuid
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from executions.models import Execution
+from functions.models import FunctionVersion
+from tests.docker_engine import needs_docker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, needs_docker]
+
+
+def test_register_build_dispatch_fifty_read_fifty(api, celery_worker_process, worker_kube):
+    name = f"kube-{uuid.uuid4().hex[:8]}"
+    source = f"# {name}\ndef handle(event, context):\n    return {{'twice': event['n'] * 2}}\n"
+    created = api.post("/api/functions/", {
+        "name": name, "runtime": "kubernetes",
+        "source": SimpleUploadedFile("fn.py", source.encode())}, format="multipart")
+    assert created.status_code == 201, created.content
+    api.post("/api/triggers/", {"name": name, "function": name}, format="json")
+    version = FunctionVersion.objects.get(function__name=name)
+    deadline = time.monotonic() + 180
+    while version.status in ("pending", "building") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version.refresh_from_db()
+    assert version.status == "ready" and version.image, version.build_log
+
+    response = api.post(f"/api/triggers/{name}/dispatch/",
+                        {"payloads": [{"n": n} for n in range(50)]}, format="json")
+    assert response.status_code == 202, response.content
+    task_ids = [e["task_id"] for e in response.json()["executions"]]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if not Execution.objects.filter(task_id__in=task_ids,
+                                        status__in=["queued", "running"]).exists():
+            break
+        time.sleep(0.5)
+    outputs = {}
+    for task_id in task_ids:
+        body = api.get(f"/api/executions/{task_id}/").json()
+        assert body["status"] == "succeeded", body
+        assert body["runtime"] == "kubernetes"
+        outputs[body["input"]["n"]] = body["output"]
+    assert outputs == {n: {"twice": n * 2} for n in range(50)}
+    assert worker_kube.api_calls.count(("create", "jobs")) >= 50
