@@ -22,4 +22,5 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
     path("healthz", healthz, name="healthz"),
+    path("", include("metrics.urls")),  # /metrics: the Prometheus exposition
 ]

@@ -1,0 +1,245 @@
+"""Aggregation in the database (Postgres percentile_cont) against the same figures in Python,
+the time series, the dashboard pages and the Prometheus exposition over a known table."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from executions.models import Execution, ExecutionStatus
+from functions import services
+from metrics import selectors
+from metrics.charts import nice_max
+from metrics.stats import percentile
+from triggers.services import trigger_create
+
+pytestmark = pytest.mark.django_db
+
+SOURCE = b"def handle(event, context):\n    return event\n"
+STATUSES = [ExecutionStatus.SUCCEEDED] * 6 + [ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT,
+                                               ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+
+
+def make_function(owner, name):
+    function = services.function_register(name=name, owner=owner, filename="f.py",
+                                          data=SOURCE).function
+    return function, trigger_create(name=name, function=function)
+
+
+def fill(function, trigger, count, *, now, step=37):
+    """`count` executions spread over the last hours, with varied timings and outcomes."""
+    rows = []
+    for i in range(count):
+        status = STATUSES[i % len(STATUSES)]
+        dispatched = now - timedelta(seconds=step * i + 1)
+        started = dispatched + timedelta(milliseconds=3 + i % 11) \
+            if status != ExecutionStatus.QUEUED else None
+        finished = started + timedelta(milliseconds=10 + (i * 7) % 400) \
+            if started and status != ExecutionStatus.RUNNING else None
+        rows.append(Execution(
+            task_id=str(uuid.uuid4()), function=function, version_id=function.active_version_id,
+            trigger=trigger, status=status, runtime="local",
+            cold=None if finished is None else i % 4 == 0,
+            cpu_seconds=None if finished is None else 0.001 * (i % 13),
+            dispatched_at=dispatched, started_at=started, finished_at=finished))
+    Execution.objects.bulk_create(rows)
+    return rows
+
+
+@pytest.fixture
+def table(admin_user):
+    now = timezone.now()
+    a, ta = make_function(admin_user, "alpha")
+    b, tb = make_function(admin_user, "beta")
+    rows_a = fill(a, ta, 300, now=now)
+    rows_b = fill(b, tb, 120, now=now, step=91)
+    return {"now": now, "a": a, "b": b, "ta": ta, "rows_a": rows_a, "rows_b": rows_b}
+
+
+def expected(rows, since, until):
+    rows = [r for r in rows if since <= r.dispatched_at < until]
+    totals = [r.total_seconds for r in rows if r.total_seconds is not None]
+    runs = [r.run_seconds for r in rows if r.run_seconds is not None]
+    queues = [r.queue_seconds for r in rows if r.queue_seconds is not None]
+    finished = [r for r in rows if r.is_finished]
+    return {
+        "invocations": len(rows),
+        "succeeded": sum(r.status == ExecutionStatus.SUCCEEDED for r in rows),
+        "failed": sum(r.status == ExecutionStatus.FAILED for r in rows),
+        "timed_out": sum(r.status == ExecutionStatus.TIMED_OUT for r in rows),
+        "queued": sum(r.status == ExecutionStatus.QUEUED for r in rows),
+        "cold": sum(r.cold is True for r in rows), "warm": sum(r.cold is False for r in rows),
+        "cpu": sum(r.cpu_seconds or 0 for r in rows), "finished": len(finished),
+        "p": {"total": totals, "run": runs, "queue": queues},
+    }
+
+
+def check(summary, want):
+    assert summary.invocations == want["invocations"]
+    assert summary.succeeded == want["succeeded"]
+    assert summary.failed == want["failed"]
+    assert summary.timed_out == want["timed_out"]
+    assert summary.queued == want["queued"]
+    assert (summary.cold, summary.warm) == (want["cold"], want["warm"])
+    assert summary.cpu_seconds == pytest.approx(want["cpu"])
+    assert summary.finished == want["finished"]
+    for duration, samples in want["p"].items():
+        for fraction in selectors.FRACTIONS:
+            assert summary.p(duration, fraction) == pytest.approx(
+                percentile(samples, fraction), abs=1e-6), (duration, fraction)
+
+
+@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
+def test_summary_matches_the_rows(table, monkeypatch, in_database):
+    if not in_database:
+        monkeypatch.setattr(selectors, "_postgres", lambda: False)
+    now = table["now"]
+    scope = selectors.scope_for("6h", now=now)
+    check(selectors.summary(scope), expected(table["rows_a"] + table["rows_b"], scope.since, now))
+    one = selectors.scope_for("24h", function_id=table["a"].pk, now=now)
+    summary = selectors.summary(one)
+    check(summary, expected(table["rows_a"], one.since, now))
+    assert summary.success_rate == pytest.approx(summary.succeeded / summary.finished)
+    assert summary.cold_ratio == pytest.approx(summary.cold / (summary.cold + summary.warm))
+    assert summary.throughput == pytest.approx(summary.invocations / 86400)
+    by_trigger = selectors.summary(selectors.scope_for("24h", trigger_id=table["ta"].pk,
+                                                       now=now))
+    assert by_trigger.invocations == summary.invocations
+
+
+@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
+def test_breakdown_and_timeseries(table, monkeypatch, in_database):
+    if not in_database:
+        monkeypatch.setattr(selectors, "_postgres", lambda: False)
+    now = table["now"]
+    scope = selectors.scope_for("24h", now=now)
+    rows = selectors.breakdown(scope, by="function")
+    assert [pk for pk, _ in rows] == [table["a"].pk, table["b"].pk]  # busiest first
+    check(rows[1][1], expected(table["rows_b"], scope.since, now))
+    assert [pk for pk, _ in selectors.breakdown(scope, by="trigger")] == [
+        table["ta"].pk, table["b"].triggers.get().pk]
+
+    buckets = selectors.timeseries(scope, width=3600)
+    assert 24 <= len(buckets) <= 25
+    assert all(b.start < c.start for b, c in zip(buckets, buckets[1:], strict=False))
+    all_rows = table["rows_a"] + table["rows_b"]
+    assert sum(b.invocations for b in buckets) == len(all_rows)
+    assert sum(b.errors for b in buckets) == sum(
+        r.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT) for r in all_rows)
+    busiest = max(buckets, key=lambda b: b.invocations)
+    inside = [r.total_seconds for r in all_rows if r.total_seconds is not None
+              and busiest.start <= r.dispatched_at < busiest.start + timedelta(hours=1)]
+    assert busiest.total[0.95] == pytest.approx(percentile(inside, 0.95), abs=1e-6)
+
+
+def test_empty_window_has_no_percentiles(db):
+    summary = selectors.summary(selectors.scope_for("1h"))
+    assert summary.invocations == 0 and summary.p("total", 0.5) is None
+    assert summary.success_rate is None and summary.cold_ratio is None
+
+
+def test_nice_axis_maximum():
+    assert [nice_max(v) for v in (0, 0.7, 3, 7, 130)] == [1.0, 1.0, 5, 10, 200]
+
+
+def test_dashboard_pages_draw_charts(admin_client, table):
+    index = admin_client.get(reverse("admin:index"))
+    assert index.status_code == 200
+    html = index.content.decode()
+    for chart in ("platform-invocations", "platform-latency", "platform-cold", "platform-cpu"):
+        assert f'id="{chart}"' in html
+    assert html.count('class="kf-point"') > 20
+    assert "seconds" in html and "Busiest functions" in html
+    assert html.index("kf-dashboard") < html.index('id="content-main"')  # app list below
+    assert "app-functions" in html
+    page = admin_client.get(reverse("admin:functions_function_change", args=[table["a"].pk])
+                            + "?window=6h")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert f'id="function-{table["a"].pk}-latency"' in html and "last 6h" in html
+    assert admin_client.get(reverse("admin:functions_function_add")).status_code == 200
+
+
+def test_prometheus_counters_match_the_table(client, table, settings):
+    settings.KUBEFUNCTION_METRICS_TOKEN = ""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+    counts = {}
+    for sample in families["kubefunction_invocations"].samples:
+        if sample.name == "kubefunction_invocations_total":
+            counts[(sample.labels["function"], sample.labels["status"])] = sample.value
+    for name, rows in (("alpha", table["rows_a"]), ("beta", table["rows_b"])):
+        for status in ExecutionStatus:
+            n = sum(r.status == status for r in rows)
+            assert counts.get((name, status.value), 0) == n, (name, status)
+    total = {s.labels["function"]: s.value for s in families["kubefunction_execution_total_seconds"]
+             .samples if s.name.endswith("_count")}
+    assert total["alpha"] == sum(r.total_seconds is not None for r in table["rows_a"])
+    inf = [s for s in families["kubefunction_execution_run_seconds"].samples
+           if s.name.endswith("_bucket") and s.labels["function"] == "beta"]
+    assert inf[-1].labels["le"] == "+Inf"
+    assert [s.value for s in inf] == sorted(s.value for s in inf)  # cumulative
+    cold = {s.labels["function"]: s.value for s in families["kubefunction_cold_starts"].samples}
+    assert cold["alpha"] == sum(r.cold is True for r in table["rows_a"])
+    queued = {s.labels["state"]: s.value
+              for s in families["kubefunction_executions_in_progress"].samples}
+    assert queued["queued"] == sum(r.status == ExecutionStatus.QUEUED
+                                   for r in table["rows_a"] + table["rows_b"])
+    assert "kubefunction_function_versions" in families
+
+
+def test_metrics_token(client, settings, db):
+    settings.KUBEFUNCTION_METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
+def test_overview_matches_the_exact_selectors(table, monkeypatch, in_database):
+    if not in_database:
+        monkeypatch.setattr(selectors, "_postgres", lambda: False)
+    scope = selectors.scope_for("24h", now=table["now"])
+    view = selectors.overview(scope, width=3600)
+    assert not view.sampled
+    exact = selectors.summary(scope)
+    assert view.summary.cpu_seconds == pytest.approx(exact.cpu_seconds)
+    assert replace(view.summary, cpu_seconds=0) == replace(exact, cpu_seconds=0)
+    assert [(b.start, b.invocations, b.errors, b.cold, b.warm) for b in view.buckets] == [
+        (b.start, b.invocations, b.errors, b.cold, b.warm)
+        for b in selectors.timeseries(scope, width=3600)]
+    for got, want in zip(view.buckets, selectors.timeseries(scope, width=3600), strict=True):
+        assert got.cpu_seconds == pytest.approx(want.cpu_seconds)
+        for fraction in selectors.FRACTIONS:
+            assert got.total.get(fraction) == pytest.approx(want.total.get(fraction), abs=1e-6)
+    breakdown = dict(selectors.breakdown(scope))
+    assert [pk for pk, _ in view.functions] == [table["a"].pk, table["b"].pk]
+    for pk, got in view.functions:
+        assert got.invocations == breakdown[pk].invocations
+        assert got.p("total", 0.95) == pytest.approx(breakdown[pk].p("total", 0.95), abs=1e-6)
+    one = selectors.overview(selectors.scope_for("24h", function_id=table["b"].pk,
+                                                 now=table["now"]), width=3600, functions=0)
+    assert one.summary.invocations == len(table["rows_b"]) and one.functions == []
+
+
+def test_overview_samples_percentiles_of_a_big_window(table, monkeypatch):
+    if not selectors._postgres():
+        pytest.skip("sampling is the Postgres path's")
+    monkeypatch.setattr(selectors, "SAMPLE_TARGET", 100)
+    scope = selectors.scope_for("24h", now=table["now"])
+    view = selectors.overview(scope, width=3600)
+    exact = selectors.summary(scope)
+    assert view.sampled
+    assert view.summary.invocations == exact.invocations  # counts stay exact
+    assert view.summary.failed == exact.failed and view.summary.cold == exact.cold
+    # ~100 of 420 rows: the sampled median is near the exact one (durations span 13-420 ms).
+    assert view.summary.p("total", 0.5) == pytest.approx(exact.p("total", 0.5), abs=0.08)
+    assert view.summary.p("total", 0.5) != exact.p("total", 0.5)

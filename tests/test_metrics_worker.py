@@ -1,0 +1,85 @@
+"""Through a real Celery worker: /metrics after a dispatch burst, and `manage.py loadtest`."""
+
+from __future__ import annotations
+
+import csv
+import time
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from prometheus_client.parser import text_string_to_metric_families
+
+from executions.models import FINISHED_STATUSES, Execution
+from executions.services import execution_dispatch_many
+from functions import services
+from metrics.models import LoadTestRun
+from triggers.services import trigger_create
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+
+SOURCE = (b"def handle(event, context):\n"
+          b"    if event.get('fail'):\n"
+          b"        raise ValueError('asked to fail')\n"
+          b"    return event\n")
+
+
+@pytest.fixture
+def trigger(admin_user, celery_worker_process):
+    function = services.function_register(name="metered", owner=admin_user, filename="m.py",
+                                          data=SOURCE, runtime="local").function
+    return trigger_create(name="metered", function=function)
+
+
+def wait_all(ids, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Execution.objects.filter(pk__in=ids, status__in=FINISHED_STATUSES).count() == len(ids):
+            return
+        time.sleep(0.05)
+    pytest.fail("the burst did not finish")
+
+
+def test_metrics_counters_match_the_table_after_a_burst(client, trigger):
+    payloads = [{"i": i, "fail": i % 5 == 0} for i in range(40)]
+    executions = execution_dispatch_many(trigger=trigger, payloads=payloads)
+    wait_all([e.pk for e in executions])
+    text = client.get("/metrics").content.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    scraped = {s.labels["status"]: s.value for s in families["kubefunction_invocations"].samples
+               if s.name == "kubefunction_invocations_total"
+               and s.labels["function"] == "metered"}
+    table = {}
+    for status in Execution.objects.filter(function__name="metered").values_list("status",
+                                                                                flat=True):
+        table[status] = table.get(status, 0) + 1
+    assert scraped == table == {"succeeded": 32, "failed": 8}
+    count = [s.value for s in families["kubefunction_execution_total_seconds"].samples
+             if s.name.endswith("_count") and s.labels["function"] == "metered"]
+    assert count == [40]
+    cold = [s.value for s in families["kubefunction_cold_starts"].samples
+            if s.labels["function"] == "metered"]
+    assert cold[0] == Execution.objects.filter(function__name="metered", cold=True).count()
+    assert "kubefunction_celery_queue_length" in families
+
+
+def test_loadtest_prints_the_table_and_stores_the_run(admin_client, trigger, tmp_path):
+    out = StringIO()
+    call_command("loadtest", "metered", "--concurrency", "1,2,4,8,10",
+                 "--payload", '{"x": 1}', "--out", str(tmp_path), stdout=out, stderr=StringIO())
+    text = out.getvalue()
+    assert "concurrency" in text and "p95" in text and "CPU" in text
+    run = LoadTestRun.objects.get()
+    assert [lv["concurrency"] for lv in run.levels] == [1, 2, 4, 8, 10]
+    assert all(lv["requests"] == lv["concurrency"] and lv["errors"] == 0 for lv in run.levels)
+    assert all(0 < lv["p50"] <= lv["p95"] <= lv["max"] < 30 for lv in run.levels)
+    rows = list(csv.DictReader(Path(run.csv_path).open()))
+    assert [int(r["concurrency"]) for r in rows] == [1, 2, 4, 8, 10]
+    svg = Path(run.csv_path).with_suffix(".svg").read_text()
+    assert svg.count('<circle class="kf-point"') == 3 * 5  # p50/p95/max at each level
+    assert "Machine CPU utilisation" in svg and "CPU %" in svg
+    page = admin_client.get(reverse("admin:metrics_loadtestrun_change", args=[run.pk]))
+    assert page.status_code == 200 and b"loadtest-latency" in page.content
+    assert Execution.objects.filter(function__name="metered").count() == 25
