@@ -6,8 +6,8 @@ ENV := set -a; . scripts/env.sh; set +a;
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DJANGO_DEBUG ?= true
 
-.PHONY: up install migrate bootstrap test lint bench bench-docker worker examples clean services \
-        services-stop
+.PHONY: up install migrate bootstrap test lint bench bench-docker bench-kube worker examples clean \
+        services services-stop
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,3 +66,8 @@ services:
 
 services-stop:
 	@bash scripts/services.sh stop
+
+## bench-kube: `docker run` of a function image vs Job (cold) and Deployment (warm) invocations
+## on the fake Kubernetes API server (needs the test tree: tests/kube/).
+bench-kube: migrate
+	@$(ENV) $(PY) manage.py bench_kube

@@ -26,3 +26,21 @@ def run_execution(self, execution_id: str) -> str:
     if outcome is None:
         raise Ignore()  # already claimed or finished: a redelivery must change nothing
     return outcome.status
+
+
+# Warm Kubernetes Deployments idle past KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS are otherwise only
+# scaled down while this process invokes another version; beat runs this every minute
+# (CELERY_BEAT_SCHEDULE). The runtime's idle bookkeeping is per process, so each worker process
+# that runs the task scales down what it used itself.
+@shared_task(name="executions.scale_idle_warm", ignore_result=True,
+             soft_time_limit=max(60, 4 * settings.KUBEFUNCTION_KUBE_TIMEOUT))
+def scale_idle_warm() -> list[str]:
+    """Scale this process's idle warm Deployments to the minimum; returns their names."""
+    from functions.models import Function
+
+    from .runtimes import get_runtime
+
+    if settings.KUBEFUNCTION_RUNTIME != "kubernetes" and not Function.objects.filter(
+            runtime="kubernetes").exists():
+        return []  # no function runs on Kubernetes: nothing to scale, no API client built
+    return get_runtime("kubernetes").warm.scale_idle()

@@ -276,3 +276,14 @@ KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_KUBE_WARM_IDLE_SECON
 # Bearer token a Prometheus scrape of /metrics must send; empty: /metrics is open (keep it on a
 # private network then).
 KUBEFUNCTION_METRICS_TOKEN = env.str("KUBEFUNCTION_METRICS_TOKEN", default="")
+
+# --- Periodic tasks --------------------------------------------------------------------------
+# Beat's DatabaseScheduler copies these into django-celery-beat's tables when it starts.
+CELERY_BEAT_SCHEDULE = {
+    # Scale warm Kubernetes Deployments idle past KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS down.
+    "scale-idle-warm-deployments": {
+        "task": "executions.scale_idle_warm",
+        "schedule": 60.0,
+        "options": {"expire_seconds": 55},  # DatabaseScheduler's name for `expires`
+    },
+}

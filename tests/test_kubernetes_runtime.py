@@ -270,8 +270,9 @@ def test_docker_kubelet_runs_the_image_as_a_job(fake_kube, runtime, built_image)
     assert gone(fake_kube)
     import docker
 
-    left = docker.from_env().containers.list(
-        all=True, filters={"label": "io.kubefunction.fake-kubelet"})
+    # Only this fake's containers: the session worker's own fake may be running others.
+    left = docker.from_env().containers.list(all=True, filters={
+        "label": f"{fake_kube.kubelet.LABEL}={fake_kube.kubelet.marker}"})
     assert left == []
 
 

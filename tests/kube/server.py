@@ -728,6 +728,7 @@ def _merge(target: Any, patch: Any) -> Any:
 
 
 class Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # as a real API server: no 40 ms delayed-ACK stalls
     protocol_version = "HTTP/1.1"
     server: ApiHTTPServer
 

@@ -1,0 +1,167 @@
+"""The Kubernetes benchmark: the kubernetes runtime on the fake API server against `docker run`.
+
+The floor is a raw `docker run --rm` of the function's own image through the SDK with the very
+command, environment, user and limits the Job's pod gets (`containers.run(..., remove=True)`).
+Against it, alternating with it: a cold invocation through `KubernetesRuntime.invoke` (a Job on
+the fake API server whose docker kubelet runs the image: create, watch, log, delete), from
+`invoke()` to the outcome.
+
+Warm mode cannot be measured on the docker kubelet here: its containers have no network (and
+dockerd runs with --bridge=none), so no Service could reach a warm pod over HTTP. The warm rows
+come from the fake's other kubelet, whose Deployment pods run the real runner in HTTP mode as a
+local process (`ScriptedKubelet.serve_root`): the API path (Deployment, Service, EndpointSlice
+watch) and the HTTP hop are real, the container is not.
+
+The fake server and its kubelets live in the test tree (tests/kube/); they are imported lazily,
+so this module needs a source checkout with tests/ (the platform image leaves tests/ out).
+The fake's handler is given TCP_NODELAY here, as a real API server has (see run_kube_bench).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import docker
+from django.conf import settings
+from django.test import override_settings
+
+from executions.runtimes.base import FunctionSpec, InvocationContext
+from executions.runtimes.kubernetes import KubernetesRuntime, job_manifest
+from executions.runtimes.protocol import runner_request
+from functions.images import build_image
+
+from .stats import percentile
+
+BENCH_SOURCE = b"def handle(event):\n    return event\n"
+
+
+@dataclass
+class KubeFigures:
+    floor: float  # median seconds of `docker run --rm` of the image with the pod's command
+    cold: float  # median seconds of a Job invocation (docker kubelet)
+    warm_first: float  # seconds of the first warm invocation (Deployment scaled from zero)
+    warm_p50: float  # runner-backed local pods, not containers (see the module docstring)
+    warm_p95: float
+    samples: int
+    warm_samples: int
+    image: str
+
+
+def _spec(image: str = "") -> FunctionSpec:
+    return FunctionSpec(version_id=-2, function_name="bench-kube", version_number=1,
+                        sha256=hashlib.sha256(BENCH_SOURCE).hexdigest(), source_name="handler.py",
+                        read_source=lambda: BENCH_SOURCE, image=image, timeout_seconds=30,
+                        memory_mb=128)
+
+
+def _context(spec: FunctionSpec) -> InvocationContext:
+    return InvocationContext(execution_id=str(uuid.uuid4()), task_id="bench",
+                             deadline=time.time() + spec.timeout_seconds)
+
+
+def _timed_invoke(runtime: KubernetesRuntime, spec: FunctionSpec,
+                  payload: object) -> tuple[float, bool]:
+    started = time.perf_counter()
+    outcome = runtime.invoke(spec, payload, _context(spec))
+    elapsed = time.perf_counter() - started
+    if outcome.status != "succeeded" or outcome.output != payload:
+        raise RuntimeError(f"the bench function failed: {outcome}")
+    return elapsed, outcome.cold
+
+
+def _floor_run(client: docker.DockerClient, spec: FunctionSpec, payload: object) -> float:
+    """`docker run --rm` of the image with the command, env, user and limits of the Job's pod."""
+    context = _context(spec)
+    request, nonce = runner_request(spec, payload, context)
+    pod = job_manifest(spec, "floor", request, context)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    memory = 1024 * 1024 * spec.memory_mb
+    started = time.perf_counter()
+    out = client.containers.run(
+        spec.image, entrypoint=container["command"], working_dir=container["workingDir"],
+        environment={e["name"]: e["value"] for e in container["env"]},
+        user=f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}",
+        network_mode="none", read_only=True, tmpfs={"/tmp": "rw,nosuid,size=64m"},
+        cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit=memory,
+        memswap_limit=memory, init=True, remove=True, stdout=True, stderr=True)
+    elapsed = time.perf_counter() - started
+    if nonce.encode() not in out:  # the runner's framed answer carries the nonce
+        raise RuntimeError(f"the floor container did not answer: {out[-300:]!r}")
+    return elapsed
+
+
+def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures:
+    from tests.kube import server
+    from tests.kube.fixtures import running_fake_kube  # the test tree (see the docstring)
+
+    # The fake writes a response's headers and body separately; with Nagle's algorithm on, each
+    # keep-alive API call then waits ~40 ms for a delayed ACK. Real API servers (Go) set
+    # TCP_NODELAY, so the bench does too.
+    server.Handler.disable_nagle_algorithm = True
+
+    client = docker.from_env(timeout=settings.KUBEFUNCTION_DOCKER_TIMEOUT)
+    floor, cold, warm = [], [], []
+    try:
+        built, _ = build_image(_spec(), client=client)
+        spec = _spec(built.image)
+        with tempfile.TemporaryDirectory(prefix="kubefunction-bench-") as folder:
+            root = Path(folder)
+            (root / "cold").mkdir()
+            with running_fake_kube(root / "cold", "docker") as fake, override_settings(
+                    KUBEFUNCTION_KUBECONFIG=str(fake.kubeconfig_path),
+                    KUBEFUNCTION_KUBE_NAMESPACE=fake.namespace, KUBEFUNCTION_KUBE_MODE="cold"):
+                runtime = KubernetesRuntime()
+                try:
+                    _floor_run(client, spec, 0)  # one of each first, unmeasured
+                    _timed_invoke(runtime, spec, 0)
+                    for index in range(samples):
+                        floor.append(_floor_run(client, spec, index))
+                        cold.append(_timed_invoke(runtime, spec, index)[0])
+                finally:
+                    runtime.close()
+            (root / "warm").mkdir()
+            source = root / "src"
+            source.mkdir()
+            (source / "handler.py").write_bytes(BENCH_SOURCE)
+            with running_fake_kube(root / "warm", "scripted") as fake, override_settings(
+                    KUBEFUNCTION_KUBECONFIG=str(fake.kubeconfig_path),
+                    KUBEFUNCTION_KUBE_NAMESPACE=fake.namespace, KUBEFUNCTION_KUBE_MODE="warm",
+                    KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS=0, KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS=1,
+                    KUBEFUNCTION_KUBE_WARM_PORT=_free_port()):
+                fake.kubelet.serve_root = str(source)
+                runtime = KubernetesRuntime()
+                try:
+                    warm_first, was_cold = _timed_invoke(runtime, spec, -1)
+                    if not was_cold:
+                        raise RuntimeError("the first warm invocation found a ready pod")
+                    for index in range(warm_samples):
+                        elapsed, was_cold = _timed_invoke(runtime, spec, {"n": index})
+                        if was_cold:
+                            raise RuntimeError("the warm Deployment's pod was not reused")
+                        warm.append(elapsed)
+                    runtime.release(spec)
+                finally:
+                    runtime.close()
+    finally:
+        client.close()
+    return KubeFigures(floor=percentile(floor, 0.5), cold=percentile(cold, 0.5),
+                       warm_first=warm_first, warm_p50=percentile(warm, 0.5),
+                       warm_p95=percentile(warm, 0.95), samples=samples,
+                       warm_samples=warm_samples, image=spec.image)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def as_dict(figures: KubeFigures) -> dict:
+    return asdict(figures)
