@@ -41,12 +41,16 @@ def _prep(model: type[Model], name: str, value: Any) -> Any:
     return model._meta.get_field(name).get_db_prep_save(value, connection)
 
 
-def claim(execution_id: str, worker: str) -> Claimed | None:
-    """Mark a queued execution running; return what the run needs, or None if not queued."""
+def claim(execution_id: str, worker: str, *,
+          from_status: str = ExecutionStatus.QUEUED) -> Claimed | None:
+    """Mark a queued execution running; return what the run needs, or None if not queued.
+
+    `from_status=RUNNING` takes over a running execution (a resumable runtime's redelivery).
+    """
     now = timezone.now()
     if not _fast():
         with transaction.atomic():
-            if not Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED)\
+            if not Execution.objects.filter(pk=execution_id, status=from_status)\
                     .update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker):
                 return None
             return Execution.objects.filter(pk=execution_id).values_list(
@@ -61,8 +65,7 @@ def claim(execution_id: str, worker: str) -> Claimed | None:
         JOIN {_table(FunctionVersion)} v ON v.id = c.version_id
         JOIN {_table(Function)} f ON f.id = v.function_id"""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [ExecutionStatus.RUNNING, now, worker, execution_id,
-                             ExecutionStatus.QUEUED])
+        cursor.execute(sql, [ExecutionStatus.RUNNING, now, worker, execution_id, from_status])
         row = cursor.fetchone()
     if row is None:
         return None

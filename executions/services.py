@@ -149,13 +149,28 @@ def _platform_error(exc: BaseException) -> Outcome:
                    error="".join(traceback.format_exception(exc)), cold=None)
 
 
-def execution_run(*, execution_id: str, worker: str = "") -> Outcome | None:
+def _take_over(execution_id: str, worker: str) -> tuple | None:
+    """A redelivered message for a `running` execution: its worker died mid-run. Only a
+    resumable runtime (one that re-attaches to the first attempt) may carry on with it."""
+    row = Execution.objects.filter(pk=execution_id).values_list("status", "runtime").first()
+    if row is None or row[0] != ExecutionStatus.RUNNING:
+        return None
+    if not get_runtime(row[1] or settings.KUBEFUNCTION_RUNTIME).resumable:
+        return None
+    logger.warning("execution %s was left running by a lost worker: resuming it", execution_id)
+    return run_store.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
+
+
+def execution_run(*, execution_id: str, worker: str = "",
+                  redelivered: bool = False) -> Outcome | None:
     """Run a queued execution and store its outcome. None when it is not queued (a duplicate).
 
     Raises `RuntimeUnavailable` after putting the execution back in the queue when the runtime
     could not take it; the caller retries.
     """
     claimed = run_store.claim(execution_id, worker)
+    if claimed is None and redelivered:
+        claimed = _take_over(execution_id, worker)
     if claimed is None:
         return None
     task_id, payload, runtime_name, version_id, updated_at = claimed

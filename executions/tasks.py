@@ -16,8 +16,9 @@ def run_execution(self, execution_id: str) -> str:
     """Run one execution. The service stores its outcome and Celery result together (see
     `executions.results`), so this task's own result is ignored; it returns the status."""
     try:
-        outcome = services.execution_run(execution_id=execution_id,
-                                         worker=self.request.hostname or "")
+        outcome = services.execution_run(
+            execution_id=execution_id, worker=self.request.hostname or "",
+            redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
     except RuntimeUnavailable as exc:
         if self.request.retries >= self.max_retries:
             services.execution_fail(execution_id=execution_id, reason=f"runtime unavailable: {exc}")

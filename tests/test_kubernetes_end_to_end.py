@@ -47,3 +47,45 @@ def test_register_build_dispatch_fifty_read_fifty(api, celery_worker_process, wo
         outputs[body["input"]["n"]] = body["output"]
     assert outputs == {n: {"twice": n * 2} for n in range(50)}
     assert worker_kube.api_calls.count(("create", "jobs")) >= 50
+
+
+def test_worker_killed_mid_job_gives_one_job_and_one_result(api, celery_worker_process,
+                                                           worker_kube):
+    """SIGKILL the worker's pool processes while the Job runs: the redelivered task adopts the
+    same Job (409) and stores exactly one terminal result."""
+    import signal
+
+    import psutil
+    from django_celery_results.models import TaskResult
+
+    name = f"kube-kill-{uuid.uuid4().hex[:6]}"
+    source = f"# {name}\nimport time\ndef handle(event):\n    time.sleep(4)\n    return 'once'\n"
+    api.post("/api/functions/", {"name": name, "runtime": "kubernetes", "timeout_seconds": 60,
+                                 "source": SimpleUploadedFile("fn.py", source.encode())},
+             format="multipart")
+    api.post("/api/triggers/", {"name": name, "function": name}, format="json")
+    version = FunctionVersion.objects.get(function__name=name)
+    deadline = time.monotonic() + 180
+    while version.status in ("pending", "building") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version.refresh_from_db()
+    assert version.status == "ready", version.build_log
+    created_before = worker_kube.api_calls.count(("create", "jobs"))
+    task_id = api.post(f"/api/triggers/{name}/dispatch/", {"payload": {}},
+                       format="json").json()["task_id"]
+    deadline = time.monotonic() + 30
+    while worker_kube.api_calls.count(("create", "jobs")) == created_before:
+        assert time.monotonic() < deadline, "the Job was never created"
+        time.sleep(0.05)
+    for child in psutil.Process(celery_worker_process.pid).children(recursive=False):
+        child.send_signal(signal.SIGKILL)
+
+    execution = Execution.objects.get(task_id=task_id)
+    deadline = time.monotonic() + 90
+    while execution.status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        execution.refresh_from_db()
+    assert (execution.status, execution.output) == ("succeeded", "once"), execution.error
+    # Two create calls — the first attempt's and the redelivery's, which met 409 and adopted.
+    assert worker_kube.api_calls.count(("create", "jobs")) - created_before == 2
+    assert TaskResult.objects.filter(task_id=task_id, status="SUCCESS").count() == 1

@@ -66,3 +66,14 @@ def test_failure_result_carries_the_error(path, execution):
     result = AsyncResult("t-1", app=app)
     assert result.state == "FAILURE"
     assert "ValueError: nope" in str(result.result) and "ValueError: nope" in result.traceback
+
+
+def test_redelivery_of_a_running_local_execution_is_not_run_again(execution):
+    """The local runtime cannot re-attach to a lost attempt: a redelivered message for an
+    execution left `running` must not run the function a second time."""
+    from executions.services import execution_run
+
+    run_store.claim(str(execution.pk), "dead-worker")
+    assert execution_run(execution_id=str(execution.pk), worker="w2", redelivered=True) is None
+    execution.refresh_from_db()
+    assert (execution.status, execution.worker) == ("running", "dead-worker")

@@ -78,6 +78,10 @@ class RuntimeFailure(Exception):
 
 class Runtime(abc.ABC):
     name: str = ""
+    # True when invoking again for the same execution re-attaches to the first attempt instead of
+    # running the function a second time (Kubernetes Jobs are named after the execution), so a
+    # redelivered task may take over an execution its dead worker left `running`.
+    resumable: bool = False
 
     @abc.abstractmethod
     def prepare(self, spec: FunctionSpec) -> PrepareResult:

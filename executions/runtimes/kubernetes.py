@@ -191,6 +191,11 @@ class KubernetesRuntime(Runtime):
 
     name = "kubernetes"
 
+    @property
+    def resumable(self) -> bool:  # type: ignore[override]
+        """Cold mode adopts the execution's Job (409); warm mode has nothing to adopt."""
+        return settings.KUBEFUNCTION_KUBE_MODE != "warm"
+
     def __init__(self) -> None:
         from .kube_warm import WarmDeployments
 
