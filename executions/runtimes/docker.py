@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -40,7 +39,14 @@ from .docker_container import (
 from .docker_warm import WarmContainer
 from .framing import join_logs
 from .local_process import _pid_alive, remove_stale_homes
-from .protocol import frame_outcome, reusable, runner_request
+from .protocol import (
+    frame_outcome,
+    reusable,
+    runner_request,
+    signal_name,
+    timed_out_outcome,
+    unreadable_outcome,
+)
 from .warm_pool import PoolLimits, WarmPool
 
 logger = logging.getLogger(__name__)
@@ -362,27 +368,17 @@ def _outcome(exchange: ContainerExchange, spec: FunctionSpec, cold: bool,
                        peak_memory_bytes=spec.memory_mb * MIB, **common)
     common["peak_memory_bytes"] = exchange.peak_memory_bytes
     if exchange.timed_out:
-        return Outcome(status="timed_out", error_type="Timeout", exit_code=None,
-                       error=f"function did not finish within {round(budget, 1):g} s", **common)
+        return timed_out_outcome(budget, **common)
     if exchange.protocol_error:
-        return Outcome(status="failed", error_type="ProtocolError", exit_code=None,
-                       error=f"the runner's answer could not be read: {exchange.protocol_error}",
-                       **common)
+        return unreadable_outcome(exchange.protocol_error, **common)
     code = exchange.returncode
     if code is None:
         return Outcome(status="failed", error_type="ProcessExited", exit_code=None,
                        error="the function's container ended without a result", **common)
     if code > 128:  # the engine's (and the init's) way of saying "killed by signal code - 128"
         return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
-                       error=f"the function's process was killed by {_signal_name(code - 128)} "
+                       error=f"the function's process was killed by {signal_name(code - 128)} "
                              "without a result", **common)
     return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
                    error=f"the function's process exited with code {code} without a result",
                    **common)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"

@@ -31,7 +31,14 @@ from .base import (
 )
 from .framing import join_logs
 from .local_process import RUNNER_PATH, Exchange, RunnerProcess, remove_stale_homes
-from .protocol import frame_outcome, reusable, runner_request
+from .protocol import (
+    frame_outcome,
+    reusable,
+    runner_request,
+    signal_name,
+    timed_out_outcome,
+    unreadable_outcome,
+)
 from .warm_pool import PoolLimits, WarmPool
 
 # Environment variables pip may need to reach an index (proxies, certificates, its own settings).
@@ -262,18 +269,15 @@ def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float) 
     common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
               "cpu_seconds": exchange.cpu_seconds}
     if exchange.timed_out:
-        return Outcome(status="timed_out", error_type="Timeout", exit_code=None,
-                       error=f"function did not finish within {round(budget, 1):g} s", **common)
+        return timed_out_outcome(budget, **common)
     if exchange.protocol_error:
-        return Outcome(status="failed", error_type="ProtocolError", exit_code=None,
-                       error=f"the runner's answer could not be read: {exchange.protocol_error}",
-                       **common)
+        return unreadable_outcome(exchange.protocol_error, **common)
     code = exchange.returncode if exchange.returncode is not None else -signal.SIGKILL
     if code >= 0:
         return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
                        error=f"the function's process exited with code {code} without a result",
                        **common)
-    name = _signal_name(-code)
+    name = signal_name(-code)
     if not exchange.killed and -code in (signal.SIGKILL, signal.SIGSEGV):
         return Outcome(status="failed", error_type="MemoryError", exit_code=128 - code,
                        error=f"the function's process was killed by {name}, most likely because "
@@ -282,12 +286,6 @@ def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float) 
                    error=f"the function's process was killed by {name} without a result",
                    **common)
 
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _pip_install(requirements: str, staging: Path) -> tuple[bool, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 from typing import Any
 
 from django.conf import settings
@@ -63,3 +64,23 @@ def frame_outcome(frame: dict, stray: str, stray_truncated: bool, *, cold: bool)
         cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
         peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
     )
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9; "signal N" for numbers that name no signal."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def timed_out_outcome(budget: float, **common: Any) -> Outcome:
+    """The runner was stopped at the deadline without answering."""
+    return Outcome(status="timed_out", error_type="Timeout", exit_code=None,
+                   error=f"function did not finish within {round(budget, 1):g} s", **common)
+
+
+def unreadable_outcome(problem: str, **common: Any) -> Outcome:
+    """The runner answered with something that is not a frame."""
+    return Outcome(status="failed", error_type="ProtocolError", exit_code=None,
+                   error=f"the runner's answer could not be read: {problem}", **common)
