@@ -6,7 +6,6 @@ Building a version (requirements, images) lives in `functions.builds`.
 from __future__ import annotations
 
 import hashlib
-import logging
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
@@ -18,8 +17,6 @@ from kubefunction.errors import Conflict, InvalidInput
 from . import builds
 from .models import DNS1123_LABEL, Function, FunctionVersion, VersionStatus
 from .validation import validate_source
-
-logger = logging.getLogger(__name__)
 
 EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
                      "network")

@@ -11,39 +11,20 @@ weighs on both alike. No database, broker or worker is involved: this measures t
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 import time
 from dataclasses import asdict, dataclass
 
 import docker
 from django.conf import settings
-from docker.errors import ImageNotFound
 
 from executions.runtimes.base import FunctionSpec, InvocationContext
 from executions.runtimes.docker import DockerRuntime
 from executions.runtimes.warm_pool import PoolLimits
-from functions import runner
+from functions import images
 
 from .stats import percentile
 
 BENCH_SOURCE = b"def handle(event):\n    return event\n"
-REPOSITORY = "kubefunction-bench/echo"
-# The image layout every function image has (see functions/images.py).
-DOCKERFILE = """\
-FROM {base}
-LABEL io.kubefunction.function="bench-echo" io.kubefunction.version="1" \\
-      io.kubefunction.sha256="{sha256}"
-ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY runner.py /opt/kubefunction/runner.py
-COPY deps/ /opt/kubefunction/deps/
-COPY src/ /opt/kubefunction/src/
-{compile}USER 10001:10001
-WORKDIR /opt/kubefunction/src
-"""
-# Bytecode for the standard library and the runner: what a base image that kept its
-# __pycache__ folders (python:3.11-slim does) gives every cold start.
-COMPILE = "RUN python3 -m compileall -q /usr/lib/python3* /opt/kubefunction >/dev/null || true\n"
 
 
 @dataclass
@@ -59,37 +40,11 @@ class DockerFigures:
     stdlib_bytecode: bool  # the base image ships compiled standard-library modules
 
 
-def bench_image(client: docker.DockerClient, *, compile_bytecode: bool = False) -> str:
-    """The trivial function's image (built through the SDK, reused when present)."""
-    base = settings.KUBEFUNCTION_BASE_IMAGE
-    source_digest = hashlib.sha256(BENCH_SOURCE).hexdigest()
-    dockerfile = DOCKERFILE.format(base=base, sha256=source_digest,
-                                   compile=COMPILE if compile_bytecode else "").encode()
-    runner_source = open(runner.__file__, "rb").read()  # noqa: SIM115
-    digest = hashlib.sha256(dockerfile + runner_source + BENCH_SOURCE
-                            + client.images.get(base).id.encode()).hexdigest()
-    tag = f"{REPOSITORY}:{digest[:24]}"
-    try:
-        client.images.get(tag)
-        return tag
-    except ImageNotFound:
-        pass
-    files = {"Dockerfile": dockerfile, "runner.py": runner_source,
-             "src/handler.py": BENCH_SOURCE}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for folder in ("deps", "src"):
-            info = tarfile.TarInfo(folder)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            archive.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    client.images.build(fileobj=buffer, custom_context=True, tag=tag, rm=True, forcerm=True,
-                        network_mode="none")
-    return tag
+def bench_image() -> str:
+    """The trivial function's image, built by the platform's own pipeline (`functions.images`,
+    reused from the registry when already built): the bench runs what users run."""
+    built, _ = images.build_image(_spec(""))
+    return built.image
 
 
 def has_stdlib_bytecode(client: docker.DockerClient) -> bool:
@@ -120,11 +75,10 @@ def _timed_invoke(runtime: DockerRuntime, spec: FunctionSpec, payload: object) -
     return elapsed, outcome.cold
 
 
-def run_docker_bench(*, samples: int = 20, warm_samples: int = 200,
-                     compile_bytecode: bool = False) -> DockerFigures:
+def run_docker_bench(*, samples: int = 20, warm_samples: int = 200) -> DockerFigures:
     client = docker.from_env(timeout=settings.KUBEFUNCTION_DOCKER_TIMEOUT)
     base = settings.KUBEFUNCTION_BASE_IMAGE
-    image = bench_image(client, compile_bytecode=compile_bytecode)
+    image = bench_image()
     spec = _spec(image)
     bytecode = has_stdlib_bytecode(client)
     floor, cold, cold_pool, warm = [], [], [], []

@@ -23,13 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("--samples", type=int, default=20,
                             help="Floor and cold runs, alternating (medians are shown).")
         parser.add_argument("--warm", type=int, default=200, help="Warm invocations.")
-        parser.add_argument("--compile-bytecode", action="store_true",
-                            help="Compile the standard library and the runner into the bench "
-                                 "image (what a base image that keeps its bytecode gives).")
 
-    def handle(self, *args, samples, warm, compile_bytecode, **options):
-        figures = run_docker_bench(samples=samples, warm_samples=warm,
-                                   compile_bytecode=compile_bytecode)
+    def handle(self, *args, samples, warm, **options):
+        figures = run_docker_bench(samples=samples, warm_samples=warm)
         floor = figures.floor
         rows = [
             ("floor: docker run --rm (SDK)", ms(floor), "1.00×"),
@@ -57,7 +53,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"note: {settings.KUBEFUNCTION_BASE_IMAGE} has no compiled standard library, so "
                 "every cold start compiles json, re, enum, threading…; keep the __pycache__ "
-                "folders in the base image (--compile-bytecode shows the difference).")
+                "folders in the base image (scripts/services.sh precompiles them).")
         report = Path(settings.VAR_DIR) / f"bench-docker-{int(time.time())}.json"
         report.write_text(json.dumps(as_dict(figures), indent=2))
         self.stdout.write(f"figures saved to {report}")
