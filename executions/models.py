@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class ExecutionStatus(models.TextChoices):
@@ -18,6 +19,36 @@ class ExecutionStatus(models.TextChoices):
 
 
 FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+
+
+class CallbackStatus(models.TextChoices):
+    NONE = "", "No callback"
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class Batch(models.Model):
+    """One dispatch of many payloads; its executions point to it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.SET_NULL, null=True,
+                                blank=True, related_name="batches")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, blank=True, related_name="+")
+    size = models.PositiveIntegerField(help_text="How many executions it dispatched.")
+    source = models.CharField(max_length=32, blank=True,
+                              help_text="Where it came from: api, admin, command.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True,
+                                       help_text="When its last execution ended.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return f"batch {self.id} ({self.size})"
 
 
 def _seconds(start, end) -> float | None:
@@ -57,6 +88,31 @@ class Execution(models.Model):
     worker = models.CharField(max_length=255, blank=True, help_text="Celery worker that ran it.")
     cpu_seconds = models.FloatField(null=True, blank=True)
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    init_seconds = models.FloatField(
+        null=True, blank=True, verbose_name="cold-start seconds",
+        help_text="Time to start the process/container/pod and import the handler (cold only).")
+    # Retries: the attempts before the last one, each {attempt, status, error_type, error,
+    # exit_code, worker, started_at, finished_at}; `attempt` counts from 1.
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="Current attempt (1 = first).")
+    max_retries = models.PositiveSmallIntegerField(
+        default=0, help_text="Retries allowed after a function failure or timeout.")
+    retry_backoff_seconds = models.FloatField(default=1.0)
+    attempts = models.JSONField(default=list, blank=True,
+                                help_text="Earlier attempts, each with its error.")
+    dead_letter = models.BooleanField(
+        default=False, help_text="Failed for good after its last allowed attempt.")
+    synchronous = models.BooleanField(
+        default=False, help_text="A caller waits for it (synchronous HTTP call): no retries.")
+    callback_url = models.URLField(max_length=500, blank=True,
+                                   help_text="The result is POSTed here when it ends.")
+    callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices,
+                                       blank=True, default=CallbackStatus.NONE)
+    callback_attempts = models.PositiveSmallIntegerField(default=0)
+    callback_error = models.TextField(blank=True)
+    rerun_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="reruns", help_text="The execution it re-runs.")
+    batch = models.ForeignKey(Batch, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="executions")
     dispatched_at = models.DateTimeField(db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -67,6 +123,9 @@ class Execution(models.Model):
             models.Index(fields=["function", "-dispatched_at"], name="exec_function_recent"),
             models.Index(fields=["trigger", "-dispatched_at"], name="exec_trigger_recent"),
             models.Index(fields=["status", "-dispatched_at"], name="exec_status_recent"),
+            models.Index(fields=["batch", "status"], name="exec_batch_status"),
+            models.Index(fields=["-dispatched_at"], name="exec_dead_letters",
+                         condition=models.Q(dead_letter=True)),
             # The metrics dashboard reads a time window from this index alone (index-only scans
             # on Postgres; SQLite ignores INCLUDE).
             models.Index(fields=["dispatched_at"], name="exec_window_covering",

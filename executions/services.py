@@ -28,7 +28,7 @@ from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, Service
 from triggers.models import Trigger
 
 from . import run_store
-from .models import Execution, ExecutionStatus
+from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
 from .runtimes.base import FunctionSpec, InvocationContext, Outcome, RuntimeUnavailable
@@ -70,11 +70,14 @@ def _send(executions: Sequence[Execution]) -> None:
             f"queued but were not sent; the first is {executions[0].task_id}.") from exc
 
 
-def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
-                            user=None) -> list[Execution]:
+def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=None,
+                            batch: Batch | None = None, callback_url: str = "",
+                            synchronous: bool = False) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
-    Returns at once; the tasks are sent after the surrounding transaction commits.
+    `callback_url` overrides the trigger's default callback; a `synchronous` execution (a
+    caller waits for it) is never retried. Returns at once; the tasks are sent after the
+    surrounding transaction commits.
     """
     if not payloads:
         raise InvalidInput("give at least one payload.", field="payloads")
@@ -103,7 +106,11 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any],
     executions = [
         Execution(task_id=str(uuid.uuid4()), function=function, version=version,
                   trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
-                  input=payload, runtime=runtime, dispatched_at=now)
+                  input=payload, runtime=runtime, dispatched_at=now, batch=batch,
+                  synchronous=synchronous,
+                  max_retries=0 if synchronous else trigger.max_retries,
+                  retry_backoff_seconds=trigger.retry_backoff_seconds,
+                  callback_url=callback_url or trigger.callback_url)
         for payload in payloads
     ]
     if len(executions) == 1:

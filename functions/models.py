@@ -67,6 +67,11 @@ class Function(models.Model):
         default=False,
         help_text="Give invocations network access. Off: containers run with no network at all.",
     )
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="At most this many invocations run at once; the rest wait in the queue. "
+                  "Empty: no limit.",
+    )
     env_vars = models.JSONField(
         default=dict, blank=True,
         help_text="Environment variables given to the function: an object of string to string.",

@@ -12,6 +12,8 @@ TRIGGER_NAME = RegexValidator(
 
 class TriggerKind(models.TextChoices):
     MANUAL = "manual", "Manual (API, admin, command)"
+    HTTP = "http", "HTTP webhook (POST /t/<name>)"
+    SCHEDULE = "schedule", "Schedule (crontab)"
 
 
 class Trigger(models.Model):
@@ -26,6 +28,28 @@ class Trigger(models.Model):
     default_payload = models.JSONField(default=dict, blank=True,
                                        help_text="The event sent when a dispatch gives none.")
     description = models.TextField(blank=True)
+    # HTTP webhook: the token itself is shown once (on creation or regeneration); only its
+    # SHA-256 is stored.
+    token_hash = models.CharField(max_length=64, blank=True, editable=False,
+                                  help_text="SHA-256 of the webhook's secret token.")
+    public = models.BooleanField(default=False,
+                                 help_text="HTTP triggers only: anyone may call it, no token.")
+    # Schedule: a 5-field crontab in `timezone`, kept in django-celery-beat's PeriodicTask.
+    schedule = models.CharField(max_length=200, blank=True,
+                                help_text="Crontab: minute hour day-of-month month day-of-week.")
+    timezone = models.CharField(max_length=64, default="UTC",
+                                help_text="Time zone the crontab is read in, e.g. Europe/Paris.")
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True,
+                                         blank=True, on_delete=models.SET_NULL,
+                                         related_name="+", editable=False)
+    # Asynchronous invocations: retries with exponential backoff, then a dead letter.
+    max_retries = models.PositiveSmallIntegerField(
+        default=0, help_text="Retries after a function failure or timeout (asynchronous calls).")
+    retry_backoff_seconds = models.FloatField(
+        default=1.0, help_text="Delay before the first retry; doubled for each next one.")
+    callback_url = models.URLField(max_length=500, blank=True,
+                                   help_text="Default URL the result is POSTed to when an "
+                                             "execution ends (must be allowed by settings).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
                                    null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
