@@ -71,10 +71,11 @@ def _send(executions: Sequence[Execution]) -> None:
 
 
 def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=None,
-                            batch: Batch | None = None, callback_url: str = "",
+                            source: str = "", callback_url: str = "",
                             synchronous: bool = False) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
+    More than one payload is recorded as a `Batch` (`source`: api, admin, command).
     `callback_url` overrides the trigger's default callback; a `synchronous` execution (a
     caller waits for it) is never retried. Returns at once; the tasks are sent after the
     surrounding transaction commits.
@@ -103,10 +104,14 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                 for p in payloads]
     now = timezone.now()
     runtime = function.effective_runtime
+    user = user if user and user.is_authenticated else None
+    batch = None
+    if len(payloads) > 1:
+        batch = Batch(trigger=trigger, created_by=user, size=len(payloads), source=source,
+                      created_at=now)
     executions = [
         Execution(task_id=str(uuid.uuid4()), function=function, version=version,
-                  trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
-                  input=payload, runtime=runtime, dispatched_at=now, batch=batch,
+                  trigger=trigger, dispatched_by=user, input=payload, runtime=runtime, dispatched_at=now, batch=batch,
                   synchronous=synchronous,
                   max_retries=0 if synchronous else trigger.max_retries,
                   retry_backoff_seconds=trigger.retry_backoff_seconds,
@@ -119,14 +124,18 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         transaction.on_commit(lambda: _send(executions))
         return executions
     with transaction.atomic():
+        batch.save(force_insert=True)
         Execution.objects.bulk_create(executions, batch_size=1000)
         transaction.on_commit(lambda: _send(executions))
     return executions
 
 
-def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=None) -> Execution:
-    """Queue one execution of the trigger's function with `payload`."""
-    return execution_dispatch_many(trigger=trigger, payloads=[payload], user=user)[0]
+def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=None,
+                       **options: Any) -> Execution:
+    """Queue one execution of the trigger's function with `payload` (options as for
+    `execution_dispatch_many`)."""
+    return execution_dispatch_many(trigger=trigger, payloads=[payload], user=user,
+                                   **options)[0]
 
 
 @lru_cache(maxsize=256)
