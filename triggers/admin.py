@@ -57,7 +57,8 @@ class TriggerAdmin(admin.ModelAdmin):
         payloads = [execution_services.USE_DEFAULT if payload is None else payload] * count
         try:
             executions = execution_services.execution_dispatch_many(
-                trigger=trigger, payloads=payloads, user=request.user)
+                trigger=trigger, payloads=payloads, user=request.user,
+                source="admin")
         except KubeFunctionError as exc:
             self.message_user(request, f"{trigger.name}: {exc.message}", messages.ERROR)
             return

@@ -55,7 +55,7 @@ class TriggerViewSet(viewsets.ModelViewSet):
         payloads = form.validated_data.get("payloads") or [
             form.validated_data.get("payload", execution_services.USE_DEFAULT)]
         executions = execution_services.execution_dispatch_many(
-            trigger=trigger, payloads=payloads, user=request.user)
+            trigger=trigger, payloads=payloads, user=request.user, source="api")
         if "payloads" in form.validated_data:
             return Response({"count": len(executions),
                              "executions": [self._dispatched(e) for e in executions]},
