@@ -3,6 +3,7 @@
 from rest_framework.routers import DefaultRouter
 
 from executions.api import ExecutionViewSet
+from executions.batch_api import BatchViewSet
 from functions.api import FunctionViewSet
 from triggers.api import TriggerViewSet
 
@@ -10,3 +11,4 @@ router = DefaultRouter()
 router.register("functions", FunctionViewSet, basename="function")
 router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("executions", ExecutionViewSet, basename="execution")
+router.register("batches", BatchViewSet, basename="batch")

@@ -40,6 +40,16 @@ class PayloadTooLarge(KubeFunctionError):
     status_code = 413
 
 
+class RateLimited(KubeFunctionError):
+    """Too many dispatches: `retry_after` seconds until the next one is allowed."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 class ServiceUnavailable(KubeFunctionError):
     """A service the request needs (the broker) is unreachable; trying later may work."""
 

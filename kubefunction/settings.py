@@ -25,6 +25,26 @@ if PRODUCTION and (SECRET_KEY == _DEV_SECRET_KEY or DEBUG):
     )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# HTTPS (docs/security.md). Each is on in production unless set (an empty value means unset);
+# TLS usually ends at an ingress or load balancer, which must then send X-Forwarded-Proto
+# (DJANGO_SECURE_PROXY_SSL_HEADER=true) for the redirect and secure cookies to work.
+
+
+def _on_in_production(name: str) -> bool:
+    return env.bool(name) if env.str(name, default="") else PRODUCTION
+
+
+SECURE_SSL_REDIRECT = _on_in_production("DJANGO_SECURE_SSL_REDIRECT")
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Probes and scrapes come over plain HTTP from inside the cluster: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = (env.int("DJANGO_SECURE_HSTS_SECONDS")
+                       if env.str("DJANGO_SECURE_HSTS_SECONDS", default="")
+                       else 31_536_000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _on_in_production("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = _on_in_production("DJANGO_SECURE_HSTS_PRELOAD")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _on_in_production("DJANGO_SECURE_COOKIES")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -50,6 +70,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # 411/413 from the headers alone, before a body is read; 503 when the database is away.
+    "kubefunction.middleware.RequestBodyLimitMiddleware",
+    "kubefunction.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -81,6 +104,10 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Fail fast when Postgres is away (the API answers 503) instead of hanging on connect.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat share the file: wait for locks instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
@@ -133,12 +160,25 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "kubefunction.api_errors.exception_handler",
+    # Per-user (per-address when anonymous) request rates over the whole API; generous defaults.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "kubefunction.access.UserRateThrottle",
+        "kubefunction.access.AnonRateThrottle",
+    ],
+    # Proxies (ingress, load balancer) in front of the web process: the anonymous rate then
+    # counts the client address they pass in X-Forwarded-For.
+    "NUM_PROXIES": env.int("KUBEFUNCTION_TRUSTED_PROXIES", default=0),
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.str("KUBEFUNCTION_THROTTLE_USER", default="6000/minute"),
+        "anon": env.str("KUBEFUNCTION_THROTTLE_ANON", default="600/minute"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "KubeFunction API",
     "DESCRIPTION": "Register Python functions, map triggers to them, dispatch and read results.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "ExecutionStatusEnum": "executions.models.ExecutionStatus",
@@ -157,6 +197,16 @@ EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
 # The longest a function may run. The broker's visibility timeout stays above it, so a message
 # for a function still running is never handed to a second worker.
 KUBEFUNCTION_MAX_TIMEOUT = env.int("KUBEFUNCTION_MAX_TIMEOUT", default=900)
+# Retries (docs/executions.md): the longest delay before a retry (the exponential backoff is
+# capped here), and how many times a platform failure is retried. A delayed retry is a Celery
+# countdown the worker holds unacknowledged until it is due, so the visibility timeout below
+# also stays above this cap plus a run.
+KUBEFUNCTION_RETRY_MAX_BACKOFF = env.int("KUBEFUNCTION_RETRY_MAX_BACKOFF", default=900)
+KUBEFUNCTION_PLATFORM_RETRIES = env.int("KUBEFUNCTION_PLATFORM_RETRIES", default=5)
+# Concurrency limits: first delay (s) before an invocation held back by its function's
+# max_concurrency checks again; later checks back off up to ten times this, with jitter.
+KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS = env.float("KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS",
+                                                     default=1.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(_BROKER_DIR / "queue"),
@@ -166,7 +216,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "polling_interval": 0.05,  # the file-system transport polls; the default is 1 s
     }
     if EMBEDDED_BROKER
-    else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + 300}
+    else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + KUBEFUNCTION_RETRY_MAX_BACKOFF + 300}
 )
 if EMBEDDED_BROKER:  # the file-system transport needs its folders before the first message
     for _folder in ("queue", "control"):
@@ -208,6 +258,13 @@ KUBEFUNCTION_DEFAULT_MEMORY_MB = env.int("KUBEFUNCTION_DEFAULT_MEMORY_MB", defau
 KUBEFUNCTION_MAX_MEMORY_MB = env.int("KUBEFUNCTION_MAX_MEMORY_MB", default=4096)
 KUBEFUNCTION_MAX_BATCH = env.int("KUBEFUNCTION_MAX_BATCH", default=10000)
 KUBEFUNCTION_MAX_WAIT = env.int("KUBEFUNCTION_MAX_WAIT", default=60)
+# HTTP triggers: seconds a synchronous `POST /t/<name>` waits for the function (then 504; also
+# capped by the function's timeout and KUBEFUNCTION_MAX_WAIT), and the address printed in webhook
+# URLs where no request tells it (admin, commands).
+KUBEFUNCTION_HTTP_WAIT_SECONDS = env.float("KUBEFUNCTION_HTTP_WAIT_SECONDS", default=30.0)
+KUBEFUNCTION_PUBLIC_URL = (env.str("KUBEFUNCTION_PUBLIC_URL", default="")
+                           or f"http://127.0.0.1:{env.int('KUBEFUNCTION_PORT', default=8000)}"
+                           ).rstrip("/")
 # Local runtime: warm processes kept per worker process, and how long an idle one lives.
 KUBEFUNCTION_WARM_POOL_SIZE = env.int("KUBEFUNCTION_WARM_POOL_SIZE", default=8)
 KUBEFUNCTION_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_WARM_POOL_PER_VERSION", default=2)
@@ -277,9 +334,42 @@ KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_KUBE_WARM_IDLE_SECON
 # private network then).
 KUBEFUNCTION_METRICS_TOKEN = env.str("KUBEFUNCTION_METRICS_TOKEN", default="")
 
+# --- Callbacks, batches and the dispatch rate limit (docs/callbacks.md, docs/batches.md) -------
+# Hosts a callback URL may name: comma-separated `host` or `host:port` patterns with shell-style
+# wildcards (`*.example.com`, `10.0.0.*:8080`). Empty: none, except loopback while DJANGO_DEBUG is
+# on. A name that resolves to a private or loopback address needs that address listed too.
+KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS = env.list("KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS", default=[])
+# Key of the callbacks' HMAC-SHA256 signature; empty: derived from DJANGO_SECRET_KEY.
+KUBEFUNCTION_CALLBACK_SECRET = env.str("KUBEFUNCTION_CALLBACK_SECRET", default="")
+# Delivery attempts, the delay before the second (doubled for each next one), and the seconds one
+# attempt may take.
+KUBEFUNCTION_CALLBACK_MAX_ATTEMPTS = env.int("KUBEFUNCTION_CALLBACK_MAX_ATTEMPTS", default=5)
+KUBEFUNCTION_CALLBACK_BACKOFF_SECONDS = env.float("KUBEFUNCTION_CALLBACK_BACKOFF_SECONDS",
+                                                  default=1.0)
+KUBEFUNCTION_CALLBACK_TIMEOUT = env.float("KUBEFUNCTION_CALLBACK_TIMEOUT", default=10.0)
+# Dispatches (payloads) one user may make: N/s, N/min, N/hour or N/day; empty: no limit.
+KUBEFUNCTION_DISPATCH_RATE = env.str("KUBEFUNCTION_DISPATCH_RATE", default="600/min")
+# The rate limit's shared state: Redis (the broker's) when the broker is Redis, else this
+# process's memory.
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+         "LOCATION": CELERY_BROKER_URL, "KEY_PREFIX": "kubefunction",
+         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
+        if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- Periodic tasks --------------------------------------------------------------------------
 # Beat's DatabaseScheduler copies these into django-celery-beat's tables when it starts.
 CELERY_BEAT_SCHEDULE = {
+    # Roll finished executions up per minute and hour (metrics.rollup): dashboards, /metrics.
+    "metrics-rollup": {
+        "task": "metrics.rollup",
+        "schedule": 60.0,
+        "options": {"expire_seconds": 55},
+    },
     # Scale warm Kubernetes Deployments idle past KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS down.
     "scale-idle-warm-deployments": {
         "task": "executions.scale_idle_warm",

@@ -1,12 +1,16 @@
-"""URL map: admin, API (with schema and docs), health."""
+"""URL map: admin, API (with schema and docs), HTTP triggers, health."""
 
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.authtoken.views import ObtainAuthToken
 
+from triggers.views import webhook
+
+from .access import AnonRateThrottle
 from .api import router
+from .health import readyz
 
 
 def healthz(request):
@@ -16,11 +20,19 @@ def healthz(request):
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/auth/token/", obtain_auth_token, name="api-token"),
+    # DRF's token view has no throttle of its own: logins count against the anonymous rate.
+    path("api/auth/token/", ObtainAuthToken.as_view(throttle_classes=[AnonRateThrottle]),
+         name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),  # readiness: database, broker, runtime
+    path("t/<str:name>", webhook, name="trigger-webhook"),  # HTTP triggers (docs/triggers.md)
+    path("t/<str:name>/", webhook),
     path("", include("metrics.urls")),  # /metrics: the Prometheus exposition
 ]
+
+# A database outage raised outside a view is a 503 too (kubefunction.api_errors).
+handler500 = "kubefunction.api_errors.server_error"

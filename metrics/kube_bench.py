@@ -2,15 +2,15 @@
 
 The floor is a raw `docker run --rm` of the function's own image through the SDK with the very
 command, environment, user and limits the Job's pod gets (`containers.run(..., remove=True)`).
-Against it, alternating with it: a cold invocation through `KubernetesRuntime.invoke` (a Job on
-the fake API server whose docker kubelet runs the image: create, watch, log, delete), from
-`invoke()` to the outcome.
+Against it, on the fake API server with its docker kubelet (every pod a container of that image,
+without network):
 
-Warm mode cannot be measured on the docker kubelet here: its containers have no network (and
-dockerd runs with --bridge=none), so no Service could reach a warm pod over HTTP. The warm rows
-come from the fake's other kubelet, whose Deployment pods run the real runner in HTTP mode as a
-local process (`ScriptedKubelet.serve_root`): the API path (Deployment, Service, EndpointSlice
-watch) and the HTTP hop are real, the container is not.
+- cold: `KubernetesRuntime.invoke` in Job mode (create, watch, log, delete), alternating with the
+  floor, from `invoke()` to the outcome;
+- warm: the same runtime in Deployment mode. The first invocation scales the Deployment from zero
+  and waits for its pod's readiness (a container started, its runner imported and answering the
+  readinessProbe); the others reuse that pod: Deployment read, EndpointSlice list, and POST
+  /invoke to the pod IP, which the docker kubelet tunnels into the container (tests/kube/tunnel.py).
 
 The fake server and its kubelets live in the test tree (tests/kube/); they are imported lazily,
 so this module needs a source checkout with tests/ (the platform image leaves tests/ out).
@@ -45,7 +45,7 @@ class KubeFigures:
     floor: float  # median seconds of `docker run --rm` of the image with the pod's command
     cold: float  # median seconds of a Job invocation (docker kubelet)
     warm_first: float  # seconds of the first warm invocation (Deployment scaled from zero)
-    warm_p50: float  # runner-backed local pods, not containers (see the module docstring)
+    warm_p50: float  # warm invocations reusing the Deployment's pod (a docker container)
     warm_p95: float
     samples: int
     warm_samples: int
@@ -109,33 +109,19 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
     try:
         built, _ = build_image(_spec(), client=client)
         spec = _spec(built.image)
-        with tempfile.TemporaryDirectory(prefix="kubefunction-bench-") as folder:
-            root = Path(folder)
-            (root / "cold").mkdir()
-            with running_fake_kube(root / "cold", "docker") as fake, override_settings(
+        with tempfile.TemporaryDirectory(prefix="kubefunction-bench-") as folder, \
+                running_fake_kube(Path(folder), "docker") as fake, override_settings(
                     KUBEFUNCTION_KUBECONFIG=str(fake.kubeconfig_path),
-                    KUBEFUNCTION_KUBE_NAMESPACE=fake.namespace, KUBEFUNCTION_KUBE_MODE="cold"):
-                runtime = KubernetesRuntime()
-                try:
-                    _floor_run(client, spec, 0)  # one of each first, unmeasured
-                    _timed_invoke(runtime, spec, 0)
-                    for index in range(samples):
-                        floor.append(_floor_run(client, spec, index))
-                        cold.append(_timed_invoke(runtime, spec, index)[0])
-                finally:
-                    runtime.close()
-            (root / "warm").mkdir()
-            source = root / "src"
-            source.mkdir()
-            (source / "handler.py").write_bytes(BENCH_SOURCE)
-            with running_fake_kube(root / "warm", "scripted") as fake, override_settings(
-                    KUBEFUNCTION_KUBECONFIG=str(fake.kubeconfig_path),
-                    KUBEFUNCTION_KUBE_NAMESPACE=fake.namespace, KUBEFUNCTION_KUBE_MODE="warm",
-                    KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS=0, KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS=1,
-                    KUBEFUNCTION_KUBE_WARM_PORT=_free_port()):
-                fake.kubelet.serve_root = str(source)
-                runtime = KubernetesRuntime()
-                try:
+                    KUBEFUNCTION_KUBE_NAMESPACE=fake.namespace, KUBEFUNCTION_KUBE_MODE="cold",
+                    KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS=0, KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS=1):
+            runtime = KubernetesRuntime()
+            try:
+                _floor_run(client, spec, 0)  # one of each first, unmeasured
+                _timed_invoke(runtime, spec, 0)
+                for index in range(samples):
+                    floor.append(_floor_run(client, spec, index))
+                    cold.append(_timed_invoke(runtime, spec, index)[0])
+                with override_settings(KUBEFUNCTION_KUBE_MODE="warm"):
                     warm_first, was_cold = _timed_invoke(runtime, spec, -1)
                     if not was_cold:
                         raise RuntimeError("the first warm invocation found a ready pod")
@@ -145,22 +131,14 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
                             raise RuntimeError("the warm Deployment's pod was not reused")
                         warm.append(elapsed)
                     runtime.release(spec)
-                finally:
-                    runtime.close()
+            finally:
+                runtime.close()
     finally:
         client.close()
     return KubeFigures(floor=percentile(floor, 0.5), cold=percentile(cold, 0.5),
                        warm_first=warm_first, warm_p50=percentile(warm, 0.5),
                        warm_p95=percentile(warm, 0.95), samples=samples,
                        warm_samples=warm_samples, image=spec.image)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def as_dict(figures: KubeFigures) -> dict:

@@ -52,7 +52,10 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory, 
     env = {**os.environ, "DATABASE_URL": _test_database_url(),
            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "KUBEFUNCTION_QUEUE": queue,
            "KUBEFUNCTION_KUBECONFIG": str(worker_kube.kubeconfig_path),
-           "KUBEFUNCTION_KUBE_NAMESPACE": worker_kube.namespace}
+           "KUBEFUNCTION_KUBE_NAMESPACE": worker_kube.namespace,
+           # Callback tests run their receiver on loopback and want quick retries.
+           "KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+           "KUBEFUNCTION_CALLBACK_BACKOFF_SECONDS": "0.2"}
     with django_db_blocker.unblock():
         celery_app.control.purge()
     log = log_path.open("wb")

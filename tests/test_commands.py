@@ -94,6 +94,6 @@ def test_bootstrap_creates_admin_and_examples(django_user_model, monkeypatch, se
     assert set(Function.objects.values_list("name", flat=True)) == {
         "hello", "word-count", "slugify"}
     assert set(Trigger.objects.values_list("name", flat=True)) == {
-        "hello", "word-count", "slugify"}
+        "hello", "word-count", "slugify", "hello-http"}
     call("bootstrap")  # idempotent
     assert Function.objects.count() == 3

@@ -268,10 +268,9 @@ def test_docker_kubelet_runs_the_image_as_a_job(fake_kube, runtime, built_image)
     assert (pull.status, pull.error_type) == ("failed", "ImagePullError"), pull
     assert "ErrImagePull" in pull.error and time.monotonic() - started < 10
     assert gone(fake_kube)
-    import docker
-
-    # Only this fake's containers: the session worker's own fake may be running others.
-    left = docker.from_env().containers.list(all=True, filters={
+    # Only this fake's containers: the session worker's own fake may be running others. (The
+    # low-level list: the high-level one inspects each container and may race with a removal.)
+    left = fake_kube.kubelet.client.api.containers(all=True, filters={
         "label": f"{fake_kube.kubelet.LABEL}={fake_kube.kubelet.marker}"})
     assert left == []
 
@@ -380,7 +379,15 @@ def deployment(fake) -> dict:
     return found[0]
 
 
-def test_warm_serves_scales_to_zero_and_back(fake_kube, warm, settings):  # noqa: F811
+def used_long_ago(fake, name: str, seconds: float = 3600) -> None:
+    """Stamp the warm Deployment `name` as last used `seconds` ago (as a worker would have)."""
+    from executions.runtimes.kube_warm import LAST_USED, timestamp
+
+    fake.cluster.patch("deployments", fake.namespace, name, {
+        "metadata": {"annotations": {LAST_USED: timestamp(time.time() - seconds)}}})
+
+
+def test_warm_serves_scales_to_zero_and_back(fake_kube, warm):  # noqa: F811
     spec = make_spec(timeout_seconds=10)
     first = warm.invoke(spec, {"n": 1}, context(seconds=10))
     assert first.status == "succeeded" and first.cold, first
@@ -398,8 +405,10 @@ def test_warm_serves_scales_to_zero_and_back(fake_kube, warm, settings):  # noqa
     assert pod["metadata"]["labels"]["io.kubefunction.managed"] == "true"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
-    settings.KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS = 0
-    assert warm.warm.scale_idle() == [deployment(fake_kube)["metadata"]["name"]]
+    name = deployment(fake_kube)["metadata"]["name"]
+    assert warm.warm.scale_idle() == []  # used just now
+    used_long_ago(fake_kube, name)
+    assert warm.warm.scale_idle() == [name]
     assert deployment(fake_kube)["spec"]["replicas"] == 0
     assert fake_kube.wait_for(lambda: fake_kube.objects("pods") == [])
     third = warm.invoke(spec, {"n": 3}, context(seconds=10))  # waits for readiness again

@@ -1,5 +1,10 @@
-"""Admin for triggers, with the "Dispatch…" action (a JSON payload and a count)."""
+"""Admin for triggers: fields grouped by kind, the "Dispatch…" and "Regenerate token" actions.
 
+A webhook token is shown once, in the message after the trigger is created or its token
+regenerated; only its hash is stored.
+"""
+
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
@@ -11,31 +16,148 @@ from kubefunction.errors import KubeFunctionError
 
 from . import services
 from .forms import DispatchForm
-from .models import Trigger
+from .models import Trigger, TriggerKind
+
+
+class TriggerAdminForm(forms.ModelForm):
+    """Checks the kind-specific fields with the service's own rules, naming the field."""
+
+    callback_url = forms.URLField(
+        required=False, max_length=500, assume_scheme="https",
+        help_text=Trigger._meta.get_field("callback_url").help_text)
+
+    class Meta:
+        model = Trigger
+        fields = ["name", "function", "kind", "enabled", "description", "default_payload",
+                  "public", "schedule", "timezone", "max_retries", "retry_backoff_seconds",
+                  "callback_url"]
+
+    def clean(self):
+        data = super().clean()
+        try:
+            services.trigger_check(kind=data.get("kind") or TriggerKind.MANUAL,
+                                   schedule=data.get("schedule") or "",
+                                   timezone=data.get("timezone") or "UTC",
+                                   public=bool(data.get("public")),
+                                   callback_url=data.get("callback_url") or "")
+        except KubeFunctionError as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+        return data
 
 
 @admin.register(Trigger)
 class TriggerAdmin(admin.ModelAdmin):
-    list_display = ["name", "function", "kind", "enabled", "executions_link", "updated_at"]
-    list_filter = ["kind", "enabled", "function"]
+    form = TriggerAdminForm
+    list_display = ["name", "function", "kind", "enabled", "summary", "executions_link",
+                    "updated_at"]
+    list_filter = ["kind", "enabled", "public", "function"]
     search_fields = ["name", "function__name", "description"]
     list_select_related = ["function"]
-    readonly_fields = ["created_by", "created_at", "updated_at"]
-    actions = ["dispatch"]
+    readonly_fields = ["webhook", "token_status", "periodic_task_link", "created_by",
+                       "created_at", "updated_at"]
+    actions = ["dispatch", "regenerate_token"]
+
+    def get_fieldsets(self, request, obj=None):
+        kind = obj.kind if obj else None
+
+        def section(of_kind):  # the sections of other kinds start folded
+            return [] if kind in (None, of_kind) else ["collapse"]
+
+        return [
+            (None, {"fields": ["name", "function", "kind", "enabled", "description",
+                               "default_payload"]}),
+            ("HTTP webhook", {"classes": section(TriggerKind.HTTP),
+                              "description": "POST /t/&lt;name&gt; runs the function; "
+                                             "the token is shown once, when it is issued.",
+                              "fields": ["webhook", "token_status", "public"]}),
+            ("Schedule", {"classes": section(TriggerKind.SCHEDULE),
+                          "description": "A 5-field crontab: minute hour day-of-month month "
+                                         "day-of-week, e.g. <code>*/5 * * * *</code>.",
+                          "fields": ["schedule", "timezone", "periodic_task_link"]}),
+            ("Retries and callback (asynchronous calls)", {
+                "classes": ["collapse"],
+                "fields": ["max_retries", "retry_backoff_seconds", "callback_url"]}),
+            ("Record", {"classes": ["collapse"],
+                        "fields": ["created_by", "created_at", "updated_at"]}),
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields + (["name"] if obj else [])
 
     @admin.display(description="executions")
     def executions_link(self, trigger):
         url = reverse("admin:executions_execution_changelist") + f"?trigger__id__exact={trigger.pk}"
         return format_html('<a href="{}">view</a>', url)
 
+    @admin.display(description="fires on")
+    def summary(self, trigger):
+        if trigger.kind == TriggerKind.HTTP:
+            return "POST " + reverse("trigger-webhook", kwargs={"name": trigger.name}) + \
+                (" (public)" if trigger.public else "")
+        if trigger.kind == TriggerKind.SCHEDULE:
+            return f"{trigger.schedule} ({trigger.timezone})"
+        return "dispatch"
+
+    @admin.display(description="webhook URL")
+    def webhook(self, trigger):
+        if trigger.pk is None or trigger.kind != TriggerKind.HTTP:
+            return "— (HTTP triggers only)"
+        url = services.webhook_url(trigger)
+        header = "" if trigger.public else " -H 'X-KubeFunction-Token: …'"
+        return format_html("<code>{}</code><br><small>try: <code>curl -X POST {}{} "
+                           "-d '{{\"x\": 1}}'</code></small>", url, url, header)
+
+    @admin.display(description="token")
+    def token_status(self, trigger):
+        if trigger.kind != TriggerKind.HTTP:
+            return "—"
+        if not trigger.token_hash:
+            return "none (regenerate to issue one)"
+        return "set (only its SHA-256 is stored; use “Regenerate token” to issue a new one)"
+
+    @admin.display(description="periodic task")
+    def periodic_task_link(self, trigger):
+        task = trigger.periodic_task
+        if task is None:
+            return "—"
+        url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+        state = "enabled" if task.enabled else "paused"
+        return format_html('<a href="{}">{}</a> ({}, last run {})', url, task.name, state,
+                           task.last_run_at or "never")
+
     def save_model(self, request, obj, form, change):
         data = {k: form.cleaned_data[k] for k in services.EDITABLE if k in form.cleaned_data}
         if change:
-            services.trigger_update(trigger=obj, **data)
+            saved = services.trigger_update(trigger=obj, **data)
         else:
-            created = services.trigger_create(name=form.cleaned_data["name"], user=request.user,
-                                              **data)
-            obj.__dict__.update(created.__dict__)
+            saved = services.trigger_create(name=form.cleaned_data["name"], user=request.user,
+                                            **data)
+            obj.__dict__.update(saved.__dict__)
+        if getattr(saved, "token", None):
+            self._show_token(request, saved, saved.token)
+
+    def delete_model(self, request, obj):
+        services.trigger_delete(trigger=obj)
+
+    def delete_queryset(self, request, queryset):
+        for trigger in queryset:
+            services.trigger_delete(trigger=trigger)
+
+    def _show_token(self, request, trigger, token) -> None:
+        self.message_user(request, format_html(
+            "Token of <b>{}</b> (shown once, copy it now): <code>{}</code><br>"
+            "<code>curl -X POST {} -H 'X-KubeFunction-Token: {}' -d '{{\"x\": 1}}'</code>",
+            trigger.name, token, services.webhook_url(trigger), token), messages.WARNING)
+
+    @admin.action(description="Regenerate token (HTTP triggers)")
+    def regenerate_token(self, request, queryset):
+        for trigger in queryset:
+            try:
+                token = services.trigger_token_regenerate(trigger=trigger)
+            except KubeFunctionError as exc:
+                self.message_user(request, f"{trigger.name}: {exc.message}", messages.ERROR)
+                continue
+            self._show_token(request, trigger, token)
 
     @admin.action(description="Dispatch… (JSON payload and count)")
     def dispatch(self, request, queryset):

@@ -1,4 +1,5 @@
-"""REST endpoints for triggers: CRUD and `POST /api/triggers/<name>/dispatch/`."""
+"""REST endpoints for triggers: CRUD, `POST /api/triggers/<name>/dispatch/` and
+`POST /api/triggers/<name>/token/` (a new webhook token)."""
 
 from django.conf import settings
 from django.urls import reverse
@@ -11,10 +12,16 @@ from executions import services as execution_services
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
 from kubefunction.access import scope_to_owner
 from kubefunction.errors import PayloadTooLarge
+from kubefunction.throttles import DispatchRateThrottle
 
 from . import services
 from .models import Trigger
-from .serializers import DispatchedSerializer, DispatchSerializer, TriggerSerializer
+from .serializers import (
+    DispatchedSerializer,
+    DispatchSerializer,
+    TokenSerializer,
+    TriggerSerializer,
+)
 
 
 class TriggerViewSet(viewsets.ModelViewSet):
@@ -35,12 +42,28 @@ class TriggerViewSet(viewsets.ModelViewSet):
             name=data.pop("name"), function=data.pop("function"), user=self.request.user, **data)
 
     def perform_update(self, serializer):
-        serializer.instance = services.trigger_update(
-            trigger=serializer.instance, **serializer.validated_data)
+        data = dict(serializer.validated_data)
+        data.pop("name", None)  # unchanged (the serializer refuses a rename)
+        serializer.instance = services.trigger_update(trigger=serializer.instance, **data)
+
+    def perform_destroy(self, instance):
+        services.trigger_delete(trigger=instance)
+
+    @extend_schema(request=None, responses={200: TokenSerializer})
+    @action(detail=True, methods=["post"], url_path="token", url_name="token")
+    def regenerate_token(self, request, name=None):
+        """Issue a new webhook token for an HTTP trigger (shown once); the old one stops
+        working at once."""
+        trigger = self.get_object()
+        token = services.trigger_token_regenerate(trigger=trigger)
+        return Response({"name": trigger.name, "token": token,
+                         "webhook_url": services.webhook_url(
+                             trigger, base=request.build_absolute_uri("/"))})
 
     @extend_schema(request=DispatchSerializer, parameters=[WAIT_PARAMETER],
                    responses={202: DispatchedSerializer, 200: ExecutionSerializer})
-    @action(detail=True, methods=["post"], url_path="dispatch", url_name="dispatch")
+    @action(detail=True, methods=["post"], url_path="dispatch", url_name="dispatch",
+            throttle_classes=[DispatchRateThrottle])
     def dispatch_trigger(self, request, name=None):
         """Queue the function with a JSON payload; answers 202 with the task id at once.
 
@@ -55,11 +78,15 @@ class TriggerViewSet(viewsets.ModelViewSet):
         payloads = form.validated_data.get("payloads") or [
             form.validated_data.get("payload", execution_services.USE_DEFAULT)]
         executions = execution_services.execution_dispatch_many(
-            trigger=trigger, payloads=payloads, user=request.user, source="api")
+            trigger=trigger, payloads=payloads, user=request.user, source="api",
+            callback_url=form.validated_data.get("callback_url", ""))
         if "payloads" in form.validated_data:
-            return Response({"count": len(executions),
-                             "executions": [self._dispatched(e) for e in executions]},
-                            status=status.HTTP_202_ACCEPTED)
+            batch = executions[0].batch_id
+            return Response({"count": len(executions), "batch": batch and {
+                "id": str(batch), "url": request.build_absolute_uri(
+                    reverse("batch-detail", kwargs={"pk": batch}))},
+                "executions": [self._dispatched(e) for e in executions]},
+                status=status.HTTP_202_ACCEPTED)
         execution = executions[0]
         wait = wait_seconds(request)
         if wait:

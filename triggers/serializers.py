@@ -6,7 +6,8 @@ from rest_framework import serializers
 from functions.models import Function
 from kubefunction.access import scope_to_owner
 
-from .models import Trigger
+from .models import Trigger, TriggerKind
+from .services import webhook_url
 
 
 class OwnedFunctionField(serializers.SlugRelatedField):
@@ -18,16 +19,50 @@ class OwnedFunctionField(serializers.SlugRelatedField):
 
 
 class TriggerSerializer(serializers.ModelSerializer):
+    """A trigger; `webhook_url` for HTTP triggers, `token` only in the answer that created it
+    (the token is shown once; POST .../token/ issues a new one)."""
+
     function = OwnedFunctionField(slug_field="name")
     url = serializers.HyperlinkedIdentityField(view_name="trigger-detail", lookup_field="name")
     dispatch_url = serializers.HyperlinkedIdentityField(view_name="trigger-dispatch",
                                                         lookup_field="name")
+    webhook_url = serializers.SerializerMethodField(
+        help_text="HTTP triggers: POST here with the X-KubeFunction-Token header.")
+    token = serializers.SerializerMethodField(
+        help_text="HTTP triggers: the secret token, present only when it was just issued.")
+    has_token = serializers.SerializerMethodField()
+    periodic_task = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = Trigger
         fields = ["url", "name", "function", "kind", "enabled", "default_payload", "description",
-                  "dispatch_url", "created_at", "updated_at"]
+                  "dispatch_url", "webhook_url", "token", "has_token", "public", "schedule",
+                  "timezone", "periodic_task", "max_retries", "retry_backoff_seconds",
+                  "callback_url", "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
+
+    def get_webhook_url(self, trigger: Trigger) -> str | None:
+        if trigger.kind != TriggerKind.HTTP:
+            return None
+        request = self.context.get("request")
+        return webhook_url(trigger, base=request.build_absolute_uri("/") if request else None)
+
+    def get_token(self, trigger: Trigger) -> str | None:
+        return getattr(trigger, "token", None)
+
+    def get_has_token(self, trigger: Trigger) -> bool:
+        return bool(trigger.token_hash)
+
+    def validate_name(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.name:
+            raise serializers.ValidationError("a trigger cannot be renamed.")
+        return value
+
+
+class TokenSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    token = serializers.CharField(help_text="The new secret token (shown once).")
+    webhook_url = serializers.URLField()
 
 
 class DispatchSerializer(serializers.Serializer):
@@ -38,6 +73,19 @@ class DispatchSerializer(serializers.Serializer):
     payloads = serializers.ListField(child=serializers.JSONField(), required=False,
                                      max_length=settings.KUBEFUNCTION_MAX_BATCH,
                                      help_text="Events for a batch, one execution each.")
+    callback_url = serializers.CharField(
+        required=False, allow_blank=True, max_length=500,
+        help_text="POST the result here when each execution ends (docs/callbacks.md); "
+                  "default: the trigger's callback URL.")
+
+    def validate_callback_url(self, value):
+        from executions.callbacks import callback_url_check
+        from kubefunction.errors import InvalidInput
+
+        try:
+            return callback_url_check(value)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.message) from exc
 
     def validate(self, attrs):
         if "payload" in attrs and "payloads" in attrs:

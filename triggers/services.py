@@ -1,40 +1,275 @@
-"""Operations on triggers."""
+"""Operations on triggers: create, update, delete, webhook tokens, and the schedules that
+django-celery-beat's database scheduler fires.
+
+A schedule trigger owns one `PeriodicTask` (task `triggers.fire`, argument the trigger's id),
+kept in step with the trigger in the same transaction: created, re-pointed at a new crontab,
+enabled, disabled and deleted with it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import zoneinfo
+
+from celery.schedules import crontab
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.urls import reverse
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from executions.services import payload_check
+from executions.callbacks import callback_url_check
+from executions.models import Execution
+from executions.services import execution_dispatch, payload_check
 from functions.models import Function
-from kubefunction.errors import InvalidInput
+from kubefunction.errors import InvalidInput, KubeFunctionError, NotFound
 
-from .models import Trigger
+from .models import Trigger, TriggerKind
 
-EDITABLE = ("function", "kind", "enabled", "default_payload", "description")
+logger = logging.getLogger(__name__)
+
+EDITABLE = ("function", "kind", "enabled", "default_payload", "description", "public",
+            "schedule", "timezone", "max_retries", "retry_backoff_seconds", "callback_url")
+FIRE_TASK = "triggers.fire"
+CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+CRONTAB_MACROS = {
+    "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
 
 
-def _save(trigger: Trigger) -> Trigger:
-    payload_check(trigger.default_payload, field="default_payload")
+# --- Tokens ------------------------------------------------------------------------------------
+
+def token_hash(token: str) -> str:
+    """The SHA-256 (hex) stored for a webhook token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(trigger: Trigger, token: str | None) -> bool:
+    """Whether `token` is the trigger's webhook token (constant-time comparison of hashes)."""
+    if not token or not trigger.token_hash:
+        return False
+    return hmac.compare_digest(token_hash(token), trigger.token_hash)
+
+
+def webhook_url(trigger: Trigger, *, base: str | None = None) -> str:
+    """The address of an HTTP trigger: `base` (else KUBEFUNCTION_PUBLIC_URL) + /t/<name>."""
+    root = settings.KUBEFUNCTION_PUBLIC_URL if base is None else base.rstrip("/")
+    return root + reverse("trigger-webhook", kwargs={"name": trigger.name})
+
+
+def _new_token(trigger: Trigger) -> str:
+    token = secrets.token_urlsafe(32)
+    trigger.token_hash = token_hash(token)
+    return token
+
+
+# --- Schedules ---------------------------------------------------------------------------------
+
+def schedule_check(schedule: str) -> str:
+    """A 5-field crontab (minute hour day-of-month month day-of-week), or a macro such as
+    `@hourly`, normalised to single spaces; InvalidInput naming `schedule` otherwise."""
+    text = " ".join((schedule or "").split())
+    text = CRONTAB_MACROS.get(text.lower(), text)
+    parts = text.split(" ") if text else []
+    if len(parts) != 5:
+        raise InvalidInput("a crontab has 5 fields: minute hour day-of-month month day-of-week "
+                           f"(e.g. '*/5 * * * *'); got {len(parts)}.", field="schedule")
+    for name, value in zip(CRONTAB_FIELDS, parts, strict=True):
+        try:
+            crontab(**{name: value})
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{name.replace('_', '-')} '{value}' is not valid: {exc}",
+                               field="schedule") from exc
     try:
-        trigger.full_clean()
+        crontab(**dict(zip(CRONTAB_FIELDS, parts, strict=True)))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"'{text}' is not a valid crontab: {exc}", field="schedule") from exc
+    return text
+
+
+def timezone_check(name: str) -> str:
+    """An IANA time zone name (e.g. Europe/Paris); InvalidInput naming `timezone` otherwise."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"'{name}' is not a known time zone (use an IANA name such as "
+                           "UTC or Europe/Paris).", field="timezone") from exc
+    return name
+
+
+def _periodic_task_name(trigger: Trigger) -> str:
+    return f"trigger:{trigger.name}"
+
+
+def crontab_drop_if_unused(crontab_id: int | None) -> None:
+    """Delete a CrontabSchedule no PeriodicTask uses any more (they are shared by value)."""
+    if crontab_id and not PeriodicTask.objects.filter(crontab_id=crontab_id).exists():
+        CrontabSchedule.objects.filter(pk=crontab_id).delete()
+
+
+def _sync_periodic_task(trigger: Trigger) -> None:
+    """Make the trigger's PeriodicTask match it: one for a schedule trigger, none otherwise."""
+    task = trigger.periodic_task
+    old_crontab_id = task.crontab_id if task is not None else None
+    if trigger.kind != TriggerKind.SCHEDULE:
+        if task is not None:
+            trigger.periodic_task = None
+            Trigger.objects.filter(pk=trigger.pk).update(periodic_task=None)
+            task.delete()
+            crontab_drop_if_unused(old_crontab_id)
+        return
+    minute, hour, day_of_month, month_of_year, day_of_week = trigger.schedule.split(" ")
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year,
+        day_of_week=day_of_week, timezone=trigger.timezone)
+    fields = {
+        "name": _periodic_task_name(trigger), "task": FIRE_TASK, "crontab": schedule,
+        "interval": None, "solar": None, "clocked": None,
+        "args": json.dumps([trigger.pk]), "kwargs": "{}",
+        # No queue: beat sends to its default queue (KUBEFUNCTION_QUEUE), which its workers
+        # consume, so a renamed queue never leaves stale rows behind.
+        "queue": None, "enabled": trigger.enabled,
+        "description": f"Fires trigger '{trigger.name}' (managed by KubeFunction; edit the "
+                       "trigger, not this task).",
+    }
+    if task is None:
+        task = PeriodicTask.objects.filter(name=fields["name"]).first() or PeriodicTask()
+    changed = any(getattr(task, key) != value for key, value in fields.items())
+    if task.pk is None or changed:
+        for key, value in fields.items():
+            setattr(task, key, value)
+        task.save()  # django-celery-beat's signal tells a running beat to reload
+        if old_crontab_id != schedule.pk:
+            crontab_drop_if_unused(old_crontab_id)
+    if trigger.periodic_task_id != task.pk:
+        trigger.periodic_task = task
+        Trigger.objects.filter(pk=trigger.pk).update(periodic_task=task)
+
+
+# --- Create, update, delete --------------------------------------------------------------------
+
+def _check_kind_fields(trigger: Trigger) -> None:
+    trigger.timezone = timezone_check(trigger.timezone or "UTC")
+    if trigger.kind == TriggerKind.SCHEDULE:
+        trigger.schedule = schedule_check(trigger.schedule)
+    elif trigger.schedule:
+        raise InvalidInput("only schedule triggers have a schedule.", field="schedule")
+    if trigger.public and trigger.kind != TriggerKind.HTTP:
+        raise InvalidInput("only HTTP triggers can be public.", field="public")
+    if trigger.retry_backoff_seconds is not None and trigger.retry_backoff_seconds < 0:
+        raise InvalidInput("give 0 or more seconds.", field="retry_backoff_seconds")
+    trigger.callback_url = callback_url_check(trigger.callback_url)  # the allow-list
+
+
+def trigger_check(*, kind: str, schedule: str = "", timezone: str = "UTC",
+                  public: bool = False, callback_url: str = "") -> None:
+    """Validate the kind-specific fields without saving (for forms)."""
+    _check_kind_fields(Trigger(kind=kind, schedule=schedule, timezone=timezone, public=public,
+                               callback_url=callback_url))
+
+
+@transaction.atomic
+def _save(trigger: Trigger) -> Trigger:
+    """Validate, save, keep the PeriodicTask in step. Sets `trigger.token` (shown once) when a
+    new webhook token was generated."""
+    payload_check(trigger.default_payload, field="default_payload")
+    _check_kind_fields(trigger)
+    token = None
+    if trigger.kind == TriggerKind.HTTP and not trigger.token_hash:
+        token = _new_token(trigger)
+    elif trigger.kind != TriggerKind.HTTP:
+        trigger.token_hash = ""
+    try:
+        trigger.full_clean(exclude=["periodic_task"])
     except ValidationError as exc:
         field, messages = next(iter(exc.message_dict.items()))
         raise InvalidInput(" ".join(messages), field=field) from exc
     trigger.save()
+    _sync_periodic_task(trigger)
+    trigger.token = token
     return trigger
 
 
 def trigger_create(*, name: str, function: Function, user=None, **fields) -> Trigger:
-    """Map a new trigger name to a function."""
+    """Map a new trigger name to a function. An HTTP trigger gets a webhook token, returned
+    once as `trigger.token`; a schedule trigger gets its PeriodicTask."""
+    unknown = set(fields) - set(EDITABLE)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise InvalidInput(f"'{key}' cannot be set.", field=key)
     if Trigger.objects.filter(name=name).exists():
         raise InvalidInput(f"a trigger named '{name}' already exists.", field="name")
     return _save(Trigger(name=name, function=function, created_by=user, **fields))
 
 
 def trigger_update(*, trigger: Trigger, **changes) -> Trigger:
-    """Change a trigger's function, kind, payload, description or enabled flag."""
+    """Change a trigger's fields (not its name). Changing the kind away from schedule or http
+    drops the schedule, the PeriodicTask, `public` and the token; changing it to http issues a
+    token (`trigger.token`)."""
     for key, value in changes.items():
         if key not in EDITABLE:
             raise InvalidInput(f"'{key}' cannot be changed.", field=key)
         setattr(trigger, key, value)
+    if trigger.kind != TriggerKind.SCHEDULE and "schedule" not in changes:
+        trigger.schedule = ""
+    if trigger.kind != TriggerKind.HTTP and "public" not in changes:
+        trigger.public = False
     return _save(trigger)
+
+
+@transaction.atomic
+def trigger_delete(*, trigger: Trigger) -> None:
+    """Delete a trigger and its PeriodicTask (its executions stay, unlinked)."""
+    trigger.delete()  # the post_delete handler (triggers.signals) removes the PeriodicTask
+
+
+def trigger_token_regenerate(*, trigger: Trigger) -> str:
+    """Issue a new webhook token for an HTTP trigger; the old one stops working at once.
+    Returns the token, which is not stored (only its hash is)."""
+    if trigger.kind != TriggerKind.HTTP:
+        raise InvalidInput(f"trigger '{trigger.name}' is a {trigger.kind} trigger; only HTTP "
+                           "triggers have a token.", field="kind")
+    token = _new_token(trigger)
+    Trigger.objects.filter(pk=trigger.pk).update(token_hash=trigger.token_hash)
+    logger.info("webhook token of trigger %s regenerated", trigger.name)
+    return token
+
+
+# --- Firing ------------------------------------------------------------------------------------
+
+def trigger_fire(*, trigger_id: int) -> Execution | None:
+    """Dispatch a schedule trigger with its default payload (what beat's task calls). Returns
+    the execution, or None when nothing could be dispatched (reason logged: beat must not
+    crash on a trigger that was deleted, paused or whose function is not ready)."""
+    trigger = Trigger.objects.select_related("function__active_version").filter(
+        pk=trigger_id).first()
+    if trigger is None:
+        logger.warning("schedule fired for trigger id %s, which no longer exists", trigger_id)
+        return None
+    if trigger.kind != TriggerKind.SCHEDULE or not trigger.enabled:
+        logger.info("schedule fired for trigger %s, which is %s: nothing dispatched",
+                    trigger.name, "paused" if trigger.enabled is False else trigger.kind)
+        return None
+    try:
+        execution = execution_dispatch(trigger=trigger, source="schedule")
+    except KubeFunctionError as exc:
+        logger.error("schedule trigger %s fired but nothing was dispatched: %s",
+                     trigger.name, exc.message)
+        return None
+    logger.info("schedule trigger %s dispatched execution %s", trigger.name, execution.task_id)
+    return execution
+
+
+def trigger_get(*, name: str) -> Trigger:
+    """The trigger named `name` with its function; NotFound otherwise."""
+    trigger = Trigger.objects.select_related("function__active_version").filter(
+        name=name).first()
+    if trigger is None:
+        raise NotFound(f"no trigger named '{name}'.", field="trigger")
+    return trigger

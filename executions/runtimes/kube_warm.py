@@ -4,9 +4,18 @@ The Deployment's pods run the runner in HTTP mode (`runner --http :PORT`: GET /h
 readiness probe, POST /invoke one request). The worker sends each invocation to a ready endpoint
 of the version's Service, read from its EndpointSlices (list + watch, never polled), so a
 scaled-up or restarted pod is used as soon as it is ready. Replicas follow the in-flight load of
-this worker process, between KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS and ..._MAX_REPLICAS, and drop
-to the minimum (zero by default) after KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS without invocations;
-the next invocation then scales up again and waits for readiness (counted as cold).
+this worker process, between KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS and ..._MAX_REPLICAS.
+
+Scale-to-zero state lives in the cluster, not in a worker: every invocation stamps the
+Deployment's `kubefunction.io/last-used` annotation (RFC 3339, UTC; a patch at most every
+TOUCH_SECONDS per version and worker process, at the start and at the end of an invocation), with
+`kubefunction.io/timeout-seconds`, the function's timeout. `scale_idle` (the beat task
+`executions.scale_idle_warm`, in any worker process) lists the warm Deployments and scales down
+to the minimum (zero by default) each one whose last use is older than
+KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS, and older than its timeout plus TOUCH_SECONDS (an invocation
+another worker started may still run until then), with the resourceVersion it read as a
+precondition, so a use stamped meanwhile wins. The next invocation then scales up again and
+waits for readiness (counted as cold).
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import threading
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -32,6 +43,45 @@ if TYPE_CHECKING:
     from .kubernetes import KubernetesRuntime
 
 logger = logging.getLogger(__name__)
+
+LAST_USED = "kubefunction.io/last-used"
+TIMEOUT = "kubefunction.io/timeout-seconds"
+WARM_LABEL = "kubefunction.io/warm"
+TOUCH_SECONDS = 5.0  # a worker process stamps a version's last use at most this often
+SCAN_SECONDS = 60.0  # and looks for idle Deployments on its own at most this often
+
+
+def timestamp(moment: float) -> str:
+    """`moment` (epoch seconds) as RFC 3339 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_timestamp(text: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 time, or None when it is missing or unreadable."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def usage_annotations(spec: FunctionSpec, moment: float) -> dict[str, str]:
+    return {LAST_USED: timestamp(moment), TIMEOUT: str(math.ceil(spec.timeout_seconds))}
+
+
+def idle_at(deployment: dict, idle_seconds: float) -> float:
+    """When the Deployment counts as idle (epoch seconds): `idle_seconds` after its last use
+    (its creation when it carries no stamp), and not before its timeout plus TOUCH_SECONDS have
+    passed, since an invocation that another worker started then may still be running."""
+    meta = deployment["metadata"]
+    annotations = meta.get("annotations") or {}
+    used = parse_timestamp(annotations.get(LAST_USED))
+    if used is None:
+        used = parse_timestamp(meta.get("creationTimestamp")) or 0.0
+    try:
+        timeout = max(0.0, float(annotations.get(TIMEOUT) or 0))
+    except ValueError:
+        timeout = 0.0
+    return used + max(float(idle_seconds), timeout + TOUCH_SECONDS)
 
 
 def warm_name(spec: FunctionSpec) -> str:
@@ -54,7 +104,7 @@ def manifests(spec: FunctionSpec, name: str, replicas: int) -> tuple[dict, dict]
     port = settings.KUBEFUNCTION_KUBE_WARM_PORT
     context = InvocationContext(execution_id="warm", task_id="", deadline=0)
     pod = job_manifest(spec, name, b"{}", context)["spec"]["template"]
-    pod_labels = {**labels(spec, "warm"), "kubefunction.io/warm": name}
+    pod_labels = {**labels(spec, "warm"), WARM_LABEL: name}
     del pod_labels["kubefunction.io/execution"]
     pod["metadata"] = {"labels": pod_labels}
     pod["spec"]["restartPolicy"] = "Always"
@@ -64,10 +114,11 @@ def manifests(spec: FunctionSpec, name: str, replicas: int) -> tuple[dict, dict]
     container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     container["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": port},
                                    "periodSeconds": 2, "failureThreshold": 1}
-    selector = {"kubefunction.io/warm": name}
+    selector = {WARM_LABEL: name}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": pod_labels},
+        "metadata": {"name": name, "labels": pod_labels,
+                     "annotations": usage_annotations(spec, time.time())},
         "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": pod},
     }
     service = {
@@ -86,7 +137,8 @@ class WarmDeployments:
         self.runtime = runtime
         self.lock = threading.Lock()
         self.inflight: dict[str, int] = {}
-        self.last_used: dict[str, float] = {}
+        self.touched: dict[str, float] = {}  # name -> when this process last stamped its use
+        self.scanned = time.monotonic()  # when this process last looked for idle Deployments
         self.http = urllib3.PoolManager(retries=False)
 
     # --- API helpers ---------------------------------------------------------------------
@@ -96,7 +148,24 @@ class WarmDeployments:
                         _request_timeout=self.runtime._timeout(), **kwargs)
         return json.loads(response.data)
 
-    def _ensure(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
+    def _deployment(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
+        """The version's Deployment, its use stamped (when due); created with its Service when
+        missing (always the Service first: a Deployment never exists without it)."""
+        from .kubernetes import api_errors
+
+        apps, ns = self.runtime.apps, self.runtime.namespace
+        with api_errors("read the warm Deployment"):
+            try:
+                stamped = self._stamp(spec, name)
+                if stamped is not None:
+                    return stamped
+                return self._read(apps.read_namespaced_deployment, name, ns)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return self._create(spec, name, replicas)
+
+    def _create(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
         from .kubernetes import api_errors
 
         deployment, service = manifests(spec, name, replicas)
@@ -111,11 +180,37 @@ class WarmDeployments:
                     raise
         with api_errors("create the warm Deployment"):
             try:
-                return self._read(apps.create_namespaced_deployment, ns, deployment)
+                created = self._read(apps.create_namespaced_deployment, ns, deployment)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-            return self._read(apps.read_namespaced_deployment, name, ns)
+                created = self._read(apps.read_namespaced_deployment, name, ns)  # a peer's
+        with self.lock:
+            self.touched[name] = time.monotonic()  # created (or just made by a peer) = used
+        return created
+
+    def _stamp(self, spec: FunctionSpec, name: str) -> dict | None:
+        """Patch the Deployment's last use to now, when this process last did so TOUCH_SECONDS
+        ago or more; returns the patched Deployment, or None when it was not due. Raises
+        ApiException."""
+        started = time.monotonic()
+        with self.lock:
+            before = self.touched.get(name)
+            if before is not None and started - before < TOUCH_SECONDS:
+                return None
+            self.touched[name] = started  # claimed: this process's other threads skip it
+        try:
+            return self._read(self.runtime.apps.patch_namespaced_deployment, name,
+                              self.runtime.namespace,
+                              {"metadata": {"annotations": usage_annotations(spec, time.time())}})
+        except BaseException:
+            with self.lock:
+                if self.touched.get(name) == started:
+                    if before is None:
+                        del self.touched[name]
+                    else:
+                        self.touched[name] = before
+            raise
 
     def _scale(self, name: str, replicas: int) -> None:
         from .kubernetes import api_errors
@@ -124,6 +219,16 @@ class WarmDeployments:
             self.runtime.apps.patch_namespaced_deployment(
                 name, self.runtime.namespace, {"spec": {"replicas": replicas}},
                 _preload_content=False, _request_timeout=self.runtime._timeout())
+
+    def _stamp_quietly(self, spec: FunctionSpec, name: str) -> None:
+        """`_stamp` after an invocation: a failure is logged, the outcome stands."""
+        from .kubernetes import api_errors
+
+        try:
+            with api_errors("stamp the warm Deployment's last use"):
+                self._stamp(spec, name)
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            logger.warning("could not stamp the last use of %s: %s", name, exc)
 
     def _ready_endpoint(self, name: str, end: float) -> tuple[str, str] | None:
         """(address, pod name) of a ready endpoint of the Service, waiting (watch) until `end`
@@ -189,9 +294,14 @@ class WarmDeployments:
         with self.lock:
             self.inflight[name] = self.inflight.get(name, 0) + 1
             wanted = min(high, max(low, self.inflight[name]))
+            scan = time.monotonic() - self.scanned >= SCAN_SECONDS
+            if scan:
+                self.scanned = time.monotonic()
+        deployment = None
         try:
-            self.scale_idle(keep=name)
-            deployment = self._ensure(spec, name, wanted)
+            if scan:  # the beat task does this too; a busy worker need not wait for it
+                self._scale_idle_quietly(keep=name)
+            deployment = self._deployment(spec, name, wanted)
             cold = int(deployment["spec"].get("replicas") or 0) == 0 or not (
                 deployment.get("status") or {}).get("readyReplicas")
             if int(deployment["spec"].get("replicas") or 0) < wanted:
@@ -205,7 +315,8 @@ class WarmDeployments:
         finally:
             with self.lock:
                 self.inflight[name] -= 1
-                self.last_used[name] = time.monotonic()
+            if deployment is not None:  # the end of a long invocation is a use too
+                self._stamp_quietly(spec, name)
 
     def _call(self, spec: FunctionSpec, endpoint: tuple[str, str], request: bytes, nonce: str,
               context: InvocationContext, cold: bool) -> Outcome:
@@ -252,21 +363,67 @@ class WarmDeployments:
     # --- scaling down --------------------------------------------------------------------
 
     def scale_idle(self, keep: str = "") -> list[str]:
-        """Scale the Deployments idle for KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS down to the
-        minimum; returns their names."""
-        idle = settings.KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS
-        now = time.monotonic()
+        """Scale every warm Deployment of the namespace that is idle (`idle_at`, from its
+        annotations) and above KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS down to that minimum; returns
+        their names. Any worker process scales any Deployment: the state is in the cluster.
+        Raises RuntimeUnavailable / RuntimeFailure when the Deployments cannot be listed."""
+        from .kubernetes import MANAGED_BY, api_errors
+
         with self.lock:
-            names = [n for n, used in self.last_used.items() if n != keep
-                     and not self.inflight.get(n) and now - used >= idle]
-            for n in names:
-                del self.last_used[n]
-        for n in names:
-            try:
-                self._scale(n, settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS)
-            except (RuntimeUnavailable, RuntimeFailure) as exc:
-                logger.warning("could not scale down %s: %s", n, exc)
-        return names
+            self.scanned = time.monotonic()
+        managed = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
+        with api_errors("list the warm Deployments"):
+            listed = self._read(self.runtime.apps.list_namespaced_deployment,
+                                self.runtime.namespace, label_selector=f"{managed},{WARM_LABEL}")
+        return [item["metadata"]["name"] for item in listed["items"]
+                if item["metadata"]["name"] != keep and self._scale_down_if_idle(item)]
+
+    def _scale_down_if_idle(self, deployment: dict) -> bool:
+        """Scale `deployment` to the minimum if it is idle, with the resourceVersion read as a
+        precondition: when a worker stamped a use meanwhile (409), look again, once."""
+        from .kubernetes import api_errors
+
+        low = settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS
+        idle = settings.KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS
+        apps, ns = self.runtime.apps, self.runtime.namespace
+        name = deployment["metadata"]["name"]
+        try:
+            with api_errors("scale down the warm Deployment"):
+                for attempt in range(2):
+                    with self.lock:
+                        busy = self.inflight.get(name, 0) > 0
+                    if busy or int(deployment["spec"].get("replicas") or 0) <= low or \
+                            time.time() < idle_at(deployment, idle):
+                        return False
+                    patch = {"metadata": {"resourceVersion":
+                                          deployment["metadata"]["resourceVersion"]},
+                             "spec": {"replicas": low}}
+                    try:
+                        apps.patch_namespaced_deployment(
+                            name, ns, patch, _preload_content=False,
+                            _request_timeout=self.runtime._timeout())
+                        logger.info("scaled the idle warm Deployment %s to %d", name, low)
+                        return True
+                    except ApiException as exc:
+                        if exc.status == 404:
+                            return False
+                        if exc.status != 409 or attempt:
+                            raise
+                    try:
+                        deployment = self._read(apps.read_namespaced_deployment, name, ns)
+                    except ApiException as exc:
+                        if exc.status == 404:
+                            return False
+                        raise
+        except (RuntimeUnavailable, RuntimeFailure) as exc:
+            logger.warning("could not scale down %s: %s", name, exc)
+        return False
+
+    def _scale_idle_quietly(self, keep: str) -> None:
+        try:
+            self.scale_idle(keep=keep)
+        except (RuntimeUnavailable, RuntimeFailure) as exc:
+            logger.warning("could not look for idle warm Deployments: %s", exc)
 
     def release(self, spec: FunctionSpec) -> None:
         """Delete the version's Deployment and Service (its pods go with them)."""
@@ -284,7 +441,7 @@ class WarmDeployments:
                 if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404):
                     raise
         with self.lock:
-            self.last_used.pop(name, None)
+            self.touched.pop(name, None)
 
     def close(self) -> None:
         self.http.clear()

@@ -66,7 +66,8 @@ COLD_PERMISSIONS = frozenset({
 WARM_PERMISSIONS = frozenset({
     ("create", "deployments"), ("get", "deployments"), ("patch", "deployments"),
     ("delete", "deployments"), ("create", "services"), ("delete", "services"),
-    ("list", "endpointslices"), ("watch", "endpointslices"), ("delete", "pods"),
+    ("list", "deployments"), ("list", "endpointslices"), ("watch", "endpointslices"),
+    ("delete", "pods"),
 })
 PERMISSIONS = COLD_PERMISSIONS | WARM_PERMISSIONS
 

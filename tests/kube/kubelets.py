@@ -2,7 +2,9 @@
 
 `ScriptedKubelet` plays queued scripts (deterministic, no containers); `DockerKubelet` runs the
 pod's image on the local Docker engine with the pod's command, args, env, memory limit, user and
-read-only root, with no network, and reports the real exit code, OOMKilled and logs.
+read-only root, with no network, and reports the real exit code, OOMKilled and logs. A serving
+pod's port (a Deployment's) is reached through a tunnel (`tests.kube.tunnel`) on a loopback pod IP,
+and the pod turns Ready once its readinessProbe answers through it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import itertools
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +29,8 @@ import functions.runner
 from functions.runner import frame_header
 
 from .server import Cluster, now
+from .tunnel import MOUNT_POINT as TUNNEL_MOUNT
+from .tunnel import PodTunnel, agent_command, probe
 
 REQUEST_ENV = "KUBEFUNCTION_REQUEST"
 RUNNER = functions.runner.__file__
@@ -310,9 +316,18 @@ def memory_bytes(quantity: str | None) -> int | None:
 
 
 class DockerKubelet:
-    """Runs each pod's single container on the local Docker engine (SDK only, no CLI)."""
+    """Runs each pod's single container on the local Docker engine (SDK only, no CLI).
+
+    A pod whose container declares a port (a warm Deployment's) serves: its pod IP is a loopback
+    address of its own, tunnelled to the port inside the container (which has no network: see
+    `tests.kube.tunnel`). The pod's command runs unchanged; the kubelet starts the tunnel's agent
+    beside it (`docker exec`) and runs the container's httpGet readinessProbe through the
+    tunnel, every PROBE_PERIOD seconds until it answers, then marks the pod Ready. It stays
+    Ready until its container ends (no probing after that: a busy runner would fail it).
+    """
 
     LABEL = "io.kubefunction.fake-kubelet"
+    PROBE_PERIOD = 0.05  # faster than the manifest's periodSeconds: tests wait less
 
     def __init__(self) -> None:
         import docker
@@ -320,10 +335,12 @@ class DockerKubelet:
         self.client = docker.from_env(timeout=60)
         self.cluster: Cluster | None = None
         self.containers: dict[str, str] = {}  # pod uid -> container id
+        self.tunnels: dict[str, PodTunnel] = {}  # pod uid -> its tunnel (serving pods)
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.closed = False
         self.marker = secrets.token_hex(6)
+        self.folder = Path(tempfile.mkdtemp(prefix="kf-kubelet-"))
 
     def attach(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -343,6 +360,9 @@ class DockerKubelet:
     def forget(self, pod: dict) -> None:
         with self.lock:
             container_id = self.containers.pop(pod["metadata"]["uid"], None)
+            tunnel = self.tunnels.pop(pod["metadata"]["uid"], None)
+        if tunnel is not None:
+            tunnel.close()
         if container_id:
             threading.Thread(target=self._remove, args=(container_id,), daemon=True).start()
 
@@ -350,20 +370,82 @@ class DockerKubelet:
         with contextlib.suppress(Exception):
             self.client.api.remove_container(container_id, force=True)
 
+    def _serve(self, pod: dict, container_id: str, tunnel: PodTunnel) -> None:
+        """Start the tunnel's agent in the started container, report the pod Running (not
+        Ready) on the tunnel's address, and probe its readiness in a thread."""
+        from docker.errors import APIError
+
+        cluster = self.cluster
+        assert cluster is not None
+        meta = pod["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        try:
+            exec_id = self.client.api.exec_create(container_id, agent_command(tunnel.port),
+                                                  stdout=False, stderr=False)["Id"]
+            self.client.api.exec_start(exec_id, detach=True)
+        except APIError:
+            return  # the container has already ended: wait() says how
+
+        def running(p: dict) -> None:
+            set_running(p, container_id)
+            p["status"]["podIP"] = tunnel.address
+            p["status"]["podIPs"] = [{"ip": tunnel.address}]
+            p["status"]["conditions"] = _conditions(False)
+            p["status"]["containerStatuses"][0]["ready"] = False
+        cluster.mutate("pods", ns, name, running)
+        thread = threading.Thread(target=self._probe, args=(pod, tunnel), daemon=True,
+                                  name=f"fake-kubelet-probe-{name}")
+        with self.lock:
+            if self.closed:
+                return
+            self.threads.append(thread)
+        thread.start()
+
+    def _probe(self, pod: dict, tunnel: PodTunnel) -> None:
+        """The readinessProbe (httpGet on the tunnelled port; none: Ready at once)."""
+        cluster = self.cluster
+        assert cluster is not None
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        readiness = pod["spec"]["containers"][0].get("readinessProbe") or {}
+        http_get = readiness.get("httpGet")
+        timeout = float(readiness.get("timeoutSeconds") or 1)
+        while True:
+            with self.lock:
+                if self.closed or self.tunnels.get(uid) is not tunnel:
+                    return  # the pod or its container is gone
+            if http_get is None or probe(tunnel.address, tunnel.port,
+                                         http_get.get("path") or "/", timeout):
+                break
+            time.sleep(self.PROBE_PERIOD)
+
+        def ready(p: dict) -> None:
+            status = p["status"]["containerStatuses"][0]
+            if p["status"].get("phase") == "Running" and "running" in status["state"]:
+                p["status"]["conditions"] = _conditions(True)
+                status["ready"] = True
+        cluster.mutate("pods", ns, name, ready)
+
     def close(self) -> None:
         with self.lock:
             self.closed = True
             left = list(self.containers.values())
             self.containers.clear()
+            tunnels = list(self.tunnels.values())
+            self.tunnels.clear()
             threads = list(self.threads)
+        for tunnel in tunnels:
+            tunnel.close()
         for container_id in left:
             self._remove(container_id)
         for thread in threads:
             thread.join(timeout=30)
         self.client.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _run(self, pod: dict) -> None:
         from docker.errors import APIError, ImageNotFound, NotFound
+        from docker.types import Mount
 
         cluster = self.cluster
         assert cluster is not None
@@ -388,48 +470,74 @@ class DockerKubelet:
         limits = (container.get("resources") or {}).get("limits") or {}
         memory = memory_bytes(limits.get("memory"))
         mounts = {m["mountPath"]: "rw,nosuid,size=64m" for m in container.get("volumeMounts") or []}
-        host_config = api.create_host_config(
-            network_mode="none", read_only=bool(security.get("readOnlyRootFilesystem")),
-            tmpfs=mounts, cap_drop=["ALL"] if "ALL" in (
-                (security.get("capabilities") or {}).get("drop") or []) else None,
-            security_opt=["no-new-privileges"] if security.get(
-                "allowPrivilegeEscalation") is False else None,
-            mem_limit=memory, memswap_limit=memory, init=True)
         env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
         user = security.get("runAsUser")
         group = security.get("runAsGroup", user)
-        current = cluster.find("pods", ns, name)
-        if self.closed or current is None or current["metadata"]["uid"] != uid:
-            return  # stopped, or the pod was deleted while its image was pulled
-        try:
-            created = api.create_container(
-                image, entrypoint=container.get("command"), command=container.get("args"),
-                environment=env, user=f"{user}:{group}" if user is not None else None,
-                working_dir=container.get("workingDir"), host_config=host_config,
-                labels={self.LABEL: self.marker}, detach=True)
-        except APIError as exc:
-            message = str(getattr(exc, "explanation", exc))
-            cluster.mutate("pods", ns, name,
-                           lambda p: set_waiting(p, "CreateContainerError", message))
-            return
-        container_id = created["Id"]
-        with self.lock:
-            if self.closed:
-                self._remove(container_id)
+        tunnel = None
+        if container.get("ports"):  # a serving pod: its port is reached through a tunnel
+            try:
+                tunnel = PodTunnel(self.folder, int(container["ports"][0]["containerPort"]),
+                                   uid=int(user or 0))
+            except OSError as exc:
+                message = f"cannot set up the pod's network: {exc}"
+                cluster.mutate("pods", ns, name,
+                               lambda p: set_waiting(p, "CreateContainerError", message))
                 return
-            self.containers[uid] = container_id
         try:
-            api.start(container_id)
-            cluster.mutate("pods", ns, name, lambda p: set_running(p, container_id))
-            api.wait(container_id, timeout=None)
-            state = api.inspect_container(container_id)["State"]
-            logs = api.logs(container_id, stdout=True, stderr=True)
-        except (APIError, NotFound, Exception):  # killed (deleted pod) or the engine failed
-            return
-        finally:
+            host_config = api.create_host_config(
+                network_mode="none", read_only=bool(security.get("readOnlyRootFilesystem")),
+                tmpfs=mounts, cap_drop=["ALL"] if "ALL" in (
+                    (security.get("capabilities") or {}).get("drop") or []) else None,
+                security_opt=["no-new-privileges"] if security.get(
+                    "allowPrivilegeEscalation") is False else None,
+                mem_limit=memory, memswap_limit=memory, init=True,
+                mounts=[Mount(target=TUNNEL_MOUNT, source=str(tunnel.folder), type="bind",
+                              read_only=True)] if tunnel else None)
+            current = cluster.find("pods", ns, name)
+            if self.closed or current is None or current["metadata"]["uid"] != uid:
+                return  # stopped, or the pod was deleted while its image was pulled
+            try:
+                created = api.create_container(
+                    image, entrypoint=container.get("command"), command=container.get("args"),
+                    environment=env, user=f"{user}:{group}" if user is not None else None,
+                    working_dir=container.get("workingDir"), host_config=host_config,
+                    labels={self.LABEL: self.marker}, detach=True)
+            except APIError as exc:
+                message = str(getattr(exc, "explanation", exc))
+                cluster.mutate("pods", ns, name,
+                               lambda p: set_waiting(p, "CreateContainerError", message))
+                return
+            container_id = created["Id"]
             with self.lock:
-                self.containers.pop(uid, None)
-            self._remove(container_id)
+                if self.closed:
+                    self._remove(container_id)
+                    return
+                self.containers[uid] = container_id
+                if tunnel is not None:
+                    self.tunnels[uid] = tunnel
+            current = cluster.find("pods", ns, name)
+            if current is None or current["metadata"]["uid"] != uid:  # deleted meanwhile
+                self.forget(pod)
+                return
+            try:
+                api.start(container_id)
+                if tunnel is not None:
+                    self._serve(pod, container_id, tunnel)
+                else:
+                    cluster.mutate("pods", ns, name, lambda p: set_running(p, container_id))
+                api.wait(container_id, timeout=None)
+                state = api.inspect_container(container_id)["State"]
+                logs = api.logs(container_id, stdout=True, stderr=True)
+            except (APIError, NotFound, Exception):  # killed (deleted pod) or the engine failed
+                return
+            finally:
+                with self.lock:
+                    self.containers.pop(uid, None)
+                    self.tunnels.pop(uid, None)
+                self._remove(container_id)
+        finally:
+            if tunnel is not None:
+                tunnel.close()
         cluster.append_log(pod, logs)
         code = int(state.get("ExitCode") or 0)
         reason = "OOMKilled" if state.get("OOMKilled") else ""

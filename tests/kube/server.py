@@ -354,10 +354,13 @@ class Cluster:
 
     def patch(self, plural: str, ns: str | None, name: str, patch: dict, *,
               status: bool = False) -> dict:
+        """A merge patch; a metadata.resourceVersion in it is a precondition (409 Conflict when
+        the object has changed since), as on the API server."""
         with self.lock:
             obj = self.get(plural, ns, name)
             merged = _merge(obj, patch)
-            merged["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            if not (patch.get("metadata") or {}).get("resourceVersion"):
+                merged["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
             return self.update(plural, ns, name, merged, status=status)
 
     def delete(self, plural: str, ns: str | None, name: str,

@@ -355,6 +355,24 @@ def test_deployment_scales_and_endpoint_slices_follow(fake_kube, api, core):
                               fake_kube.objects("endpointslices") == [])
 
 
+def test_patch_with_a_resource_version_is_a_precondition(fake_kube, core):
+    ns = fake_kube.namespace
+    created = core.create_namespaced_service(ns, client.V1Service(
+        metadata=client.V1ObjectMeta(name="pinned"),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)])))
+    seen = created.metadata.resource_version
+    core.patch_namespaced_service("pinned", ns, {"metadata": {"annotations": {"a": "1"}}})
+    with pytest.raises(ApiException) as stale:
+        core.patch_namespaced_service("pinned", ns, {"metadata": {
+            "resourceVersion": seen, "annotations": {"a": "2"}}})
+    assert stale.value.status == 409 and json.loads(stale.value.body)["reason"] == "Conflict"
+    current = core.read_namespaced_service("pinned", ns).metadata
+    assert current.annotations == {"a": "1"}
+    patched = core.patch_namespaced_service("pinned", ns, {"metadata": {
+        "resourceVersion": current.resource_version, "annotations": {"a": "3"}}})
+    assert patched.metadata.annotations == {"a": "3"}
+
+
 def test_stopping_leaves_no_threads(tmp_path):
     import threading
     import time

@@ -1,4 +1,5 @@
-"""manage.py dispatch TRIGGER: queue executions in bulk, optionally wait and summarise."""
+"""manage.py dispatch TRIGGER: queue executions in bulk as one batch, optionally wait and
+summarise."""
 
 import json
 import time
@@ -6,10 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from tqdm import tqdm
 
 from executions import services
-from executions.models import Execution, ExecutionStatus
+from executions.batches import progress_of
+from executions.models import Batch, Execution, ExecutionStatus
 from executions.selectors import finished_among
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from metrics.stats import ms, percentile
@@ -18,22 +21,45 @@ from triggers.models import Trigger
 CHUNK = 500
 
 
+def _json_lines(path: Path, text: str) -> list:
+    payloads = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                payloads.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"{path}:{number}: not JSON: {exc}") from exc
+    return payloads
+
+
+def read_payload_file(path: Path) -> list:
+    """Payloads from a file holding one JSON array, or one JSON document per line (JSONL)."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path}: not UTF-8 text ({exc}).") from exc
+    payloads = None
+    if text.lstrip().startswith("["):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # several lines, each its own document: JSONL
+        if isinstance(document, list):
+            payloads = document
+    if payloads is None:
+        payloads = _json_lines(path, text)
+    if not payloads:
+        raise CommandError(f"{path} holds no payload.")
+    return payloads
+
+
 def _read_payloads(payload: str | None, payload_file: Path | None) -> list:
     if payload is not None and payload_file is not None:
         raise CommandError("give --payload or --payload-file, not both.")
     if payload_file is not None:
-        if not payload_file.is_file():
-            raise CommandError(f"{payload_file}: no such file.")
-        payloads = []
-        for number, line in enumerate(payload_file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    payloads.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise CommandError(f"{payload_file}:{number}: not JSON: {exc}") from exc
-        if not payloads:
-            raise CommandError(f"{payload_file} holds no payload.")
-        return payloads
+        return read_payload_file(payload_file)
     if payload is None:
         return [services.USE_DEFAULT]
     try:
@@ -43,12 +69,14 @@ def _read_payloads(payload: str | None, payload_file: Path | None) -> list:
 
 
 class Command(BaseCommand):
-    help = "Dispatch a trigger COUNT times (or once per line of a JSONL file) and optionally wait."
+    help = ("Dispatch a trigger COUNT times (or once per payload of a JSON-array or JSONL file) "
+            "as one batch, and optionally wait.")
 
     def add_arguments(self, parser):
         parser.add_argument("trigger")
         parser.add_argument("--payload", help="JSON event (default: the trigger's default).")
-        parser.add_argument("--payload-file", type=Path, help="JSONL file: one event per line.")
+        parser.add_argument("--payload-file", type=Path,
+                            help="A JSON array of events, or JSONL: one event per line.")
         parser.add_argument("--count", type=int, default=1,
                             help="Dispatch the payload(s) this many times.")
         parser.add_argument("--wait", action="store_true", help="Wait for results; summarise.")
@@ -65,16 +93,14 @@ class Command(BaseCommand):
             raise CommandError(f"no trigger named '{trigger}'.") from None
         payloads = _read_payloads(payload, payload_file) * count
         user = command_user(owner)
-        ids = []
         started = time.monotonic()
-        with domain_errors_as_command_errors(), tqdm(
-                total=len(payloads), desc="dispatched", unit="exec",
-                disable=len(payloads) == 1, file=self.stderr) as bar:
-            for start in range(0, len(payloads), CHUNK):
-                batch = services.execution_dispatch_many(
-                    trigger=target, payloads=payloads[start:start + CHUNK], user=user)
-                ids.extend(e.pk for e in batch)
-                bar.update(len(batch))
+        with domain_errors_as_command_errors():
+            for number, item in enumerate(payloads, 1):
+                if item is not services.USE_DEFAULT:
+                    services.payload_check(item, field=f"payload {number}")
+            ids, batch = self._dispatch(target, payloads, user)
+        if batch is not None:
+            self.stdout.write(f"batch {batch.pk}")
         if not wait:
             if len(ids) == 1:
                 self.stdout.write(Execution.objects.get(pk=ids[0]).task_id)
@@ -82,7 +108,34 @@ class Command(BaseCommand):
                 self.stdout.write(f"queued {len(ids)} executions of '{target.name}'.")
             return
         done = self._wait(ids, started + timeout)
-        self._summarise(ids, done, time.monotonic() - started)
+        self._summarise(ids, done, time.monotonic() - started, batch)
+
+    def _dispatch(self, target, payloads, user) -> tuple[list, Batch | None]:
+        """Dispatch in chunks of CHUNK, all in one batch (when there is more than one)."""
+        ids: list = []
+        batch = None
+        with tqdm(total=len(payloads), desc="dispatched", unit="exec",
+                  disable=len(payloads) == 1, file=self.stderr) as bar:
+            try:
+                for start in range(0, len(payloads), CHUNK):
+                    chunk = payloads[start:start + CHUNK]
+                    with transaction.atomic():  # a refused first chunk leaves no empty batch
+                        if batch is None and len(payloads) > 1:
+                            batch = Batch.objects.create(
+                                trigger=target, created_by=user, size=len(payloads),
+                                source="command")
+                        executions = services.execution_dispatch_many(
+                            trigger=target, payloads=chunk, user=user, source="command",
+                            batch=batch)
+                    ids.extend(e.pk for e in executions)
+                    bar.update(len(executions))
+            except BaseException:
+                if batch is not None and Batch.objects.filter(pk=batch.pk).exists():
+                    # Record what was really stored, so the batch can still finish.
+                    Batch.objects.filter(pk=batch.pk).update(
+                        size=Execution.objects.filter(batch=batch).count())
+                raise
+        return ids, batch
 
     def _wait(self, ids, deadline) -> dict:
         done: dict = {}
@@ -99,7 +152,7 @@ class Command(BaseCommand):
                     time.sleep(0.05)
         return done
 
-    def _summarise(self, ids, done: dict, elapsed: float) -> None:
+    def _summarise(self, ids, done: dict, elapsed: float, batch: Batch | None) -> None:
         if len(ids) == 1 and done:
             execution = Execution.objects.get(pk=ids[0])
             self.stdout.write(f"task {execution.task_id}: {execution.status}")
@@ -108,15 +161,18 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(body, indent=2, ensure_ascii=False)
                               if not isinstance(body, str) else body)
         statuses = Counter(row[1] for row in done.values())
-        latencies = [(row[3] - row[2]).total_seconds() for row in done.values()]
         self.stdout.write(
             f"{len(ids)} dispatched in {elapsed:.2f} s: "
             + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
             + (f", {len(ids) - len(done)} unfinished" if len(done) < len(ids) else ""))
-        self.stdout.write(
-            f"retrieval time p50 {ms(percentile(latencies, 0.5))}, "
-            f"p95 {ms(percentile(latencies, 0.95))}, max {ms(max(latencies, default=None))}; "
-            f"throughput {len(done) / elapsed:.1f}/s")
+        if batch is not None:
+            progress = progress_of(batch)
+            p50, p95 = progress.p50_seconds, progress.p95_seconds
+        else:
+            latencies = [(row[3] - row[2]).total_seconds() for row in done.values()]
+            p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+        self.stdout.write(f"retrieval time p50 {ms(p50)}, p95 {ms(p95)}; "
+                          f"throughput {len(done) / elapsed:.1f}/s")
         failed = len(ids) - statuses.get(ExecutionStatus.SUCCEEDED, 0)
         if failed:
             raise CommandError(f"{failed} of {len(ids)} executions did not succeed.")

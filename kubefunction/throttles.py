@@ -1,0 +1,123 @@
+"""The platform-wide per-user rate limit on dispatch (KUBEFUNCTION_DISPATCH_RATE, e.g. 600/min).
+
+Each dispatched payload counts, so a batch of N payloads costs N. The limit is a token bucket
+(the generic cell rate algorithm) of the rate's size that refills continuously: a full bucket
+takes a batch of up to KUBEFUNCTION_MAX_BATCH payloads even when that is more than the rate,
+and the caller then waits until the bucket has refilled by as much. State lives in the shared
+cache (Redis when the broker is Redis, updated atomically by a Lua script; per process
+otherwise), so every web process applies the same budget.
+
+DRF views use `DispatchRateThrottle`; other views (the HTTP webhook) call `dispatch_wait`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import RedisError
+from rest_framework.throttling import SimpleRateThrottle
+
+logger = logging.getLogger(__name__)
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LOCK = threading.Lock()
+# KEYS[1]: the theoretical arrival time (TAT); ARGV: now, cost and period in seconds.
+# Answers "0" and stores the new TAT when allowed, else the seconds to wait.
+_GCRA_LUA = """
+local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local allowance = period - cost
+if allowance < 0 then allowance = 0 end
+local wait = (tat - now) - allowance
+if wait > 0 then return tostring(wait) end
+local new = tat + cost
+redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+return '0'
+"""
+
+
+def dispatch_rate() -> tuple[int, int] | None:
+    """(payloads, seconds) from KUBEFUNCTION_DISPATCH_RATE; None when it is empty (no limit)."""
+    rate = settings.KUBEFUNCTION_DISPATCH_RATE.strip()
+    if not rate:
+        return None
+    number, _, period = rate.partition("/")
+    return int(number), _PERIODS[period.strip()[0]]
+
+
+def _take(key: str, cost: float, period: float) -> float:
+    """Take `cost` seconds of budget from the bucket at `key`; 0 when allowed, else the wait."""
+    now = time.time()
+    cache = caches["default"]
+    if isinstance(cache, RedisCache):
+        full_key = cache.make_and_validate_key(key)
+        try:
+            client = cache._cache.get_client(full_key, write=True)
+            return float(client.eval(_GCRA_LUA, 1, full_key, repr(now), repr(cost),
+                                     repr(period)))
+        except RedisError as exc:
+            # Fail open: an unreachable Redis must not turn dispatches into 500s (the dispatch
+            # itself then answers 503 if the broker, the same Redis, is down).
+            logger.warning("dispatch rate limit not applied: Redis unreachable (%s)", exc)
+            return 0.0
+    with _LOCK:  # the local-memory cache lives in this process: a lock makes it atomic
+        tat = max(float(cache.get(key) or now), now)
+        wait = (tat - now) - max(0.0, period - cost)
+        if wait > 0:
+            return wait
+        cache.set(key, tat + cost, timeout=int(tat + cost - now) + 1)
+        return 0.0
+
+
+def dispatch_wait(ident: str, cost: int = 1) -> float | None:
+    """Charge `cost` dispatches to `ident`; None when allowed, else the seconds to wait."""
+    rate = dispatch_rate()
+    if rate is None:
+        return None
+    number, period = rate
+    wait = _take(f"kf:dispatch-rate:{ident}", cost * period / number, period)
+    return wait or None
+
+
+def user_ident(user) -> str | None:
+    """A rate-limit identity for a user: its id and when it joined (a recreated database
+    reuses ids; the join time tells two accounts apart). None for an anonymous user."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    joined = getattr(user, "date_joined", None)
+    return f"user:{user.pk}:{joined.timestamp() if joined else ''}"
+
+
+def payload_count(request) -> int:
+    """How many dispatches a request asks for: the length of its `payloads` list, else 1."""
+    data = getattr(request, "data", None)
+    payloads = data.get("payloads") if isinstance(data, dict) else None
+    if isinstance(payloads, list) and payloads:
+        return min(len(payloads), settings.KUBEFUNCTION_MAX_BATCH)
+    return 1
+
+
+class DispatchRateThrottle(SimpleRateThrottle):
+    """DRF throttle for the dispatch and re-run endpoints: 429 with `Retry-After` once a
+    user's dispatches go over KUBEFUNCTION_DISPATCH_RATE (anonymous callers: per address)."""
+
+    scope = "dispatch"
+
+    def __init__(self) -> None:
+        self.rate = settings.KUBEFUNCTION_DISPATCH_RATE.strip() or None
+        self._wait: float | None = None
+
+    def allow_request(self, request, view) -> bool:
+        ident = user_ident(request.user) or f"ip:{self.get_ident(request)}"
+        self._wait = dispatch_wait(ident, payload_count(request))
+        return self._wait is None
+
+    def wait(self) -> float | None:
+        return self._wait
