@@ -10,7 +10,7 @@ from .models import Batch
 
 class BatchSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="batch-detail")
-    trigger = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    trigger = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     done = serializers.SerializerMethodField()
     succeeded = serializers.SerializerMethodField()
     failed = serializers.SerializerMethodField(help_text="Failed or timed out.")

@@ -121,3 +121,11 @@ class DispatchRateThrottle(SimpleRateThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+def dispatch_throttles() -> list:
+    """Throttles of a dispatching endpoint: the API-wide per-user rate plus the dispatch rate
+    (an action's `throttle_classes` replaces the defaults instead of adding to them)."""
+    from kubefunction.access import AnonRateThrottle, UserRateThrottle
+
+    return [UserRateThrottle, AnonRateThrottle, DispatchRateThrottle]

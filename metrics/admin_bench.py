@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -18,6 +18,8 @@ from functions.services import function_register
 from triggers.models import Trigger
 from triggers.services import trigger_create
 
+from . import rollup
+from .models import ExecutionRollup, LatencyRollup
 from .stats import percentile
 
 NAME = "bench-admin"
@@ -34,10 +36,11 @@ def _fixture() -> tuple[Function, Trigger]:
     return function, trigger
 
 
-def fill(rows: int, batch: int = 5000) -> Function:
-    """Make the bench function hold at least `rows` finished executions."""
+def fill(rows: int, batch: int = 5000) -> tuple[Function, int]:
+    """Make the bench function hold at least `rows` finished executions; returns it and how
+    many rows were added."""
     function, trigger = _fixture()
-    missing = rows - function.executions.count()
+    missing = added = max(0, rows - function.executions.count())
     now = timezone.now()
     while missing > 0:
         size = min(batch, missing)
@@ -54,7 +57,42 @@ def fill(rows: int, batch: int = 5000) -> Function:
         # dashboard's window scans stay index-only.
         with connection.cursor() as cursor:
             cursor.execute(f"VACUUM ANALYZE {Execution._meta.db_table}")
-    return function
+    return function, added
+
+
+def top_up(function: Function, *, limit: timedelta = timedelta(days=1)) -> datetime | None:
+    """Executions at one per second from the newest one to now (at most `limit` of them), with
+    realistic timings: a live table's last minutes, which the rollup has not reached yet.
+    Returns the oldest `dispatched_at` added (None: nothing added)."""
+    trigger = Trigger.objects.get(name=NAME)
+    now = timezone.now()
+    newest = function.executions.order_by("-dispatched_at").values_list(
+        "dispatched_at", flat=True).first() or now - limit
+    first = max(newest, now - limit) + timedelta(seconds=1)
+    rows = []
+    for i in range(int((now - first).total_seconds()) + 1):
+        dispatched = first + timedelta(seconds=i)
+        started = dispatched + timedelta(milliseconds=5 + i % 25)
+        cold = i % 7 == 0
+        rows.append(Execution(
+            task_id=str(uuid.uuid4()), function=function, version_id=function.active_version_id,
+            trigger=trigger, input={"i": i}, output={"i": i}, status=STATUSES[i % len(STATUSES)],
+            runtime="local", cold=cold, init_seconds=0.05 + (i % 11) / 100 if cold else None,
+            cpu_seconds=0.01, dispatched_at=dispatched, started_at=started,
+            finished_at=started + timedelta(milliseconds=20 + (i * 37) % 400), logs="x" * 200))
+    Execution.objects.bulk_create(rows, batch_size=5000)
+    return first if rows else None
+
+
+def roll(*, rebuild: bool) -> tuple[float, rollup.RollResult]:
+    """Rebuild (or advance) the rollup tables as the beat task would; seconds it took."""
+    started = time.perf_counter()
+    result = rollup.rollup_rebuild() if rebuild else rollup.rollup_advance()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for model in (ExecutionRollup, LatencyRollup):
+                cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
+    return time.perf_counter() - started, result
 
 
 def time_pages(function: Function, repeats: int = 5) -> list[tuple[str, float]]:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from functions.models import Function
 
-from . import selectors
+from . import histogram, rollup, selectors
 from .charts import COLOURS, Series, chart
 from .selectors import BUCKETS, DEFAULT_WINDOW, WINDOWS, Bucket, Overview, Summary
+
+# Beat rolls up every minute and the watermark trails by the rollup's lag, or by an execution
+# still running (up to an hour): past this, say so.
+STALE_ROLLUP = timedelta(minutes=75)
 
 
 @dataclass
@@ -45,6 +51,9 @@ def headline(summary: Summary) -> list[Figure]:
         Figure("Run p95", _secs(summary.p("run", 0.95)),
                f"queue wait p95 {_secs(summary.p('queue', 0.95))}"),
         Figure("Cold starts", _pct(summary.cold_ratio), f"{summary.cold:,} cold"),
+        Figure("Cold-start time p50 / p95",
+               " / ".join(_secs(summary.p("init", f)) for f in (0.5, 0.95)),
+               "process/container start → handler imported"),
         Figure("CPU", f"{summary.cpu_seconds:,.1f} s",
                f"{summary.queued:,} queued, {summary.running:,} running"),
     ]
@@ -80,9 +89,25 @@ def window_of(request) -> str:
     return window if window in WINDOWS else DEFAULT_WINDOW
 
 
+def rollup_note() -> str:
+    """A word for the operator when the rollup is behind (beat not running): pages get slow."""
+    watermark = rollup.rolled_until()
+    if watermark is None:
+        return ("The metrics rollup has not run yet: these figures are read from the executions "
+                "themselves, which is slow on a big table. Run beat (task metrics.rollup) or "
+                "manage.py rollup_metrics.")
+    behind = timezone.now() - watermark
+    if behind > STALE_ROLLUP:
+        return (f"The metrics rollup is {int(behind.total_seconds() // 60)} minutes behind (is "
+                "beat running?): the figures are right, but read more slowly.")
+    return ""
+
+
 def _context(window: str, view: Overview, prefix: str) -> dict:
     return {"window": window, "windows": list(WINDOWS), "figures": headline(view.summary),
-            "charts": charts(view.buckets, BUCKETS[window], prefix), "sampled": view.sampled}
+            "rollup_note": rollup_note(),
+            "charts": charts(view.buckets, BUCKETS[window], prefix),
+            "error_bound": f"{math.ceil(histogram.ERROR_BOUND * 1000) / 10:.1f} %"}
 
 
 def platform_context(request) -> dict:

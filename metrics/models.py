@@ -28,3 +28,71 @@ class LoadTestRun(models.Model):
 
     def __str__(self) -> str:
         return f"load test of {self.trigger_name} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class RollupWidth(models.IntegerChoices):
+    MINUTE = 60, "minute"
+    HOUR = 3600, "hour"
+
+
+class ExecutionRollup(models.Model):
+    """How many executions dispatched in [start, start + width) had this function, trigger,
+    status and cold flag, and the CPU they used. Written only by `metrics.rollup`."""
+
+    width = models.PositiveIntegerField(choices=RollupWidth.choices)
+    start = models.DateTimeField()
+    # Plain ids (no constraint): a rollup row outlives nothing, and carries no cascade cost.
+    function = models.ForeignKey("functions.Function", on_delete=models.DO_NOTHING,
+                                 db_constraint=False, db_index=False, related_name="+")
+    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.DO_NOTHING, null=True,
+                                db_constraint=False, db_index=False, related_name="+")
+    status = models.CharField(max_length=16)
+    cold = models.BooleanField(null=True)
+    count = models.PositiveIntegerField()
+    cpu_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["width", "start"], name="rollup_window"),
+            models.Index(fields=["function", "width", "start"], name="rollup_function"),
+            models.Index(fields=["width", "start"], name="rollup_open",
+                         condition=models.Q(status__in=["queued", "running"])),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.status} at {self.start:%Y-%m-%d %H:%M} (+{self.width} s)"
+
+
+class LatencyRollup(models.Model):
+    """Histogram bucket counts (see `metrics.histogram`) of one duration of the executions
+    dispatched in [start, start + width) with this function and trigger."""
+
+    width = models.PositiveIntegerField(choices=RollupWidth.choices)
+    start = models.DateTimeField()
+    function = models.ForeignKey("functions.Function", on_delete=models.DO_NOTHING,
+                                 db_constraint=False, db_index=False, related_name="+")
+    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.DO_NOTHING, null=True,
+                                db_constraint=False, db_index=False, related_name="+")
+    kind = models.CharField(max_length=8, help_text="queue, run, total or init (cold start).")
+    bucket = models.PositiveSmallIntegerField()
+    count = models.PositiveIntegerField()
+    sum_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["width", "start"], name="latency_window"),
+            models.Index(fields=["function", "width", "start"], name="latency_function"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.kind} in bucket {self.bucket} at {self.start:%Y-%m-%d %H:%M}"
+
+
+class RollupState(models.Model):
+    """One row: everything dispatched before `rolled_until` is in the rollup tables."""
+
+    rolled_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"rolled up until {self.rolled_until}"

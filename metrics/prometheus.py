@@ -1,18 +1,18 @@
-"""Prometheus exposition of the executions table, computed at scrape time.
+"""Prometheus exposition of the executions, computed at scrape time.
 
-A custom Collector reads the table on every scrape instead of counting in process memory, so every
-web process answers the same numbers, and they match the table (the system of record) exactly.
-Counters are monotonic because executions are never deleted and a finished execution never
-changes status.
+A custom Collector reads the database on every scrape instead of counting in process memory, so
+every web process answers the same numbers, and they match the table (the system of record)
+exactly. It reads the rollup tables (`metrics.rollup`) plus the executions dispatched since their
+watermark, so a scrape costs the same on a million executions as on a thousand. Histogram bucket
+counts are exact: the rollup's histogram bounds include every Prometheus bucket bound.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db.models import Count
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,25 +23,22 @@ from prometheus_client.core import (
 from executions.models import FINISHED_STATUSES, Execution, ExecutionStatus
 from functions.models import Function, FunctionVersion
 
+from . import histogram, selectors
+
 logger = logging.getLogger(__name__)
 
-# Seconds; a FaaS spans warm invocations in milliseconds to cold container starts in seconds.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-PHASES = {
-    "queue": ("dispatched_at", "started_at"),
-    "run": ("started_at", "finished_at"),
-    "total": ("dispatched_at", "finished_at"),
+BUCKETS = histogram.PROMETHEUS_BUCKETS
+HISTOGRAMS = {
+    "queue": ("kubefunction_execution_queue_seconds",
+              "Seconds from dispatch to start (waiting for a worker)."),
+    "run": ("kubefunction_execution_run_seconds",
+            "Seconds from start to finish (the function's run)."),
+    "total": ("kubefunction_execution_total_seconds",
+              "Seconds from dispatch to the stored result (retrieval time)."),
+    "init": ("kubefunction_cold_start_seconds",
+             "Cold starts: seconds from starting the process/container/pod to the handler "
+             "imported."),
 }
-
-
-def _duration(start: str, end: str) -> ExpressionWrapper:
-    return ExpressionWrapper(F(end) - F(start), output_field=DurationField())
-
-
-def _seconds(value) -> float:
-    if value is None:
-        return 0.0
-    return value.total_seconds() if isinstance(value, timedelta) else float(value) / 1e6
 
 
 def _celery_queue_length() -> int | None:
@@ -60,35 +57,45 @@ def _celery_queue_length() -> int | None:
 
 
 class ExecutionsCollector:
-    """Counters, histograms and gauges from the executions and function-version tables."""
+    """Counters, histograms and gauges from the executions (rolled up) and versions tables."""
 
     def collect(self):
-        # Grouped by function id (the covering index holds it), named afterwards: no join.
         self.names = dict(Function.objects.values_list("pk", "name"))
+        found = selectors.gather(None, None, group="function", sets=("group_kind",))
         invocations = CounterMetricFamily(
             "kubefunction_invocations", "Invocations dispatched, by function and status.",
             labels=["function", "status"])
-        for row in (Execution.objects.values("function_id", "status")
-                    .annotate(n=Count("pk")).order_by()):
-            invocations.add_metric([self.name(row["function_id"]), row["status"]], row["n"])
-        yield invocations
-
         cold = CounterMetricFamily("kubefunction_cold_starts",
                                    "Invocations that started a new process or container.",
                                    labels=["function"])
         cpu = CounterMetricFamily("kubefunction_cpu_seconds",
                                   "CPU seconds used by finished invocations.",
                                   labels=["function"])
-        for row in (Execution.objects.filter(status__in=FINISHED_STATUSES)
-                    .values("function_id")
-                    .annotate(cold=Count("pk", filter=Q(cold=True)), cpu=Sum("cpu_seconds"))
-                    .order_by()):
-            cold.add_metric([self.name(row["function_id"])], row["cold"])
-            cpu.add_metric([self.name(row["function_id"])], float(row["cpu"] or 0))
+        by_status: dict[tuple[int, str], int] = {}
+        finished: dict[int, list] = {}
+        for _b, function_id, status, is_cold, n, seconds in found.counts:
+            by_status[(function_id, status)] = by_status.get((function_id, status), 0) + n
+            if status in FINISHED_STATUSES:
+                cell = finished.setdefault(function_id, [0, 0.0])
+                cell[0] += n if is_cold is True else 0
+                cell[1] += seconds
+        for (function_id, status), n in sorted(by_status.items()):
+            invocations.add_metric([self.name(function_id), status], n)
+        for function_id, (n, seconds) in sorted(finished.items()):
+            cold.add_metric([self.name(function_id)], n)
+            cpu.add_metric([self.name(function_id)], seconds)
+        yield invocations
         yield cold
         yield cpu
 
-        yield from self._histograms()
+        for kind, (name, documentation) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, documentation, labels=["function"])
+            for (function_id, of_kind), counts in sorted(found.by_group_kind.items()):
+                if of_kind == kind:
+                    family.add_metric([self.name(function_id)],
+                                      histogram.prometheus_buckets(counts),
+                                      sum_value=found.sums[(function_id, kind)])
+            yield family
 
         states = GaugeMetricFamily("kubefunction_executions_in_progress",
                                    "Executions queued (waiting for a worker) or running.",
@@ -119,28 +126,6 @@ class ExecutionsCollector:
 
     def name(self, function_id: int) -> str:
         return self.names.get(function_id, str(function_id))
-
-    def _histograms(self):
-        """One histogram per phase, by function; buckets counted in the database."""
-        for phase, (start, end) in PHASES.items():
-            family = HistogramMetricFamily(
-                f"kubefunction_execution_{phase}_seconds",
-                {"queue": "Seconds from dispatch to start (waiting for a worker).",
-                 "run": "Seconds from start to finish (the function's run).",
-                 "total": "Seconds from dispatch to the stored result (retrieval time)."}[phase],
-                labels=["function"])
-            aggregates = {f"le{i}": Count("pk", filter=Q(d__lte=timedelta(seconds=bound)))
-                          for i, bound in enumerate(BUCKETS)}
-            rows = (Execution.objects.filter(**{f"{start}__isnull": False,
-                                                f"{end}__isnull": False})
-                    .annotate(d=_duration(start, end)).values("function_id")
-                    .annotate(n=Count("pk"), total=Sum("d"), **aggregates).order_by())
-            for row in rows:
-                buckets = [(str(bound), row[f"le{i}"]) for i, bound in enumerate(BUCKETS)]
-                buckets.append(("+Inf", row["n"]))
-                family.add_metric([self.name(row["function_id"])], buckets,
-                                  sum_value=_seconds(row["total"]))
-            yield family
 
 
 def exposition() -> bytes:

@@ -1,10 +1,16 @@
-"""Reads over the executions table: headline figures and time series for a time window.
+"""Reads over the executions: headline figures, time series and breakdowns for a time window.
 
-On Postgres everything is computed in the database, percentiles included (`percentile_cont` over
-an array of fractions: one sort per duration), and the rows of a window are found through the
-index on `dispatched_at` (or `(function, -dispatched_at)` / `(trigger, -dispatched_at)`). On the
-embedded SQLite database, which has no percentile aggregate, the same figures are computed in
-Python over the window's rows, bounded by `SQLITE_ROW_CAP` (the most recent rows win).
+A window is read from the rollup tables below their watermark (hour rows where the window holds
+whole hours, minute rows at its edges) plus the raw executions of the last few minutes and of
+the partial minute at its start (`metrics.rollup.plan`). Counts, rates and CPU are exact.
+Duration percentiles — queue wait, run time, retrieval time and cold-start time — are estimated
+from a log-scale histogram (`metrics.histogram`), within 4.6 % of the exact interpolated
+percentile, whether the rows come from the rollup or raw: so a figure does not change when its
+minute is rolled up.
+
+On Postgres each read is two statements (counts; histograms with GROUPING SETS), the raw part
+bucketed in SQL (`width_bucket` over the histogram's bounds). On the embedded SQLite database the
+same figures are computed in Python from the rollup rows and at most `SQLITE_ROW_CAP` raw rows.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus
 
-from .stats import percentile
+from . import histogram, rollup
+from .models import ExecutionRollup, LatencyRollup
 
 FRACTIONS = (0.5, 0.95, 0.99)
-DURATIONS = ("queue", "run", "total")
+DURATIONS = rollup.KINDS  # queue, run, total, init (cold start)
 SQLITE_ROW_CAP = 200_000
 WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
            "7d": timedelta(days=7)}
@@ -52,6 +59,11 @@ def scope_for(window: str = DEFAULT_WINDOW, *, function_id: int | None = None,
     return Scope(since=now - span, until=now, function_id=function_id, trigger_id=trigger_id)
 
 
+_STATUS_FIELDS = {ExecutionStatus.SUCCEEDED: "succeeded", ExecutionStatus.FAILED: "failed",
+                  ExecutionStatus.TIMED_OUT: "timed_out", ExecutionStatus.QUEUED: "queued",
+                  ExecutionStatus.RUNNING: "running"}
+
+
 @dataclass
 class Summary:
     invocations: int = 0
@@ -64,8 +76,19 @@ class Summary:
     warm: int = 0
     cpu_seconds: float = 0.0
     window_seconds: float = 0.0
-    # {"queue": {0.5: s, 0.95: s, 0.99: s}, "run": …, "total": …}; None when nothing finished.
+    # {"queue": {0.5: s, 0.95: s, 0.99: s}, "run": …, "total": …, "init": …}; None: no values.
     percentiles: dict[str, dict[float, float | None]] = field(default_factory=dict)
+
+    def add(self, status: str, cold: bool | None, count: int, cpu: float) -> None:
+        self.invocations += count
+        name = _STATUS_FIELDS.get(status)
+        if name:
+            setattr(self, name, getattr(self, name) + count)
+        if cold is True:
+            self.cold += count
+        elif cold is False:
+            self.warm += count
+        self.cpu_seconds += cpu or 0.0
 
     @property
     def finished(self) -> int:
@@ -111,136 +134,225 @@ class Bucket:
     total: dict[float, float | None] = field(default_factory=dict)  # fraction → seconds
 
 
+def fractions(counts: dict[int, int] | None) -> dict[float, float | None]:
+    return {f: histogram.estimate(counts or {}, f) for f in FRACTIONS}
+
+
 def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _where(scope: Scope) -> tuple[str, list]:
-    clauses, params = ["dispatched_at >= %s", "dispatched_at < %s"], [scope.since, scope.until]
-    if scope.function_id is not None:
-        clauses.append("function_id = %s")
-        params.append(scope.function_id)
-    if scope.trigger_id is not None:
-        clauses.append("trigger_id = %s")
-        params.append(scope.trigger_id)
-    return " AND ".join(clauses), params
+# -- gathering: counts and histograms from the rollup and the raw executions ---------------------
+
+@dataclass
+class Gathered:
+    """Counts per (bucket, group, status, cold): (count, cpu); histograms per grouping set."""
+
+    counts: list[tuple] = field(default_factory=list)
+    whole: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    by_bucket: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    by_group: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    by_group_kind: dict[tuple, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    sums: dict[tuple, float] = field(default_factory=lambda: defaultdict(float))  # (group, kind)
 
 
-_SECONDS = {
-    "queue": "date_part('epoch', started_at - dispatched_at)",
-    "run": "date_part('epoch', finished_at - started_at)",
-    "total": "date_part('epoch', finished_at - dispatched_at)",
-}
-_FRACTIONS_SQL = "ARRAY[" + ", ".join(str(f) for f in FRACTIONS) + "]::float8[]"
+GROUPS = {"function": "function_id", "trigger": "trigger_id"}
+SETS = ("whole", "bucket", "group", "group_kind")
 
 
-def _percentiles_sql(expression: str) -> str:
-    return f"percentile_cont({_FRACTIONS_SQL}) WITHIN GROUP (ORDER BY {expression})"
+def gather(since: datetime | None, until: datetime | None, *, function_id: int | None = None,
+           trigger_id: int | None = None, width: int | None = None, group: str | None = None,
+           sets: tuple[str, ...] = ("whole",)) -> Gathered:
+    """Counts and duration histograms of the executions dispatched in [since, until)
+    (None: unbounded), per time bucket of `width` seconds and/or per `group` ("function" or
+    "trigger"). `sets` picks the histograms: "whole" (each duration), "bucket" and "group"
+    (retrieval time per bucket / group), "group_kind" (each duration per group, with sums)."""
+    read = rollup.plan(since, until, hours=width is None or width % rollup.HOUR == 0)
+    filters = {"function_id": function_id, "trigger_id": trigger_id}
+    if _postgres():
+        return _gather_postgres(read, filters, width, group, sets)
+    return _gather_python(read, filters, width, group, sets)
 
 
-def _counts_sql() -> str:
-    s = ExecutionStatus
-    return (
-        "count(*), "
-        f"count(*) FILTER (WHERE status = '{s.SUCCEEDED.value}'), "
-        f"count(*) FILTER (WHERE status = '{s.FAILED.value}'), "
-        f"count(*) FILTER (WHERE status = '{s.TIMED_OUT.value}'), "
-        f"count(*) FILTER (WHERE status = '{s.QUEUED.value}'), "
-        f"count(*) FILTER (WHERE status = '{s.RUNNING.value}'), "
-        "count(*) FILTER (WHERE cold), count(*) FILTER (WHERE NOT cold), "
-        "coalesce(sum(cpu_seconds), 0)"
-    )
+def _bucket_sql(column: str, width: int | None) -> str:
+    if width is None:
+        return "NULL::bigint"
+    return f"(floor(date_part('epoch', {column}) / {int(width)})::bigint * {int(width)})"
 
 
-def _summary_from_row(row, window_seconds: float) -> Summary:
-    summary = Summary(*row[:9], window_seconds=window_seconds)
-    summary.cpu_seconds = float(summary.cpu_seconds or 0)
-    for name, values in zip(DURATIONS, row[9:12], strict=True):
-        summary.percentiles[name] = dict(zip(FRACTIONS, values or [None] * len(FRACTIONS),
-                                             strict=True))
-    return summary
+def _parts(read: rollup.Plan, filters: dict, table: str) -> list[tuple[str, list, str]]:
+    """(WHERE clause, params, source) for each part to read: rollup rows or raw executions."""
+    extra, extra_params = "", []
+    for column, value in filters.items():
+        if value is not None:
+            extra += f" AND {column} = %s"
+            extra_params.append(value)
+    parts = []
+    rolled = []
+    if read.hours:
+        where, params = rollup.range_sql("start", read.hours)
+        rolled.append((f"(width = {rollup.HOUR} AND {where})", params))
+    if read.minutes:
+        where, params = rollup.range_sql("start", read.minutes)
+        rolled.append((f"(width = {rollup.MINUTE} AND {where})", params))
+    if rolled:
+        where = "(" + " OR ".join(w for w, _ in rolled) + ")"
+        params = [p for _, ps in rolled for p in ps]
+        parts.append((where + extra, params + extra_params, "rollup"))
+    if read.raw:
+        where, params = rollup.range_sql("dispatched_at", read.raw)
+        parts.append((where + extra, params + extra_params, "raw"))
+    return parts
 
 
-# -- the embedded database: the same figures in Python ------------------------------------------
+def _gather_postgres(read: rollup.Plan, filters: dict, width: int | None, group: str | None,
+                     sets: tuple[str, ...]) -> Gathered:
+    out = Gathered()
+    executions = Execution._meta.db_table
+    g = GROUPS[group] if group else "NULL::bigint"
+    count_parts, latency_parts, params_c, params_l = [], [], [], []
+    for where, params, source in _parts(read, filters, executions):
+        if source == "rollup":
+            count_parts.append(
+                f"SELECT {_bucket_sql('start', width)} AS b, {g} AS g, status, cold, count AS n, "
+                f"cpu_seconds AS cpu FROM {ExecutionRollup._meta.db_table} WHERE {where}")
+            latency_parts.append(
+                f"SELECT {_bucket_sql('start', width)} AS b, {g} AS g, kind, bucket AS idx, "
+                f"count AS n, sum_seconds AS s FROM {LatencyRollup._meta.db_table} "
+                f"WHERE {where}")
+        else:
+            count_parts.append(
+                f"SELECT {_bucket_sql('dispatched_at', width)} AS b, {g} AS g, status, cold, "
+                f"1 AS n, coalesce(cpu_seconds, 0) AS cpu FROM {executions} WHERE {where}")
+            latency_parts.append(
+                f"SELECT {_bucket_sql('dispatched_at', width)} AS b, {g} AS g, k.kind, "
+                f"width_bucket(k.us, {histogram.sql_thresholds()}) AS idx, 1 AS n, "
+                f"k.us / 1e6 AS s "
+                f"FROM {executions} CROSS JOIN LATERAL (VALUES {rollup.KINDS_SQL}) "
+                f"AS k(kind, us) WHERE {where} AND k.us IS NOT NULL")
+        params_c += params
+        params_l += params
+    if not count_parts:
+        return out
+    grouping = {"whole": ("kind", "idx"), "bucket": ("b", "tidx"), "group": ("g", "tidx"),
+                "group_kind": ("g", "kind", "idx")}
+    used = {column for s in sets for column in grouping[s]}
+    flags = ", ".join(f"GROUPING({c})" if c in used else "1" for c in ("b", "g", "kind"))
+    columns = ", ".join(c if c in used else "NULL" for c in ("b", "g", "kind", "idx", "tidx"))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT b, g, status, cold, sum(n), sum(cpu) FROM ("
+                       + " UNION ALL ".join(count_parts) + ") c GROUP BY 1, 2, 3, 4", params_c)
+        out.counts = [(b, key, status, cold, int(n), float(cpu or 0))
+                      for b, key, status, cold, n, cpu in cursor.fetchall()]
+        cursor.execute(
+            # One hash aggregate first (the grouping sets then sort only its few rows).
+            f"SELECT {flags}, {columns}, sum(n), sum(s) FROM (SELECT *, CASE WHEN kind = "
+            "'total' THEN idx END AS tidx FROM (SELECT b, g, kind, idx, sum(n) AS n, "
+            "sum(s) AS s FROM (" + " UNION ALL ".join(latency_parts)
+            + ") u GROUP BY 1, 2, 3, 4) p) h GROUP BY GROUPING SETS ("
+            + ", ".join("(" + ", ".join(grouping[s]) + ")" for s in sets) + ")", params_l)
+        for no_b, no_g, no_kind, b, key, kind, idx, tidx, n, s in cursor.fetchall():
+            n = int(n)
+            if no_b and no_g:  # whole
+                out.whole[kind][idx] = n
+            elif not no_b:
+                if tidx is not None:
+                    out.by_bucket[b][tidx] = n
+            elif no_kind:
+                if tidx is not None:
+                    out.by_group[key][tidx] = n
+            else:
+                out.by_group_kind[(key, kind)][idx] = n
+                out.sums[(key, kind)] += float(s or 0)
+    return out
 
-_ROW_FIELDS = ("function_id", "trigger_id", "dispatched_at", "started_at", "finished_at",
-               "status", "cold", "cpu_seconds")
 
+def _gather_python(read: rollup.Plan, filters: dict, width: int | None, group: str | None,
+                   sets: tuple[str, ...]) -> Gathered:
+    out = Gathered()
+    counts: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
+    fine: dict[tuple, list] = defaultdict(lambda: [0, 0.0])  # (b, g, kind, idx) → (n, sum)
+    conditions = {k: v for k, v in filters.items() if v is not None}
 
-def _rows(scope: Scope) -> list[tuple]:
-    queryset = Execution.objects.filter(dispatched_at__gte=scope.since,
-                                        dispatched_at__lt=scope.until)
-    if scope.function_id is not None:
-        queryset = queryset.filter(function_id=scope.function_id)
-    if scope.trigger_id is not None:
-        queryset = queryset.filter(trigger_id=scope.trigger_id)
-    return list(queryset.order_by("-dispatched_at").values_list(*_ROW_FIELDS)[:SQLITE_ROW_CAP])
+    def key_of(moment: datetime) -> int | None:
+        return None if width is None else int(moment.timestamp()) // width * width
 
+    def group_of(function_id: int, trigger_id: int | None) -> int | None:
+        return {"function": function_id, "trigger": trigger_id}.get(group or "")
 
-def _seconds(start, end) -> float | None:
-    return None if start is None or end is None else (end - start).total_seconds()
-
-
-def _summarise(rows: list[tuple], window_seconds: float) -> Summary:
-    summary = Summary(window_seconds=window_seconds)
-    samples: dict[str, list[float]] = {name: [] for name in DURATIONS}
-    for _f, _t, dispatched, started, finished, status, cold, cpu in rows:
-        summary.invocations += 1
-        attr = {ExecutionStatus.SUCCEEDED: "succeeded", ExecutionStatus.FAILED: "failed",
-                ExecutionStatus.TIMED_OUT: "timed_out", ExecutionStatus.QUEUED: "queued",
-                ExecutionStatus.RUNNING: "running"}.get(status)
-        if attr:
-            setattr(summary, attr, getattr(summary, attr) + 1)
-        if cold is True:
-            summary.cold += 1
-        elif cold is False:
-            summary.warm += 1
-        summary.cpu_seconds += cpu or 0.0
-        for name, value in (("queue", _seconds(dispatched, started)),
-                            ("run", _seconds(started, finished)),
-                            ("total", _seconds(dispatched, finished))):
-            if value is not None:
-                samples[name].append(value)
-    for name in DURATIONS:
-        summary.percentiles[name] = {f: percentile(samples[name], f) for f in FRACTIONS}
-    return summary
+    rolled = [(width_, ranges) for width_, ranges in ((rollup.HOUR, read.hours),
+                                                      (rollup.MINUTE, read.minutes)) if ranges]
+    for width_, ranges in rolled:
+        where = rollup.range_q("start", ranges)
+        for start, f, t, status, cold, n, cpu in ExecutionRollup.objects.filter(
+                where, width=width_, **conditions).values_list(
+                "start", "function_id", "trigger_id", "status", "cold", "count", "cpu_seconds"):
+            cell = counts[(key_of(start), group_of(f, t), status, cold)]
+            cell[0] += n
+            cell[1] += cpu
+        for start, f, t, kind, idx, n, seconds in LatencyRollup.objects.filter(
+                where, width=width_, **conditions).values_list(
+                "start", "function_id", "trigger_id", "kind", "bucket", "count", "sum_seconds"):
+            cell = fine[(key_of(start), group_of(f, t), kind, idx)]
+            cell[0] += n
+            cell[1] += seconds
+    if read.raw:
+        rows = Execution.objects.filter(rollup.range_q("dispatched_at", read.raw), **conditions)\
+            .order_by("-dispatched_at").values_list(
+                "dispatched_at", "function_id", "trigger_id", "status", "cold", "cpu_seconds",
+                "started_at", "finished_at", "init_seconds")[:SQLITE_ROW_CAP]
+        for dispatched, f, t, status, cold, cpu, started, finished, init in rows:
+            b, g = key_of(dispatched), group_of(f, t)
+            cell = counts[(b, g, status, cold)]
+            cell[0] += 1
+            cell[1] += cpu or 0.0
+            for kind, us in rollup.durations(dispatched, started, finished, init):
+                cell = fine[(b, g, kind, histogram.bucket_of(us))]
+                cell[0] += 1
+                cell[1] += us / 1e6
+    out.counts = [(*key, n, cpu) for key, (n, cpu) in counts.items()]
+    for (b, g, kind, idx), (n, s) in fine.items():
+        if "whole" in sets:
+            histogram.merge(out.whole[kind], [(idx, n)])
+        if kind == "total" and "bucket" in sets:
+            histogram.merge(out.by_bucket[b], [(idx, n)])
+        if kind == "total" and "group" in sets:
+            histogram.merge(out.by_group[g], [(idx, n)])
+        if "group_kind" in sets:
+            histogram.merge(out.by_group_kind[(g, kind)], [(idx, n)])
+            out.sums[(g, kind)] += s
+    return out
 
 
 # -- public selectors ----------------------------------------------------------------------------
 
+def _gather_scope(scope: Scope, **options) -> Gathered:
+    return gather(scope.since, scope.until, function_id=scope.function_id,
+                  trigger_id=scope.trigger_id, **options)
+
+
 def summary(scope: Scope) -> Summary:
     """Invocations, outcome counts and rates, cold ratio, CPU and duration percentiles."""
-    if not _postgres():
-        return _summarise(_rows(scope), scope.seconds)
-    where, params = _where(scope)
-    sql = (f"SELECT {_counts_sql()}, "
-           + ", ".join(_percentiles_sql(_SECONDS[name]) for name in DURATIONS)
-           + f" FROM {Execution._meta.db_table} WHERE {where}")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return _summary_from_row(cursor.fetchone(), scope.seconds)
+    found = _gather_scope(scope)
+    result = Summary(window_seconds=scope.seconds)
+    for _b, _g, status, cold, n, cpu in found.counts:
+        result.add(status, cold, n, cpu)
+    result.percentiles = {kind: fractions(found.whole.get(kind)) for kind in DURATIONS}
+    return result
 
 
 def breakdown(scope: Scope, *, by: str = "function", limit: int = 20) -> list[tuple[int, Summary]]:
     """Summary per function (`by="function"`) or per trigger, busiest first."""
-    column = {"function": "function_id", "trigger": "trigger_id"}[by]
-    if not _postgres():
-        groups: dict[int, list[tuple]] = defaultdict(list)
-        index = _ROW_FIELDS.index(column)
-        for row in _rows(scope):
-            if row[index] is not None:
-                groups[row[index]].append(row)
-        result = [(key, _summarise(rows, scope.seconds)) for key, rows in groups.items()]
-        result.sort(key=lambda item: -item[1].invocations)
-        return result[:limit]
-    where, params = _where(scope)
-    sql = (f"SELECT {column}, {_counts_sql()}, "
-           + ", ".join(_percentiles_sql(_SECONDS[name]) for name in DURATIONS)
-           + f" FROM {Execution._meta.db_table} WHERE {where} AND {column} IS NOT NULL"
-           f" GROUP BY {column} ORDER BY count(*) DESC LIMIT %s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, limit])
-        return [(row[0], _summary_from_row(row[1:], scope.seconds)) for row in cursor.fetchall()]
+    found = _gather_scope(scope, group=by, sets=("group_kind",))
+    groups: dict[int, Summary] = {}
+    for _b, key, status, cold, n, cpu in found.counts:
+        if key is not None:
+            groups.setdefault(key, Summary(window_seconds=scope.seconds)).add(status, cold, n,
+                                                                              cpu)
+    for key, one in groups.items():
+        one.percentiles = {kind: fractions(found.by_group_kind.get((key, kind)))
+                           for kind in DURATIONS}
+    return sorted(groups.items(), key=lambda item: (-item[1].invocations, item[0]))[:limit]
 
 
 def _bucket_starts(scope: Scope, width: int) -> list[datetime]:
@@ -249,55 +361,25 @@ def _bucket_starts(scope: Scope, width: int) -> list[datetime]:
     return [datetime.fromtimestamp(t, tz=UTC) for t in range(first, last + 1, width)]
 
 
-def timeseries(scope: Scope, *, width: int) -> list[Bucket]:
-    """One bucket per `width` seconds over the scope (empty buckets included), oldest first."""
-    buckets = {start: Bucket(start=start) for start in _bucket_starts(scope, width)}
-    if _postgres():
-        where, params = _where(scope)
-        sql = (
-            "SELECT floor(date_part('epoch', dispatched_at) / %s)::bigint * %s AS bucket, "
-            "count(*), "
-            f"count(*) FILTER (WHERE status IN ('{ExecutionStatus.FAILED.value}', "
-            f"'{ExecutionStatus.TIMED_OUT.value}')), "
-            "count(*) FILTER (WHERE cold), count(*) FILTER (WHERE NOT cold), "
-            "coalesce(sum(cpu_seconds), 0), "
-            f"{_percentiles_sql(_SECONDS['total'])} "
-            f"FROM {Execution._meta.db_table} WHERE {where} GROUP BY 1 ORDER BY 1")
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [width, width, *params])
-            fetched = cursor.fetchall()
-        for epoch, invocations, errors, cold, warm, cpu, total in fetched:
-            start = datetime.fromtimestamp(int(epoch), tz=UTC)
-            buckets[start] = Bucket(start=start, invocations=invocations, errors=errors,
-                                    cold=cold, warm=warm, cpu_seconds=float(cpu),
-                                    total=dict(zip(FRACTIONS, total or [None] * 3,
-                                                   strict=True)))
-        return sorted(buckets.values(), key=lambda b: b.start)
-    samples: dict[datetime, list[float]] = defaultdict(list)
-    for _f, _t, dispatched, _started, finished, status, cold, cpu in _rows(scope):
-        start = datetime.fromtimestamp(int(dispatched.timestamp()) // width * width, tz=UTC)
-        bucket = buckets.setdefault(start, Bucket(start=start))
-        bucket.invocations += 1
-        bucket.errors += status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
-        bucket.cold += cold is True
-        bucket.warm += cold is False
-        bucket.cpu_seconds += cpu or 0.0
-        total = _seconds(dispatched, finished)
-        if total is not None:
-            samples[start].append(total)
-    for start, bucket in buckets.items():
-        bucket.total = {f: percentile(samples[start], f) for f in FRACTIONS}
+def _buckets(scope: Scope, width: int, found: Gathered) -> list[Bucket]:
+    buckets = {int(start.timestamp()): Bucket(start=start)
+               for start in _bucket_starts(scope, width)}
+    for key, _g, status, cold, n, cpu in found.counts:
+        bucket = buckets.setdefault(int(key), Bucket(
+            start=datetime.fromtimestamp(int(key), tz=UTC)))
+        bucket.invocations += n
+        bucket.errors += n if status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT) else 0
+        bucket.cold += n if cold is True else 0
+        bucket.warm += n if cold is False else 0
+        bucket.cpu_seconds += cpu
+    for key, bucket in buckets.items():
+        bucket.total = fractions(found.by_bucket.get(key))
     return sorted(buckets.values(), key=lambda b: b.start)
 
 
-# -- the dashboard: everything of a window in two statements ------------------------------------
-
-# Above this many executions in a window, duration percentiles are computed over a uniform
-# sample of about this many (chosen by bits of the random id, so the same rows every time);
-# counts, rates and CPU stay exact. 10,000 samples put p95 within about ±1 %, p99 a few %.
-SAMPLE_TARGET = 10_000
-# The busiest-functions table shows one p95 per function: a smaller sample each suffices.
-FUNCTION_SAMPLE_TARGET = 2_000
+def timeseries(scope: Scope, *, width: int) -> list[Bucket]:
+    """One bucket per `width` seconds over the scope (empty buckets included), oldest first."""
+    return _buckets(scope, width, _gather_scope(scope, width=width, sets=("bucket",)))
 
 
 @dataclass
@@ -305,100 +387,24 @@ class Overview:
     summary: Summary
     buckets: list[Bucket]
     functions: list[tuple[int, Summary]]
-    sampled: bool = False  # percentiles are over a sample of the window's executions
-
-
-def _sample_bound(rows: int, target: int | None = None) -> int:
-    """`_SAMPLE_KEY < bound` keeps about `target` (default SAMPLE_TARGET) of `rows` rows."""
-    target = target or SAMPLE_TARGET
-    return 1024 if rows <= target else max(1, -(-1024 * target // rows))
-
-
-# A uniform number in 0..1023 per execution, from the first bits of its random (uuid4) id: the
-# sample is the same rows on every read, and the covering index holds the id.
-_SAMPLE_KEY = "(get_byte(uuid_send(id), 0) * 4 + get_byte(uuid_send(id), 1) / 64)"
 
 
 def overview(scope: Scope, *, width: int, functions: int = 10) -> Overview:
-    """Summary, time series and busiest functions of a scope (what a dashboard shows).
-
-    On Postgres: one statement counts per (bucket, function) cell — the cells add up to the
-    buckets, the functions and the whole window — and a second computes the percentiles with
-    GROUPING SETS over a bounded sample. Both read only the covering index `exec_window`.
-    """
-    if not _postgres():
-        return Overview(summary=summary(scope), buckets=timeseries(scope, width=width),
-                        functions=breakdown(scope, by="function", limit=functions)
-                        if functions else [])
-    where, params = _where(scope)
-    table = Execution._meta.db_table
-    bucket_sql = "floor(date_part('epoch', dispatched_at) / %s)::bigint * %s"
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {bucket_sql}, function_id, {_counts_sql()} FROM {table} "
-                       f"WHERE {where} GROUP BY 1, 2", [width, width, *params])
-        cells = cursor.fetchall()
-
-        def add(rows):
-            out = [0] * 9
-            for row in rows:
-                out = [a + (b or 0) for a, b in zip(out, row[2:11], strict=True)]
-            return out
-
-        total_counts = add(cells)
-        bucket_rows: dict[int, list] = defaultdict(list)
-        function_rows: dict[int, list] = defaultdict(list)
-        for row in cells:
-            bucket_rows[int(row[0])].append(row)
-            function_rows[row[1]].append(row)
-        by_bucket = {key: add(rows) for key, rows in bucket_rows.items()}
-        by_function = sorted(((key, add(rows)) for key, rows in function_rows.items()),
-                             key=lambda item: -item[1][0])[:functions]
-        bound = _sample_bound(total_counts[0])
-        # Each function is sampled by its own count, so a small one keeps all its rows.
-        cases = " ".join(f"WHEN {int(pk)} THEN {_sample_bound(c[0], FUNCTION_SAMPLE_TARGET)}"
-                         for pk, c in by_function)
-        function_bound = f"(CASE function_id {cases} ELSE 0 END)" if cases else "0"
-        window = f"{where} AND {_SAMPLE_KEY} < GREATEST(%s, {function_bound})"
-        inner = (f"SELECT {bucket_sql} AS bucket, function_id, id, dispatched_at, started_at, "
-                 f"finished_at FROM {table} WHERE {window}")
-        percentiles = [f"{_percentiles_sql(_SECONDS[name])} FILTER (WHERE {_SAMPLE_KEY} < %s)"
-                       for name in DURATIONS]
-        percentiles.append(f"{_percentiles_sql(_SECONDS['total'])} "
-                           f"FILTER (WHERE {_SAMPLE_KEY} < {function_bound})")
-        cursor.execute(
-            "SELECT GROUPING(bucket), GROUPING(function_id), bucket, function_id, "
-            + ", ".join(percentiles) + f" FROM ({inner}) w "
-            "GROUP BY GROUPING SETS ((bucket), (function_id), ())",
-            [bound, bound, bound, width, width, *params, bound])
-        measured = cursor.fetchall()
-
-    def fractions(values):
-        return dict(zip(FRACTIONS, values or [None] * len(FRACTIONS), strict=True))
-
-    whole = _summary_from_row([*total_counts, None, None, None], scope.seconds)
-    p_bucket, p_function = {}, {}
-    for g_bucket, g_function, bucket, function_id, queue, run, total, f_total in measured:
-        if g_bucket and g_function:
-            whole.percentiles = {"queue": fractions(queue), "run": fractions(run),
-                                 "total": fractions(total)}
-        elif not g_bucket:
-            p_bucket[int(bucket)] = fractions(total)
-        else:
-            p_function[function_id] = fractions(f_total)
-    buckets = []
-    for start in _bucket_starts(scope, width):
-        key = int(start.timestamp())
-        c = by_bucket.get(key)
-        if c is None:
-            buckets.append(Bucket(start=start))
-            continue
-        buckets.append(Bucket(start=start, invocations=c[0], errors=c[2] + c[3], cold=c[6],
-                              warm=c[7], cpu_seconds=float(c[8]),
-                              total=p_bucket.get(key, fractions(None))))
-    busiest = []
-    for pk, c in by_function:
-        one = _summary_from_row([*c, None, None, None], scope.seconds)
-        one.percentiles["total"] = p_function.get(pk, fractions(None))
-        busiest.append((pk, one))
-    sampled = bound < 1024 or any(c[0] > FUNCTION_SAMPLE_TARGET for _, c in by_function)
-    return Overview(summary=whole, buckets=buckets, functions=busiest, sampled=sampled)
+    """Summary, time series and busiest functions of a scope (what a dashboard shows), read in
+    one pass: counts per (bucket, function) cell add up to all three."""
+    sets = ("whole", "bucket", "group") if functions else ("whole", "bucket")
+    found = _gather_scope(scope, width=width, group="function" if functions else None,
+                          sets=sets)
+    whole = Summary(window_seconds=scope.seconds)
+    groups: dict[int, Summary] = {}
+    for _b, key, status, cold, n, cpu in found.counts:
+        whole.add(status, cold, n, cpu)
+        if functions and key is not None:
+            groups.setdefault(key, Summary(window_seconds=scope.seconds)).add(status, cold, n,
+                                                                              cpu)
+    whole.percentiles = {kind: fractions(found.whole.get(kind)) for kind in DURATIONS}
+    busiest = sorted(groups.items(), key=lambda item: (-item[1].invocations, item[0]))
+    busiest = busiest[:functions]
+    for key, one in busiest:
+        one.percentiles["total"] = fractions(found.by_group.get(key))
+    return Overview(summary=whole, buckets=_buckets(scope, width, found), functions=busiest)

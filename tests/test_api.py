@@ -74,7 +74,7 @@ def test_create_function_rejections_name_the_field(api, fields, field, message):
 def test_oversized_upload_is_refused_before_reading(api, settings):
     settings.KUBEFUNCTION_MAX_SOURCE_BYTES = 64
     response = create_function(api, source=upload(data=HANDLER + b"#" * 100))
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert "limit is 64 bytes" in response.json()["source"][0]
 
 

@@ -380,6 +380,7 @@ def test_handler_result_logs_and_unicode(runtime, image):
             outcome.output["function_version"]) == ("exec-1", "demo", 3)
     assert outcome.logs == "got {'text': 'héllo ✓ 🎉'}\n"
     assert (outcome.exit_code, outcome.cold, outcome.error_type) == (0, True, "")
+    assert 0 < outcome.init_seconds < 30  # create + start the container, import the handler
     assert outcome.cpu_seconds is not None and 0 <= outcome.cpu_seconds < 1
     assert 4 * MIB < outcome.peak_memory_bytes < 64 * MIB
 
@@ -398,6 +399,8 @@ def test_warm_container_is_reused(make_runtime, engine, image):
     second = runtime.invoke(spec, 2, context())
     assert (first.status, second.status) == ("succeeded", "succeeded")
     assert (first.cold, second.cold) == (True, False)
+    # the cold start: container created → its runner connected → handler imported
+    assert 0 < first.init_seconds < 30 and second.init_seconds is None
     assert first.output["token"] == second.output["token"]  # the same process answered
     assert second.logs == "got 2\n"
     [container] = _mine(engine)

@@ -157,6 +157,30 @@ def test_warm_reuse_keeps_the_process(runtime):
     assert runtime.warm_processes == 1
 
 
+def test_cold_start_time_counts_the_process_start_and_the_import(runtime):
+    spec = make_spec("""
+        import time
+        time.sleep(0.3)  # a slow import: the cold start pays it, the warm call does not
+
+        def handle(event):
+            return event
+    """)
+    started = time.monotonic()
+    cold = runtime.invoke(spec, 1, context())
+    elapsed = time.monotonic() - started
+    warm = runtime.invoke(spec, 2, context())
+    assert (cold.cold, warm.cold) == (True, False)
+    assert 0.3 <= cold.init_seconds < elapsed
+    assert warm.init_seconds is None
+    # A trivial function still pays the interpreter's start-up, which the runtime sees: the
+    # cold start is most of the first call's time, not just the (instant) import.
+    trivial = make_spec("def handle(event):\n    return event\n")
+    started = time.monotonic()
+    first = runtime.invoke(trivial, 1, context())
+    elapsed = time.monotonic() - started
+    assert 0.005 < first.init_seconds < elapsed and first.init_seconds > elapsed / 2
+
+
 def test_script_mode(runtime):
     spec = make_spec(files={"main.py": """
         import json, sys

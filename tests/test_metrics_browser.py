@@ -1,20 +1,29 @@
 """Headless Chromium: the admin index and a function page draw their charts; screenshots go to
-docs/screenshots/. Skipped when chromium or chromedriver is missing (CI installs them)."""
+docs/screenshots/. Skipped when chromium or chromedriver is missing (CI installs them).
+
+The data: `manage.py generate_executions` runs a few hundred real executions through the dispatch
+path and a real worker (the last minutes), over a day of history added to the same functions;
+the dashboards then read the rollup tables and the raw tail.
+"""
 
 from __future__ import annotations
 
 import shutil
 import uuid
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus
-from functions import services
+from functions.models import Function
+from metrics.generate import PROFILES
+from metrics.models import ExecutionRollup
+from metrics.rollup import rollup_advance
 from tests.conftest import ROOT
-from triggers.services import trigger_create
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else \
@@ -23,40 +32,38 @@ SHOTS = ROOT / "docs" / "screenshots"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
+    pytest.mark.worker,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                        reason="headless-browser test skipped: chromium and chromedriver are not "
                               "installed (apt-get install -y chromium chromium-driver)"),
 ]
 
-SOURCE = b"def handle(event, context):\n    return event\n"
 
-
-def fill(owner, now):
-    """A few thousand executions over the last day, three functions with different profiles."""
+def history(now):
+    """A day of earlier executions (before the last hour) for the demo functions."""
     rows = []
-    for n, (name, count, slow) in enumerate((("resize-image", 1800, 0.4), ("send-mail", 900, 0.08),
-                                             ("nightly-report", 300, 1.5))):
-        function = services.function_register(name=name, owner=owner, filename="f.py",
-                                              data=SOURCE).function
-        trigger = trigger_create(name=name, function=function)
+    for n, (profile, count) in enumerate(zip(PROFILES, (1500, 1000, 500), strict=True)):
+        function = Function.objects.get(name=profile.name)
+        trigger = function.triggers.get()
         for i in range(count):
-            dispatched = now - timedelta(seconds=(i * 86000 // count) + n)
+            dispatched = now - timedelta(hours=1, seconds=(i * 82800 // count) + n)
             status = ExecutionStatus.SUCCEEDED
             if i % 23 == 0:
                 status = ExecutionStatus.FAILED
             elif i % 97 == 0:
                 status = ExecutionStatus.TIMED_OUT
             started = dispatched + timedelta(milliseconds=4 + i % 30)
-            run = slow * (1 + (i % 17) / 8) * (3 if i % 11 == 0 else 1)
+            run = profile.sleep * 2 * (1 + (i % 17) / 8) * (3 if i % 11 == 0 else 1)
+            cold = i % 9 == 0
             rows.append(Execution(
                 task_id=str(uuid.uuid4()), function=function,
                 version_id=function.active_version_id, trigger=trigger, status=status,
-                runtime="local", cold=i % 9 == 0, worker="worker-1@host",
+                runtime="local", cold=cold, worker="worker-1@host",
+                init_seconds=0.03 + (i % 7) * 0.01 if cold else None,
                 cpu_seconds=run * 0.6, peak_memory_bytes=30_000_000,
                 dispatched_at=dispatched, started_at=started,
                 finished_at=started + timedelta(seconds=run)))
     Execution.objects.bulk_create(rows, batch_size=2000)
-    return function
 
 
 @pytest.fixture
@@ -86,11 +93,23 @@ def charts_drawn(driver, ids):
         assert len(chart.find_elements(By.CSS_SELECTOR, ".kf-point")) > 5, chart_id
 
 
-def test_dashboard_and_function_page_in_chromium(browser, live_server, django_user_model):
+def test_dashboard_and_function_page_in_chromium(browser, live_server, django_user_model,
+                                                 celery_worker_process):
     from selenium.webdriver.common.by import By
 
     django_user_model.objects.create_superuser("admin", "a@example.com", "admin-password-1")
-    function = fill(django_user_model.objects.get(username="admin"), timezone.now())
+    out = StringIO()
+    call_command("generate_executions", "--functions", "3", "--count", "300", "--timeout", "120",
+                 stdout=out, stderr=StringIO())
+    assert "300 of 300 finished" in out.getvalue(), out.getvalue()
+    real = Execution.objects.filter(function__name__startswith="demo-")
+    assert set(real.values_list("status", flat=True)) >= {"succeeded", "failed"}
+    assert real.filter(cold=True, init_seconds__gt=0).exists()
+    assert real.filter(cold=False, init_seconds=None).exists()
+    history(timezone.now())
+    rollup_advance()
+    assert ExecutionRollup.objects.filter(width=3600).exists()
+    function = Function.objects.get(name="demo-report")
     browser.get(f"{live_server.url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys("admin-password-1")
@@ -106,7 +125,7 @@ def test_dashboard_and_function_page_in_chromium(browser, live_server, django_us
 
     browser.get(f"{live_server.url}/admin/functions/function/{function.pk}/change/")
     dashboard = browser.find_element(By.ID, "kf-dashboard")
-    assert "nightly-report" in dashboard.text
+    assert "demo-report" in dashboard.text and "cold-start time" in dashboard.text.lower()
     prefix = f"function-{function.pk}"
     charts_drawn(browser, [f"{prefix}-invocations", f"{prefix}-latency", f"{prefix}-cold",
                            f"{prefix}-cpu"])

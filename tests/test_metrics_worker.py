@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import csv
 import time
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from executions.models import FINISHED_STATUSES, Execution
 from executions.services import execution_dispatch_many
 from functions import services
-from metrics.models import LoadTestRun
+from metrics.models import ExecutionRollup, LoadTestRun
+from metrics.rollup import rollup_advance
 from triggers.services import trigger_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
@@ -42,10 +45,17 @@ def wait_all(ids, timeout=60):
     pytest.fail("the burst did not finish")
 
 
-def test_metrics_counters_match_the_table_after_a_burst(client, trigger):
+@pytest.mark.parametrize("rolled", [False, True], ids=["raw", "rolled-up-mid-burst"])
+def test_metrics_counters_match_the_table_after_a_burst(client, trigger, rolled):
     payloads = [{"i": i, "fail": i % 5 == 0} for i in range(40)]
     executions = execution_dispatch_many(trigger=trigger, payloads=payloads)
+    later = timezone.now() + timedelta(minutes=5)  # past the rollup's lag: all may be rolled
+    if rolled:
+        rollup_advance(now=later)  # while the burst runs: stops at the oldest unfinished one
     wait_all([e.pk for e in executions])
+    if rolled:
+        assert rollup_advance(now=later).rolled_until > executions[0].dispatched_at
+        assert ExecutionRollup.objects.filter(function_id=trigger.function_id).exists()
     text = client.get("/metrics").content.decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     scraped = {s.labels["status"]: s.value for s in families["kubefunction_invocations"].samples
@@ -62,6 +72,10 @@ def test_metrics_counters_match_the_table_after_a_burst(client, trigger):
     cold = [s.value for s in families["kubefunction_cold_starts"].samples
             if s.labels["function"] == "metered"]
     assert cold[0] == Execution.objects.filter(function__name="metered", cold=True).count()
+    starts = [s.value for s in families["kubefunction_cold_start_seconds"].samples
+              if s.name.endswith("_count") and s.labels["function"] == "metered"]
+    assert starts == [Execution.objects.filter(function__name="metered", init_seconds__gt=0)
+                      .count()] and starts[0] >= 1
     assert "kubefunction_celery_queue_length" in families
 
 

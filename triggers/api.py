@@ -3,7 +3,7 @@
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -12,11 +12,12 @@ from executions import services as execution_services
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
 from kubefunction.access import scope_to_owner
 from kubefunction.errors import PayloadTooLarge
-from kubefunction.throttles import DispatchRateThrottle
+from kubefunction.throttles import dispatch_throttles
 
 from . import services
 from .models import Trigger
 from .serializers import (
+    BatchDispatchedSerializer,
     DispatchedSerializer,
     DispatchSerializer,
     TokenSerializer,
@@ -61,9 +62,12 @@ class TriggerViewSet(viewsets.ModelViewSet):
                              trigger, base=request.build_absolute_uri("/"))})
 
     @extend_schema(request=DispatchSerializer, parameters=[WAIT_PARAMETER],
-                   responses={202: DispatchedSerializer, 200: ExecutionSerializer})
+                   responses={202: PolymorphicProxySerializer(
+                       component_name="DispatchAnswer", resource_type_field_name=None,
+                       serializers=[DispatchedSerializer, BatchDispatchedSerializer]),
+                              200: ExecutionSerializer})
     @action(detail=True, methods=["post"], url_path="dispatch", url_name="dispatch",
-            throttle_classes=[DispatchRateThrottle])
+            throttle_classes=dispatch_throttles())
     def dispatch_trigger(self, request, name=None):
         """Queue the function with a JSON payload; answers 202 with the task id at once.
 

@@ -31,7 +31,8 @@ class TriggerSerializer(serializers.ModelSerializer):
     token = serializers.SerializerMethodField(
         help_text="HTTP triggers: the secret token, present only when it was just issued.")
     has_token = serializers.SerializerMethodField()
-    periodic_task = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    periodic_task = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                 allow_null=True)
 
     class Meta:
         model = Trigger
@@ -53,6 +54,11 @@ class TriggerSerializer(serializers.ModelSerializer):
     def get_has_token(self, trigger: Trigger) -> bool:
         return bool(trigger.token_hash)
 
+    def validate_default_payload(self, value):
+        if value is None:
+            raise serializers.ValidationError("give a JSON value other than null ({} for none).")
+        return value
+
     def validate_name(self, value: str) -> str:
         if self.instance is not None and value != self.instance.name:
             raise serializers.ValidationError("a trigger cannot be renamed.")
@@ -71,6 +77,7 @@ class DispatchSerializer(serializers.Serializer):
     payload = serializers.JSONField(required=False,
                                     help_text="The event for one execution (any JSON).")
     payloads = serializers.ListField(child=serializers.JSONField(), required=False,
+                                     allow_empty=False,
                                      max_length=settings.KUBEFUNCTION_MAX_BATCH,
                                      help_text="Events for a batch, one execution each.")
     callback_url = serializers.CharField(
@@ -99,3 +106,16 @@ class DispatchedSerializer(serializers.Serializer):
     execution_id = serializers.UUIDField()
     status = serializers.CharField()
     result_url = serializers.URLField()
+
+
+class BatchLinkSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.URLField()
+
+
+class BatchDispatchedSerializer(serializers.Serializer):
+    """The answer to a dispatch of `payloads`: one task id per payload, in order."""
+
+    count = serializers.IntegerField()
+    batch = BatchLinkSerializer(allow_null=True)
+    executions = DispatchedSerializer(many=True)

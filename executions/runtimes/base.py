@@ -60,6 +60,11 @@ class Outcome:
     cold: bool = True
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
+    # Cold start only: seconds from the runtime starting the process/container/pod to the
+    # handler imported — measured whole where the runtime sees it, else what it saw of the start
+    # plus the runner's import time. None for a warm invocation, and when the runner never
+    # answered.
+    init_seconds: float | None = None
 
 
 @dataclass

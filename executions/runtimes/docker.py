@@ -357,7 +357,7 @@ def _outcome(exchange: ContainerExchange, spec: FunctionSpec, cold: bool,
     frame = exchange.frame
     stray = (exchange.stray, exchange.stray_truncated)
     if frame is not None:
-        return frame_outcome(frame, *stray, cold=cold)
+        return frame_outcome(frame, *stray, cold=cold, startup_seconds=exchange.startup_seconds)
     logs, truncated = join_logs([stray], max_log)
     common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
               "cpu_seconds": exchange.cpu_seconds}

@@ -71,6 +71,9 @@ class ContainerExchange(Exchange):
 
     oom_killed: bool = False
     peak_memory_bytes: int | None = None
+    # A new container's start as the host saw it: creating and starting it (one-shot), or until
+    # its runner connected (warm pool). The runner's import time comes in its frame.
+    startup_seconds: float | None = None
 
 
 # --- engine errors -------------------------------------------------------------------------------
@@ -269,12 +272,16 @@ def run_once(api: Any, spec: FunctionSpec, request: bytes, nonce: str, deadline:
         request_file.write_bytes(request)
         request_file.chmod(0o644)
         command = runner_command(spec, "--request-file", f"{MOUNT_POINT}/{REQUEST_NAME}")
+        started = time.monotonic()
         with engine_errors("create the function's container"):
             container_id = create_container(api, spec, command, folder, labels, limits)
         with engine_errors("start the function's container"):
             api.start(container_id)
-        return _await_once(api, container_id, nonce, deadline, max_log_bytes,
-                           max_frame_bytes)
+        startup = time.monotonic() - started
+        exchange = _await_once(api, container_id, nonce, deadline, max_log_bytes,
+                               max_frame_bytes)
+        exchange.startup_seconds = startup
+        return exchange
     finally:
         if container_id:
             remove_quietly(api, container_id)

@@ -47,12 +47,16 @@ EXIT_WAIT_SECONDS = 5.0  # how long a container whose runner hung up may take to
 class WarmContainer:
     """One long-lived function container. Not thread-safe: one request at a time."""
 
-    def __init__(self, api: Any, container_id: str, folder: Path, listener: socket.socket):
+    def __init__(self, api: Any, container_id: str, folder: Path, listener: socket.socket,
+                 created_at: float | None = None):
         self.api = api
         self.id = container_id
         self.folder = folder
         self.listener = listener
         self.started_at = self.last_used = time.monotonic()
+        # When creating it began (monotonic); its runner's first connection ends the start.
+        self.created_at = self.started_at if created_at is None else created_at
+        self.startup_seconds: float | None = None
         self.cpu_reported = 0.0  # CPU seconds already reported in frames
         self.fresh = True  # no request answered yet: its startup is part of the next one
         self._closed = False
@@ -61,6 +65,7 @@ class WarmContainer:
     def start(cls, api: Any, spec: FunctionSpec, *, parent: Path, labels: dict[str, str],
               limits: Limits) -> WarmContainer:
         """Create and start a container serving `spec` (its runner may still be importing)."""
+        created_at = time.monotonic()
         folder = host_folder(parent)
         listener = None
         container_id = ""
@@ -78,7 +83,7 @@ class WarmContainer:
                 listener.close()
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return cls(api, container_id, folder, listener)
+        return cls(api, container_id, folder, listener, created_at)
 
     # --- one request ------------------------------------------------------------------------
 
@@ -145,8 +150,9 @@ class WarmContainer:
         self.last_used = time.monotonic()
         self.fresh = False
         self.cpu_reported += float(frame.get("cpu_seconds") or 0)
+        startup, self.startup_seconds = self.startup_seconds, None  # reported once
         return ContainerExchange(frame=frame, stray=reader.stray.text(),
-                                 stray_truncated=reader.stray.truncated)
+                                 stray_truncated=reader.stray.truncated, startup_seconds=startup)
 
     def _accept(self, deadline: float) -> socket.socket | None:
         """The runner's waiting connection; None at the deadline or once the container stopped."""
@@ -162,6 +168,9 @@ class WarmContainer:
                 except BlockingIOError:
                     continue
                 conn.setblocking(False)
+                if self.fresh and self.startup_seconds is None:
+                    # The runner connects before importing the function: the container's start.
+                    self.startup_seconds = time.monotonic() - self.created_at
                 return conn
             with engine_errors("look at the function's container"):
                 if not state(self.api, self.id).get("Running"):

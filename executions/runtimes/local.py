@@ -53,10 +53,14 @@ def work_dir() -> Path:
 
 
 def source_dir(spec: FunctionSpec) -> Path:
-    """Where the version's source is unpacked: content addressed, shared by all its processes."""
+    """Where the version's source is unpacked: content addressed, shared by all its processes.
+
+    The upload's file name is part of the address: the same bytes uploaded as `a.py` and as
+    `b.py` are two different modules."""
     if not _SAFE_NAME.match(spec.sha256):
         raise RuntimeFailure(f"version {spec.version_id} has an unusable sha256 {spec.sha256!r}")
-    return work_dir() / "sources" / spec.sha256
+    name = hashlib.sha256(spec.source_name.encode("utf-8")).hexdigest()[:16]
+    return work_dir() / "sources" / f"{spec.sha256}-{name}"
 
 
 def requirements_digest(requirements: str) -> str:
@@ -203,7 +207,7 @@ class LocalRuntime(Runtime):
             self._pool.release(key, process)
         else:
             process.kill()
-        return _outcome(exchange, spec, cold, budget)
+        return _outcome(exchange, spec, cold, budget, process.cold_start_seconds)
 
     def _spawn(self, spec: FunctionSpec) -> RunnerProcess:
         source, deps = self._ensure_ready(spec)
@@ -259,12 +263,14 @@ class LocalRuntime(Runtime):
 
 
 
-def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float) -> Outcome:
+def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float,
+             cold_start: float | None = None) -> Outcome:
     max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
     frame = exchange.frame
     stray = (exchange.stray, exchange.stray_truncated)
     if frame is not None:
-        return frame_outcome(frame, *stray, cold=cold)
+        # A new process's start is seen whole: spawn → interpreter → import → request taken.
+        return frame_outcome(frame, *stray, cold=cold, measured_cold_start=cold_start)
     logs, truncated = join_logs([stray], max_log)
     common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
               "cpu_seconds": exchange.cpu_seconds}

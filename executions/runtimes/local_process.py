@@ -8,6 +8,8 @@ file-descriptor level, read as stray logs. Everything read is bounded.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import functools
 import os
 import resource
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIB = 1024 * 1024
 READ_SIZE = 64 * 1024
 DRAIN_READS = 64  # at most this many reads of leftover stderr after a frame (a chatty child)
+# A new runner reads its first request only once the function is imported: until the request
+# has left the pipe, look every READY_CHECK seconds (growing to READY_CHECK_MAX).
+READY_CHECK, READY_CHECK_MAX = 0.001, 0.05
 
 
 @dataclass
@@ -121,11 +127,14 @@ def _address_space_limit(memory_mb: int) -> int | None:
 class RunnerProcess:
     """A live runner child. Not thread-safe: one request at a time, by whoever holds it."""
 
-    def __init__(self, popen: subprocess.Popen, home: str) -> None:
+    def __init__(self, popen: subprocess.Popen, home: str,
+                 spawned_at: float | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.home = home
         self.started_at = time.monotonic()
+        self.spawned_at = self.started_at if spawned_at is None else spawned_at
+        self.ready_at: float | None = None  # when it took its first request: function imported
         self.last_used = self.started_at
         self.cpu_reported = 0.0  # CPU seconds already reported in frames
         assert popen.stdin and popen.stdout and popen.stderr
@@ -157,6 +166,7 @@ class RunnerProcess:
                    if limit else None)
         homes.mkdir(parents=True, exist_ok=True)
         home = tempfile.mkdtemp(prefix=_home_prefix(), dir=homes)
+        spawned_at = time.monotonic()
         try:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -166,7 +176,22 @@ class RunnerProcess:
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise
-        return cls(popen, home)
+        return cls(popen, home, spawned_at)
+
+    @property
+    def cold_start_seconds(self) -> float | None:
+        """Seconds from spawning it to its taking the first request (interpreter start-up and
+        the function's import), once known."""
+        return None if self.ready_at is None else self.ready_at - self.spawned_at
+
+    def _request_taken(self) -> bool:
+        """True once nothing of the request is left in the stdin pipe."""
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._stdin, termios.FIONREAD, unread, True)
+        except OSError:
+            return True
+        return unread[0] == 0
 
     # --- one request ------------------------------------------------------------------------
 
@@ -185,11 +210,16 @@ class RunnerProcess:
             return self._ended(reader, stray, sent=False)
         if pending:  # a request larger than the pipe: finish writing as the child reads
             self._selector.register(self._stdin, selectors.EVENT_WRITE, "stdin")
+        watch, check = self.ready_at is None, READY_CHECK
         try:
             while not reader.done:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return self._timed_out(reader, stray)
+                if watch and not pending and self._request_taken():
+                    self.ready_at, watch = time.monotonic(), False
+                if watch:
+                    timeout, check = min(timeout, check), min(check * 1.5, READY_CHECK_MAX)
                 for key, _ in self._selector.select(timeout):
                     if key.data == "stdin":
                         pending = self._write_more(pending)
@@ -201,6 +231,8 @@ class RunnerProcess:
                     if key.data == "stderr":
                         self._take_stderr(chunk, stray)
                     elif chunk:
+                        if watch:  # it answers: it took the request since the last look
+                            self.ready_at, watch = time.monotonic(), False
                         reader.feed(chunk)
                     else:  # the result pipe closed: the runner is exiting
                         self._has_exited(timeout=min(1.0, max(0.0, deadline - time.monotonic())))

@@ -44,8 +44,28 @@ def reusable(frame: dict) -> bool:
     return frame.get("error_type") not in RETIRING_ERRORS and not frame.get("retire")
 
 
-def frame_outcome(frame: dict, stray: str, stray_truncated: bool, *, cold: bool) -> Outcome:
-    """The outcome a runner's frame reports; `stray` is output that came outside the frame."""
+def cold_start_seconds(frame: dict, *, cold: bool, startup_seconds: float | None = None,
+                       measured: float | None = None) -> float | None:
+    """A cold invocation's cold-start time. `measured`: the runtime saw the whole of it (from
+    starting the process until the runner took the request, which it does once the handler is
+    imported). Otherwise `startup_seconds` (what the runtime saw of the start, when it knows)
+    plus the runner's own `init_seconds` (importing the handler). None when warm."""
+    if not cold:
+        return None
+    if measured is not None:
+        return round(max(0.0, measured), 6)
+    try:
+        imported = max(0.0, float(frame.get("init_seconds") or 0.0))
+    except (TypeError, ValueError):
+        imported = 0.0
+    return round(imported + max(0.0, startup_seconds or 0.0), 6)
+
+
+def frame_outcome(frame: dict, stray: str, stray_truncated: bool, *, cold: bool,
+                  startup_seconds: float | None = None,
+                  measured_cold_start: float | None = None) -> Outcome:
+    """The outcome a runner's frame reports; `stray` is output that came outside the frame.
+    `startup_seconds`, `measured_cold_start`: see `cold_start_seconds`."""
     # Stray output first: it includes what the runner saved just before a near-miss deadline.
     logs, truncated = join_logs(
         [(stray, stray_truncated),
@@ -63,6 +83,8 @@ def frame_outcome(frame: dict, stray: str, stray_truncated: bool, *, cold: bool)
         cold=cold,
         cpu_seconds=float(frame.get("cpu_seconds") or 0.0),
         peak_memory_bytes=int(frame.get("max_rss_bytes") or 0) or None,
+        init_seconds=cold_start_seconds(frame, cold=cold, startup_seconds=startup_seconds,
+                                        measured=measured_cold_start),
     )
 
 
