@@ -1,5 +1,6 @@
 """REST endpoints for functions: /api/functions/ and its versions."""
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -9,8 +10,11 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from kubefunction.access import scope_to_owner
+from kubefunction.errors import PayloadTooLarge
+from kubefunction.middleware import declared_length
 
 from . import builds, services
+from .artifacts import SourceSizeLimitHandler
 from .models import Function
 from .serializers import (
     ActivateSerializer,
@@ -21,6 +25,26 @@ from .serializers import (
     VersionSerializer,
 )
 
+# Room in a multipart body for the form fields besides the source (name, env_vars, ...).
+FORM_ALLOWANCE_BYTES = 1024 * 1024
+
+
+class SourceMultiPartParser(MultiPartParser):
+    """Multipart with the source size limit (KUBEFUNCTION_MAX_SOURCE_BYTES) enforced before the
+    body is read: from Content-Length first, then byte by byte as the files stream in."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = parser_context["request"]
+        limit = settings.KUBEFUNCTION_MAX_SOURCE_BYTES
+        length = declared_length(request)
+        if length is not None and length > limit + FORM_ALLOWANCE_BYTES:
+            raise PayloadTooLarge(
+                f"the upload is {length} bytes; a source may be at most {limit} bytes.",
+                field="source")
+        request.upload_handlers = [SourceSizeLimitHandler(request, limit=limit),
+                                   *request.upload_handlers]
+        return super().parse(stream, media_type, parser_context)
+
 
 class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                       mixins.UpdateModelMixin, viewsets.GenericViewSet):
@@ -28,7 +52,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
 
     serializer_class = FunctionSerializer
     lookup_field = "name"
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [SourceMultiPartParser, FormParser, JSONParser]
     filterset_fields = ["runtime", "mode"]
 
     def get_queryset(self):
@@ -55,7 +79,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
     @extend_schema(methods=["get"], responses=VersionSerializer(many=True))
     @extend_schema(methods=["post"], request=SourceUploadSerializer,
                    responses={201: VersionSerializer})
-    @action(detail=True, methods=["get", "post"])
+    # A plain list (no pages, no filters): the schema says so too.
+    @action(detail=True, methods=["get", "post"], pagination_class=None, filter_backends=[])
     def versions(self, request, name=None):
         """List versions, or upload a new one (multipart `source`, optional `handler`, `mode`)."""
         function = self.get_object()

@@ -8,18 +8,20 @@ more than the configured limits (zip bombs). `unpack` writes the members into a 
 from __future__ import annotations
 
 import io
+import lzma
 import os
-import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler
 
-from kubefunction.errors import InvalidInput
+from kubefunction.errors import InvalidInput, PayloadTooLarge
 
 PY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.py$")
 
@@ -29,6 +31,28 @@ class SourceRejected(InvalidInput):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, field="source")
+
+
+class SourceSizeLimitHandler(FileUploadHandler):
+    """First of a request's upload handlers: counts the bytes of its files as they stream in and
+    refuses the request (413) past `limit`, so an oversized upload is never read whole, in
+    memory or on disk, even when its size was not declared."""
+
+    def __init__(self, request=None, *, limit: int) -> None:
+        super().__init__(request)
+        self.limit = limit
+        self.received = 0  # over all the request's files
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            raise PayloadTooLarge(
+                f"'{self.file_name}' is too large: the limit is {self.limit} bytes.",
+                field=self.field_name)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler (memory or temporary file) keeps the file
 
 
 def archive_kind(filename: str) -> str:
@@ -45,30 +69,59 @@ def archive_kind(filename: str) -> str:
     )
 
 
-def _safe_member_path(name: str) -> str:
-    if "\\" in name or "\x00" in name:
-        raise SourceRejected(f"archive member '{name}' has a backslash or NUL in its path.")
+# Past this much unpacked data, an archive must not be more than this many times its own size
+# (source code compresses ~5x; a zip bomb thousands of times).
+RATIO_CHECK_BYTES = 1024 * 1024
+MAX_COMPRESSION_RATIO = 200
+MAX_PATH_DEPTH = 32
+MAX_NAME_BYTES = 255  # one path component, as most file systems allow
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _member_parts(name: str) -> list[str]:
+    """The components of a member's path, refusing anything that could escape or not be
+    written: absolute paths, '..', backslashes, control characters, undecodable or overlong
+    names, deep nesting."""
+    shown = name.encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+    if "\\" in name or CONTROL_CHARACTERS.search(name):
+        raise SourceRejected(f"archive member '{shown}' has a backslash or control character "
+                             "in its path.")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise SourceRejected(f"archive member '{name}' has an absolute path.")
+        raise SourceRejected(f"archive member '{shown}' has an absolute path.")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise SourceRejected(f"archive member '{name}' has a '..' path component.")
-    if not parts:
-        raise SourceRejected(f"archive member '{name}' has an empty path.")
-    return posixpath.join(*parts)
+        raise SourceRejected(f"archive member '{shown}' has a '..' path component.")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise SourceRejected(f"archive member '{shown}' is nested more than {MAX_PATH_DEPTH} "
+                             "folders deep.")
+    for part in parts:
+        try:
+            size = len(part.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise SourceRejected(
+                f"archive member '{shown}' has a name that is not UTF-8.") from None
+        if size > MAX_NAME_BYTES:
+            raise SourceRejected(f"archive member '{shown}' has a name longer than "
+                                 f"{MAX_NAME_BYTES} bytes.")
+    return parts
 
 
-class _Budget:
-    """Counts members and unpacked bytes against the limits."""
+class _Members:
+    """The files read so far, counted against the limits (members, unpacked bytes, ratio), with
+    no two at one path and no file where another needs a folder."""
 
-    def __init__(self) -> None:
-        self.members = 0
+    def __init__(self, archive_size: int) -> None:
+        self.archive_size = max(archive_size, 1)
+        self.count = 0
         self.bytes = 0
+        self.files: dict[str, bytes] = {}
+        self.folders: set[str] = set()
 
     def take(self, size: int) -> None:
-        self.members += 1
+        """Count one more member (file or folder) of `size` unpacked bytes."""
+        self.count += 1
         self.bytes += size
-        if self.members > settings.KUBEFUNCTION_MAX_ARCHIVE_MEMBERS:
+        if self.count > settings.KUBEFUNCTION_MAX_ARCHIVE_MEMBERS:
             raise SourceRejected(
                 f"archive has more than {settings.KUBEFUNCTION_MAX_ARCHIVE_MEMBERS} members."
             )
@@ -77,53 +130,111 @@ class _Budget:
                 "archive unpacks to more than "
                 f"{settings.KUBEFUNCTION_MAX_UNPACKED_BYTES} bytes (limit)."
             )
+        if (self.bytes > RATIO_CHECK_BYTES
+                and self.bytes > MAX_COMPRESSION_RATIO * self.archive_size):
+            raise SourceRejected(
+                f"archive unpacks to more than {MAX_COMPRESSION_RATIO} times its size "
+                "(a zip bomb?).")
+
+    def add_folder(self, parts: list[str]) -> None:
+        for depth in range(1, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder in self.files:
+                raise SourceRejected(f"archive member '{folder}' is both a file and a folder.")
+            self.folders.add(folder)
+
+    def add_file(self, parts: list[str], content: bytes) -> None:
+        path = "/".join(parts)
+        if path in self.files:
+            raise SourceRejected(f"archive has two members at '{path}'.")
+        if path in self.folders:
+            raise SourceRejected(f"archive member '{path}' is both a file and a folder.")
+        self.add_folder(parts[:-1])
+        self.files[path] = content
+
+
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+              RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)
 
 
 def _zip_members(data: bytes) -> dict[str, bytes]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise SourceRejected(f"the .zip archive cannot be read: {exc}") from exc
-    members: dict[str, bytes] = {}
-    budget = _Budget()
+    members = _Members(len(data))
     with archive:
         for info in archive.infolist():
-            path = _safe_member_path(info.filename)
+            parts = _member_parts(info.filename)
             mode = info.external_attr >> 16
             if (mode & 0o170000) not in (0, 0o100000, 0o040000):
                 raise SourceRejected(f"archive member '{info.filename}' is a link or device.")
+            members.take(0 if info.is_dir() else info.file_size)
             if info.is_dir():
+                members.add_folder(parts)
                 continue
-            budget.take(info.file_size)
+            if not parts:
+                raise SourceRejected(f"archive member '{info.filename}' has an empty path.")
             try:
                 # Read at most the declared size + 1 so a lying header cannot inflate us.
                 with archive.open(info) as handle:
                     content = handle.read(info.file_size + 1)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+            except ZIP_ERRORS as exc:
                 raise SourceRejected(f"archive member '{info.filename}' is corrupt: {exc}") from exc
             if len(content) > info.file_size:
                 raise SourceRejected(f"archive member '{info.filename}' is larger than declared.")
-            members[path] = content
-    return members
+            members.add_file(parts, content)
+    return members.files
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """The decompressed bytes of a gzip stream (all its members), refusing more than `limit`:
+    tar headers are read before any member size can be checked."""
+    out = bytearray()
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunk = inflater.decompress(rest, limit + 1 - len(out))
+            out += chunk
+            if len(out) > limit:
+                raise SourceRejected(f"the archive unpacks to more than {limit} bytes (limit).")
+            if not inflater.eof:
+                if inflater.unconsumed_tail:
+                    raise SourceRejected(
+                        f"the archive unpacks to more than {limit} bytes (limit).")
+                raise SourceRejected("the .tar.gz archive cannot be read: it is truncated.")
+            rest = inflater.unused_data.lstrip(b"\0")  # gzip allows trailing padding
+    except zlib.error as exc:
+        raise SourceRejected(f"the .tar.gz archive cannot be read: {exc}") from exc
+    return bytes(out)
 
 
 def _tar_members(data: bytes) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
-    budget = _Budget()
+    limit = (settings.KUBEFUNCTION_MAX_UNPACKED_BYTES
+             + 3 * 512 * (settings.KUBEFUNCTION_MAX_ARCHIVE_MEMBERS + 1) + 10240)
+    raw = _gunzip(data, limit) if data[:2] == b"\x1f\x8b" else data  # else: a plain tar
+    members = _Members(len(data))
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             for info in archive:
-                path = _safe_member_path(info.name)
-                if info.isdir():
-                    continue
-                if not info.isfile():
+                parts = _member_parts(info.name)
+                if not (info.isdir() or info.isfile()):
                     raise SourceRejected(f"archive member '{info.name}' is a link or device.")
-                budget.take(info.size)
+                members.take(0 if info.isdir() else info.size)
+                if info.isdir():
+                    members.add_folder(parts)
+                    continue
+                if not parts:
+                    raise SourceRejected(f"archive member '{info.name}' has an empty path.")
                 handle = archive.extractfile(info)
-                members[path] = handle.read() if handle else b""
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                content = handle.read() if handle else b""
+                if len(content) != info.size:
+                    raise SourceRejected(f"archive member '{info.name}' is truncated.")
+                members.add_file(parts, content)
+    except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError) as exc:
         raise SourceRejected(f"the .tar.gz archive cannot be read: {exc}") from exc
-    return members
+    return members.files
 
 
 def read_members(filename: str, data: bytes) -> dict[str, bytes]:

@@ -1,0 +1,78 @@
+"""Guards at the edge of every request: body sizes checked before a body is read, and a database
+outage answered with 503 instead of a 500 traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from .api_errors import DATABASE_ERRORS, database_unavailable_response
+
+# Paths whose request bodies are bounded here: the API and the HTTP triggers.
+BOUNDED_PATH_PREFIXES = ("/api/", "/t/")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def declared_length(request: HttpRequest) -> int | None:
+    """The request's Content-Length, or None when it has none (or an unreadable one)."""
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+
+
+def is_chunked(request: HttpRequest) -> bool:
+    return "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+class RequestBodyLimitMiddleware:
+    """Refuse, from the headers alone, a body that is too large (413) or has no length (411).
+
+    Django's WSGI handler reads no more than Content-Length, so a chunked body without one would
+    silently arrive empty; it is refused instead. The upload endpoints apply their own, smaller,
+    limit (`functions.api.SourceMultiPartParser`).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method in BODY_METHODS and request.path.startswith(BOUNDED_PATH_PREFIXES):
+            refusal = self.refusal(request)
+            if refusal is not None:  # the client may still be sending: say where the answer ends
+                refusal["Content-Length"] = str(len(refusal.content))
+                return refusal
+        return self.get_response(request)
+
+    @staticmethod
+    def refusal(request: HttpRequest) -> HttpResponse | None:
+        length = declared_length(request)
+        if length is None and is_chunked(request):
+            return JsonResponse(
+                {"detail": "Send the body with a Content-Length header (chunked request bodies "
+                           "are not accepted).", "code": "length_required"}, status=411)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if length is not None and limit is not None and length > limit:
+            return JsonResponse(
+                {"detail": f"The request body is {length} bytes; the limit is {limit} bytes.",
+                 "code": "request_too_large"}, status=413)
+        return None
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that cannot reach the database answers 503 with `Retry-After` (JSON on the API
+    and webhook paths, a plain page for the admin). DRF views get the same from
+    `kubefunction.api_errors.exception_handler`; errors outside views from `server_error`."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DATABASE_ERRORS):
+            return database_unavailable_response(request, exception)
+        return None
