@@ -2,13 +2,20 @@
 
 import uuid
 
-from django.contrib import admin
-from django.db.models import Q
-from django.utils.html import format_html
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
+from kubefunction.errors import KubeFunctionError
 
+from . import batch_admin  # noqa: F401  (registers the Batch admin)
 from .models import Execution, ExecutionStatus
+from .reruns import RerunVersion, execution_rerun
 
 STATUS_COLOURS = {
     ExecutionStatus.QUEUED: "#777", ExecutionStatus.RUNNING: "#2a6ebb",
@@ -23,12 +30,31 @@ def _seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+class DeadLetterFilter(admin.SimpleListFilter):
+    """Executions that failed for good after their last allowed attempt (a partial index)."""
+
+    title = "dead letters"
+    parameter_name = "dead_letter"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Dead letters"), ("pending", "Dead letters not re-run yet")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(dead_letter=True)
+        if self.value() == "pending":
+            return queryset.filter(dead_letter=True).exclude(
+                Exists(Execution.objects.filter(rerun_of=OuterRef("pk"))))
+        return queryset
+
+
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
-    list_display = ["short_task_id", "function", "trigger", "status_badge", "duration",
-                    "start", "dispatched_at"]
-    list_filter = ["status", "function", "trigger", ("cold", admin.BooleanFieldListFilter),
-                   "dispatched_at"]
+    list_display = ["short_task_id", "function", "trigger", "status_badge", "attempt_count",
+                    "duration", "start", "dispatched_at"]
+    list_filter = ["status", DeadLetterFilter, "function", "trigger",
+                   ("cold", admin.BooleanFieldListFilter), "dispatched_at"]
+    actions = ["rerun_same", "rerun_current", "redispatch"]
     search_fields = ["task_id"]
     search_help_text = "Exact Celery task id or execution id."
     list_select_related = ["function", "trigger", "version"]
@@ -41,6 +67,11 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Result", {"fields": ["input_json", "output_json", "output_truncated", "error_type",
                                "error_text", "exit_code"]}),
         ("Logs", {"fields": ["logs_text", "logs_truncated"]}),
+        ("Attempts", {"fields": ["attempt_count", "max_retries", "retry_backoff_seconds",
+                                 "dead_letter", "synchronous", "attempts_table"]}),
+        ("Re-runs", {"fields": ["rerun_of_link", "reruns_links"]}),
+        ("Callback and batch", {"fields": ["callback_url", "callback_status", "callback_attempts",
+                                           "callback_error", "batch"]}),
         ("Timings and resources", {"fields": [
             "dispatched_at", "started_at", "finished_at", "queue_time", "run_time", "duration",
             "runtime", "start", "worker", "cpu_seconds", "peak_memory"]}),
@@ -73,6 +104,64 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # an execution never disappears
+
+    def get_urls(self):
+        rerun = path("<path:object_id>/rerun/<str:version>/",
+                     self.admin_site.admin_view(self.rerun_view),
+                     name="executions_execution_rerun")
+        return [rerun, *super().get_urls()]
+
+    def rerun_view(self, request, object_id, version):
+        """The change page's re-run buttons (POST): re-run and go to the new execution."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        execution = get_object_or_404(Execution.objects.select_related(
+            "function__active_version", "version", "trigger"), pk=object_id)
+        try:
+            rerun = execution_rerun(execution=execution, version=version, user=request.user)
+        except KubeFunctionError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(
+                reverse("admin:executions_execution_change", args=[execution.pk]))
+        self.message_user(request, f"Queued re-run {rerun.task_id} (version "
+                                   f"{rerun.version.number}) of {execution.task_id}.")
+        return HttpResponseRedirect(reverse("admin:executions_execution_change",
+                                            args=[rerun.pk]))
+
+    def _rerun_selected(self, request, queryset, version: str, *, dead_letters_only=False):
+        executions = Execution.objects.select_related(
+            "function__active_version", "version", "trigger").filter(
+            pk__in=queryset.values("pk")).order_by("dispatched_at")
+        done, skipped = [], 0
+        for execution in executions:
+            if dead_letters_only and not execution.dead_letter:
+                skipped += 1
+                continue
+            try:
+                done.append(execution_rerun(execution=execution, version=version,
+                                            user=request.user))
+            except KubeFunctionError as exc:
+                self.message_user(request, f"{execution.task_id}: {exc.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"Queued {len(done)} re-run(s) on the {version} "
+                                       "version.")
+        if skipped:
+            self.message_user(request, f"Skipped {skipped} execution(s) that are not dead "
+                                       "letters.", messages.WARNING)
+
+    @admin.action(description="Re-run (same version)")
+    def rerun_same(self, request, queryset):
+        self._rerun_selected(request, queryset, RerunVersion.SAME)
+
+    @admin.action(description="Re-run (current version)")
+    def rerun_current(self, request, queryset):
+        self._rerun_selected(request, queryset, RerunVersion.CURRENT)
+
+    @admin.action(description="Re-dispatch dead letters (current version)")
+    def redispatch(self, request, queryset):
+        self._rerun_selected(request, queryset, RerunVersion.CURRENT, dead_letters_only=True)
 
     @admin.display(description="task id", ordering="task_id")
     def short_task_id(self, execution):
@@ -119,3 +208,47 @@ class ExecutionAdmin(admin.ModelAdmin):
     @admin.display(description="logs")
     def logs_text(self, execution):
         return pre(execution.logs)
+
+    @admin.display(description="attempt")
+    def attempt_count(self, execution):
+        allowed = execution.max_retries + 1
+        text = f"{execution.attempt} of {allowed}" if allowed > 1 else str(execution.attempt)
+        if execution.dead_letter:
+            return format_html('{} <b style="color:#c62828">dead letter</b>', text)
+        return text
+
+    @admin.display(description="earlier attempts")
+    def attempts_table(self, execution):
+        if not execution.attempts:
+            return "—"
+        rows = format_html_join("", (
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{}</td><td>{}</td></tr>"), (
+            (a.get("attempt"), a.get("status"),
+             f"{a.get('error_type', '')}{' (platform)' if a.get('platform') else ''}",
+             a.get("exit_code") if a.get("exit_code") is not None else "—", a.get("worker"),
+             a.get("started_at"), a.get("finished_at"), pre(a.get("error", "")))
+            for a in execution.attempts))
+        return format_html(
+            '<table class="kf-attempts"><thead><tr><th>attempt</th><th>status</th>'
+            "<th>error type</th><th>exit code</th><th>worker</th><th>started</th>"
+            "<th>finished</th><th>error</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    @admin.display(description="re-run of")
+    def rerun_of_link(self, execution):
+        if execution.rerun_of_id is None:
+            return "—"
+        task_id = Execution.objects.values_list("task_id", flat=True).get(
+            pk=execution.rerun_of_id)
+        url = reverse("admin:executions_execution_change", args=[execution.rerun_of_id])
+        return format_html('<a href="{}">{}</a>', url, task_id)
+
+    @admin.display(description="re-runs")
+    def reruns_links(self, execution):
+        reruns = execution.reruns.order_by("-dispatched_at").values_list(
+            "pk", "task_id", "status")[:50]
+        if not reruns:
+            return "—"
+        return format_html_join(format_html("<br>"), '<a href="{}">{}</a> ({})', (
+            (reverse("admin:executions_execution_change", args=[pk]), task_id, status)
+            for pk, task_id, status in reruns))

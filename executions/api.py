@@ -1,19 +1,23 @@
-"""REST endpoints for executions: list with filters, and read one by task id."""
+"""REST endpoints for executions: list with filters, read one by task id, re-run one."""
 
 import django_filters
-from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from kubefunction.access import scope_to_owner
+from kubefunction.throttles import dispatch_throttles
 
-from . import services
+from . import reruns, services
 from .models import Execution, ExecutionStatus
 from .serializers import (
     WAIT_PARAMETER,
     ExecutionSerializer,
     ExecutionSummarySerializer,
+    RerunSerializer,
     wait_seconds,
 )
 
@@ -22,10 +26,12 @@ class ExecutionFilter(django_filters.FilterSet):
     function = django_filters.CharFilter(field_name="function__name")
     trigger = django_filters.CharFilter(field_name="trigger__name")
     status = django_filters.ChoiceFilter(choices=ExecutionStatus.choices)
+    dead_letter = django_filters.BooleanFilter(
+        help_text="true: only executions that failed for good after their last attempt.")
 
     class Meta:
         model = Execution
-        fields = ["function", "trigger", "status"]
+        fields = ["function", "trigger", "status", "dead_letter"]
 
 
 class NewestFirst(CursorPagination):
@@ -62,3 +68,22 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         if wait:
             execution = services.execution_wait(execution=execution, timeout=wait)
         return Response(self.get_serializer(execution).data)
+
+    @extend_schema(request=RerunSerializer, responses={202: inline_serializer(
+        "Rerun", {"task_id": serializers.CharField(), "execution_id": serializers.UUIDField(),
+                  "status": serializers.CharField(), "rerun_of": serializers.CharField(),
+                  "version": serializers.IntegerField(), "result_url": serializers.URLField()})})
+    @action(detail=True, methods=["post"], throttle_classes=dispatch_throttles())
+    def rerun(self, request, task_id=None):
+        """Run a finished execution again with the same input: on the `same` version (default)
+        or the function's `current` one. Answers 202 with the new execution's task id."""
+        form = RerunSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        rerun = reruns.execution_rerun(execution=self.get_object(),
+                                       version=form.validated_data["version"], user=request.user)
+        url = reverse("execution-detail", kwargs={"task_id": rerun.task_id})
+        return Response({"task_id": rerun.task_id, "execution_id": str(rerun.pk),
+                         "status": rerun.status, "rerun_of": task_id,
+                         "version": rerun.version.number,
+                         "result_url": request.build_absolute_uri(url)},
+                        status=status.HTTP_202_ACCEPTED)

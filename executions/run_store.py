@@ -4,16 +4,23 @@ Both are conditional updates (`WHERE status = …`), so racing workers and redel
 or finish an execution twice. On Postgres each is one statement — one round trip, atomic on its
 own — because they sit on every invocation's critical path; elsewhere (the embedded SQLite) the
 same effect comes from the ORM in a transaction.
+
+A function with a concurrency limit (`Function.max_concurrency`) leaves the one-statement claim:
+its claims are serialised per function (a Postgres advisory lock; SQLite's single writer) so
+that no more than the limit ever run; unlimited functions keep the fast path.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import Model
+from django.db.models import Count, IntegerField, Model, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
@@ -22,7 +29,43 @@ from functions.models import Function, FunctionVersion
 from .models import Execution, ExecutionStatus
 from .results import result_row
 
-Claimed = tuple[str, Any, str, int, datetime]  # task_id, input, runtime, version, fn updated_at
+# A `running` execution older than its function's timeout plus this no longer holds a slot of
+# its function's concurrency limit: its worker died without finishing it, and a lost run must
+# not block the function for ever.
+STALE_RUN_GRACE = timedelta(seconds=300)
+# First key of the Postgres advisory lock that serialises claims of one limited function (the
+# second key is the function's id).
+CONCURRENCY_LOCK_SPACE = 0x6B66  # "kf"
+
+
+class Claimed(NamedTuple):
+    """What the run needs, read by the claim itself (no second query on the hot path)."""
+
+    task_id: str
+    payload: Any
+    runtime: str
+    version_id: int
+    function_updated_at: datetime
+    attempt: int
+    max_retries: int
+    retry_backoff_seconds: float
+    synchronous: bool
+    callback_url: str
+    batch_id: UUID | None
+    started_at: datetime
+
+
+class AtConcurrencyLimit(Exception):
+    """The execution is queued but its function already runs `limit` executions."""
+
+    def __init__(self, task_id: str, limit: int) -> None:
+        super().__init__(f"{limit} execution(s) of its function are running")
+        self.task_id = task_id
+        self.limit = limit
+
+
+_RETURNED = ("task_id", "input", "runtime", "version_id", "attempt", "max_retries",
+             "retry_backoff_seconds", "synchronous", "callback_url", "batch_id")
 
 
 def _fast() -> bool:
@@ -45,33 +88,119 @@ def claim(execution_id: str, worker: str, *,
           from_status: str = ExecutionStatus.QUEUED) -> Claimed | None:
     """Mark a queued execution running; return what the run needs, or None if not queued.
 
-    `from_status=RUNNING` takes over a running execution (a resumable runtime's redelivery).
+    Raises `AtConcurrencyLimit` (and changes nothing) when the execution's function has a
+    `max_concurrency` and that many of its executions are running. `from_status=RUNNING` takes
+    over a running execution (a resumable runtime's redelivery; it already holds its slot).
     """
-    now = timezone.now()
     if not _fast():
-        with transaction.atomic():
-            if not Execution.objects.filter(pk=execution_id, status=from_status)\
-                    .update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker):
-                return None
-            return Execution.objects.filter(pk=execution_id).values_list(
-                "task_id", "input", "runtime", "version_id", "version__function__updated_at").get()
-    sql = f"""
+        return _claim_orm(execution_id, worker, from_status)
+    limited = from_status == ExecutionStatus.QUEUED
+    claimed = _claim_sql(execution_id, worker, from_status, unlimited_only=limited)
+    if claimed is not None or not limited:
+        return claimed
+    return _claim_limited(execution_id, worker)  # not queued, or its function has a limit
+
+
+@cache
+def _claim_statement(unlimited_only: bool) -> str:
+    returned = ", ".join(_column(Execution, name) for name in _RETURNED)
+    function_id = _column(Execution, "function")
+    only_unlimited = (
+        f"AND (SELECT {_column(Function, 'max_concurrency')} FROM {_table(Function)} "
+        f"WHERE id = {_table(Execution)}.{function_id}) IS NULL" if unlimited_only else "")
+    return f"""
         WITH claimed AS (
             UPDATE {_table(Execution)} SET status = %s, started_at = %s, worker = %s
-            WHERE id = %s AND status = %s
-            RETURNING task_id, input, runtime, version_id)
-        SELECT c.task_id, c.input, c.runtime, c.version_id, f.updated_at
+            WHERE id = %s AND status = %s {only_unlimited}
+            RETURNING {returned})
+        SELECT c.*, f.updated_at
         FROM claimed c
         JOIN {_table(FunctionVersion)} v ON v.id = c.version_id
         JOIN {_table(Function)} f ON f.id = v.function_id"""
+
+
+def _claim_sql(execution_id: str, worker: str, from_status: str, *,
+               unlimited_only: bool, now: datetime | None = None) -> Claimed | None:
+    """One statement: the conditional UPDATE, returning the row joined with its function.
+    `unlimited_only`: claim only when the function has no concurrency limit."""
+    now = now or timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(sql, [ExecutionStatus.RUNNING, now, worker, execution_id, from_status])
+        cursor.execute(_claim_statement(unlimited_only),
+                       [ExecutionStatus.RUNNING, now, worker, execution_id, from_status])
         row = cursor.fetchone()
     if row is None:
         return None
-    task_id, payload, runtime, version_id, updated_at = row
-    return task_id, None if payload is None else json.loads(payload), runtime, version_id, \
-        updated_at
+    (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
+     callback_url, batch_id, updated_at) = row
+    return Claimed(task_id, None if payload is None else json.loads(payload), runtime,
+                   version_id, updated_at, attempt, max_retries, backoff, synchronous,
+                   callback_url, batch_id, now)
+
+
+def _running_count(function_id: int, timeout_seconds: int, now: datetime) -> int:
+    """Executions of the function holding a slot: running, and not stale."""
+    return Execution.objects.filter(
+        function_id=function_id, status=ExecutionStatus.RUNNING,
+        started_at__gt=now - timedelta(seconds=timeout_seconds) - STALE_RUN_GRACE).count()
+
+
+def _claim_limited(execution_id: str, worker: str) -> Claimed | None:
+    """The claim of a function with a concurrency limit (Postgres): under a transaction-level
+    advisory lock per function, count its running executions, then claim — so two workers
+    can never both take the last slot."""
+    row = Execution.objects.filter(pk=execution_id).values_list(
+        "status", "task_id", "function_id", "function__max_concurrency",
+        "function__timeout_seconds").first()
+    if row is None or row[0] != ExecutionStatus.QUEUED:
+        return None
+    _, task_id, function_id, limit, timeout = row
+    if limit is None:  # the limit was lifted since the first try
+        return _claim_sql(execution_id, worker, ExecutionStatus.QUEUED, unlimited_only=False)
+    if _running_count(function_id, timeout, timezone.now()) >= limit:
+        raise AtConcurrencyLimit(task_id, limit)  # no lock taken when plainly full
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                       [CONCURRENCY_LOCK_SPACE, function_id])
+        # Read after the lock: the previous holder's claim has committed, and started_at is
+        # later than the finish of any run whose slot this one takes.
+        now = timezone.now()
+        if _running_count(function_id, timeout, now) >= limit:
+            raise AtConcurrencyLimit(task_id, limit)
+        return _claim_sql(execution_id, worker, ExecutionStatus.QUEUED, unlimited_only=False,
+                          now=now)
+
+
+def _claim_orm(execution_id: str, worker: str, from_status: str) -> Claimed | None:
+    """The claim elsewhere (the embedded SQLite). For a limited function the UPDATE's own WHERE
+    counts the running executions: one statement, atomic since SQLite has one writer at a time."""
+    row = Execution.objects.filter(pk=execution_id).values_list(
+        "status", "task_id", "function_id", "function__max_concurrency",
+        "function__timeout_seconds").first()
+    if row is None or row[0] != from_status:
+        return None
+    _, task_id, function_id, limit, timeout = row
+    now = timezone.now()
+    candidates = Execution.objects.filter(pk=execution_id, status=from_status)
+    if limit is not None and from_status == ExecutionStatus.QUEUED:
+        running = Execution.objects.filter(
+            function_id=function_id, status=ExecutionStatus.RUNNING,
+            started_at__gt=now - timedelta(seconds=timeout) - STALE_RUN_GRACE,
+        ).order_by().values("function_id").annotate(n=Count("pk")).values("n")
+        candidates = candidates.alias(
+            running=Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
+        ).filter(running__lt=limit)
+    with transaction.atomic():
+        if not candidates.update(status=ExecutionStatus.RUNNING, started_at=now, worker=worker):
+            if limit is not None and from_status == ExecutionStatus.QUEUED and \
+                    Execution.objects.filter(pk=execution_id, status=from_status).exists():
+                raise AtConcurrencyLimit(task_id, limit)
+            return None
+        values = Execution.objects.filter(pk=execution_id).values_list(
+            *_RETURNED, "version__function__updated_at").get()
+    (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
+     callback_url, batch_id, updated_at) = values
+    return Claimed(task_id, payload, runtime, version_id, updated_at, attempt, max_retries,
+                   backoff, synchronous, callback_url, batch_id, now)
 
 
 def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: str) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .models import FINISHED_STATUSES, Execution
+from django.db.models import Count
+
+from .models import FINISHED_STATUSES, Execution, ExecutionStatus
 
 
 def finished_among(ids: Sequence, chunk: int = 1000) -> Iterable[tuple]:
@@ -13,3 +15,20 @@ def finished_among(ids: Sequence, chunk: int = 1000) -> Iterable[tuple]:
         yield from Execution.objects.filter(
             pk__in=ids[start:start + chunk], status__in=FINISHED_STATUSES
         ).values_list("pk", "status", "dispatched_at", "finished_at")
+
+
+def waiting_counts(function_ids: Iterable[int]) -> dict[int, int]:
+    """Queued executions per function among `function_ids` (functions with none are absent):
+    one grouped query over the queued rows, never one query per function."""
+    ids = list(function_ids)
+    if not ids:
+        return {}
+    return dict(Execution.objects.filter(status=ExecutionStatus.QUEUED, function_id__in=ids)
+                .order_by().values("function_id").annotate(n=Count("pk"))
+                .values_list("function_id", "n"))
+
+
+def running_count(function_id: int) -> int:
+    """Executions of the function running now."""
+    return Execution.objects.filter(function_id=function_id,
+                                    status=ExecutionStatus.RUNNING).count()

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -27,11 +28,17 @@ from functions.specs import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from triggers.models import Trigger
 
-from . import run_store
+from . import concurrency, hooks, retries, run_store
 from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
-from .runtimes.base import FunctionSpec, InvocationContext, Outcome, RuntimeUnavailable
+from .runtimes.base import (
+    FunctionSpec,
+    InvocationContext,
+    Outcome,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +79,15 @@ def _send(executions: Sequence[Execution]) -> None:
 
 def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=None,
                             source: str = "", callback_url: str = "",
-                            synchronous: bool = False) -> list[Execution]:
+                            synchronous: bool = False,
+                            batch: Batch | None = None) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
     More than one payload is recorded as a `Batch` (`source`: api, admin, command).
     `callback_url` overrides the trigger's default callback; a `synchronous` execution (a
-    caller waits for it) is never retried. Returns at once; the tasks are sent after the
-    surrounding transaction commits.
+    caller waits for it) is never retried. A saved `batch` (one batch over several calls, e.g.
+    `manage.py dispatch` in chunks) takes these executions instead. Returns at once; the tasks
+    are sent after the surrounding transaction commits.
     """
     if not payloads:
         raise InvalidInput("give at least one payload.", field="payloads")
@@ -105,8 +114,8 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
     now = timezone.now()
     runtime = function.effective_runtime
     user = user if user and user.is_authenticated else None
-    batch = None
-    if len(payloads) > 1:
+    new_batch = batch is None and len(payloads) > 1
+    if new_batch:
         batch = Batch(trigger=trigger, created_by=user, size=len(payloads), source=source,
                       created_at=now)
     executions = [
@@ -124,7 +133,8 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         transaction.on_commit(lambda: _send(executions))
         return executions
     with transaction.atomic():
-        batch.save(force_insert=True)
+        if new_batch:
+            batch.save(force_insert=True)
         Execution.objects.bulk_create(executions, batch_size=1000)
         transaction.on_commit(lambda: _send(executions))
     return executions
@@ -144,20 +154,37 @@ def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
     return version_spec(FunctionVersion.objects.select_related("function").get(pk=version_id))
 
 
-def _finish(execution_id: str, task_id: str, outcome: Outcome, worker: str) -> None:
-    """Store the outcome and the Celery result together."""
+def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, worker: str, *,
+            dead_letter: bool = False) -> bool:
+    """Store the outcome and the Celery result together; then the after-finish hooks."""
     output = outcome.output
     text = json.dumps(output)
     if "\\u0000" in text:  # Postgres jsonb cannot hold NUL characters
         output = json.loads(text.replace("\\u0000", "\\ufffd"))
-    run_store.finish(execution_id, task_id, {
+    fields = {
         "status": outcome.status, "output": output,
         "output_truncated": outcome.output_truncated, "error_type": outcome.error_type[:200],
         "error": outcome.error.replace("\x00", "\ufffd"),
         "logs": outcome.logs.replace("\x00", "\ufffd"), "logs_truncated": outcome.logs_truncated,
         "exit_code": outcome.exit_code, "cold": outcome.cold, "cpu_seconds": outcome.cpu_seconds,
         "peak_memory_bytes": outcome.peak_memory_bytes, "finished_at": timezone.now(),
-    }, worker=worker)
+        "init_seconds": outcome.init_seconds,
+    }
+    if dead_letter:
+        fields["dead_letter"] = True
+    if not run_store.finish(execution_id, claimed.task_id, fields, worker=worker):
+        return False
+    _finished_hooks(execution_id, callback_url=claimed.callback_url, batch_id=claimed.batch_id)
+    return True
+
+
+def _finished_hooks(execution_id: str, *, callback_url: str, batch_id) -> None:
+    """`hooks.execution_finished` after a terminal record; its failure never undoes the record."""
+    try:
+        hooks.execution_finished(str(execution_id), callback_url=callback_url or "",
+                                 batch_id=None if batch_id is None else str(batch_id))
+    except Exception:
+        logger.exception("the after-finish hooks failed for execution %s", execution_id)
 
 
 def _platform_error(exc: BaseException) -> Outcome:
@@ -165,7 +192,23 @@ def _platform_error(exc: BaseException) -> Outcome:
                    error="".join(traceback.format_exception(exc)), cold=None)
 
 
-def _take_over(execution_id: str, worker: str) -> tuple | None:
+def _resend(execution_id: str, task_id: str, *, countdown: float, waits: int = 0) -> None:
+    """Send the run task of a queued execution again, under the same task id, to run after
+    `countdown` seconds. Raises `ServiceUnavailable` when the broker is unreachable (the
+    message being handled must then be requeued, not acknowledged)."""
+    from .tasks import run_execution
+
+    try:
+        run_execution.apply_async(args=[str(execution_id)], kwargs={"waits": waits} if waits
+                                  else None, task_id=task_id, countdown=max(0.0, countdown))
+    except KombuOperationalError as exc:
+        logger.error("broker unreachable: execution %s is queued but was not sent again",
+                     execution_id)
+        raise ServiceUnavailable(f"the broker is unreachable ({exc}): execution {task_id} is "
+                                 "queued but was not sent again.") from exc
+
+
+def _take_over(execution_id: str, worker: str) -> run_store.Claimed | None:
     """A redelivered message for a `running` execution: its worker died mid-run. Only a
     resumable runtime (one that re-attaches to the first attempt) may carry on with it."""
     row = Execution.objects.filter(pk=execution_id).values_list("status", "runtime").first()
@@ -177,47 +220,77 @@ def _take_over(execution_id: str, worker: str) -> tuple | None:
     return run_store.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
 
 
-def execution_run(*, execution_id: str, worker: str = "",
-                  redelivered: bool = False) -> Outcome | None:
-    """Run a queued execution and store its outcome. None when it is not queued (a duplicate).
+def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, retries.Cause]:
+    """Run the function once: its outcome, and who is to blame if it failed."""
+    spec = _cached_spec(claimed.version_id, claimed.function_updated_at)
+    runtime = get_runtime(claimed.runtime or settings.KUBEFUNCTION_RUNTIME)
+    context = InvocationContext(execution_id=str(execution_id), task_id=claimed.task_id,
+                                deadline=time.time() + spec.timeout_seconds)
+    try:
+        return runtime.invoke(spec, claimed.payload, context), retries.Cause.FUNCTION
+    except RuntimeUnavailable as exc:
+        logger.warning("runtime unavailable for execution %s: %s", execution_id, exc)
+        return Outcome(status=ExecutionStatus.FAILED, error_type="PlatformError",
+                       error=f"runtime unavailable: {exc}", cold=None), retries.Cause.PLATFORM
+    except RuntimeFailure as exc:
+        return _platform_error(exc), retries.Cause.PERMANENT
+    except Exception as exc:  # a run must end with a status, whatever broke
+        logger.exception("runtime failed on execution %s", execution_id)
+        return _platform_error(exc), retries.Cause.PLATFORM
 
-    Raises `RuntimeUnavailable` after putting the execution back in the queue when the runtime
-    could not take it; the caller retries.
+
+def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = False,
+                  waits: int = 0) -> Outcome | None:
+    """Run a queued execution and store its outcome; returns the attempt's outcome.
+
+    None when nothing ran: the execution is not queued (a duplicate message), or its function
+    is at its concurrency limit — then the task is sent again to check later (`waits` counts
+    those checks). A failed attempt with a retry left is recorded and sent again with its
+    backoff instead of being finished; the last one ends the execution, as a dead letter when
+    it was asynchronous. Raises `ServiceUnavailable` when a message could not be sent again.
     """
-    claimed = run_store.claim(execution_id, worker)
+    try:
+        claimed = run_store.claim(execution_id, worker)
+    except run_store.AtConcurrencyLimit as full:
+        logger.info("execution %s waits: %s (limit %d)", execution_id, full, full.limit)
+        _resend(execution_id, full.task_id, countdown=concurrency.recheck_delay(waits),
+                waits=waits + 1)
+        return None
     if claimed is None and redelivered:
         claimed = _take_over(execution_id, worker)
     if claimed is None:
         return None
-    task_id, payload, runtime_name, version_id, updated_at = claimed
-    spec = _cached_spec(version_id, updated_at)
-    runtime = get_runtime(runtime_name or settings.KUBEFUNCTION_RUNTIME)
-    context = InvocationContext(execution_id=str(execution_id), task_id=task_id,
-                                deadline=time.time() + spec.timeout_seconds)
-    try:
-        outcome = runtime.invoke(spec, payload, context)
-    except RuntimeUnavailable:
-        Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING).update(
-            status=ExecutionStatus.QUEUED, started_at=None)
-        raise
-    except Exception as exc:  # a run must end with a status, whatever broke
-        logger.exception("runtime failed on execution %s", execution_id)
-        outcome = _platform_error(exc)
-    _finish(execution_id, task_id, outcome, worker)
+    outcome, cause = _invoke(execution_id, claimed)
+    if outcome.status == ExecutionStatus.SUCCEEDED:
+        _finish(execution_id, claimed, outcome, worker)
+        return outcome
+    retry = retries.retry_delay(execution_id, claimed, outcome, cause=cause)
+    if retry is not None:
+        countdown, earlier = retry
+        if retries.requeue(execution_id, claimed, outcome, worker=worker, cause=cause,
+                           earlier=earlier):
+            logger.info("execution %s attempt %d %s: retrying in %.1f s", execution_id,
+                        claimed.attempt, outcome.status, countdown)
+            _resend(execution_id, claimed.task_id, countdown=countdown)
+        return outcome
+    _finish(execution_id, claimed, outcome, worker, dead_letter=not claimed.synchronous)
     return outcome
 
 
 def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError") -> None:
-    """End a queued or running execution as failed with `reason` (e.g. retries exhausted)."""
+    """End a queued or running execution as failed with `reason`, keeping its earlier attempts
+    (an asynchronous one becomes a dead letter), and run the after-finish hooks."""
     with transaction.atomic():
         failed = Execution.objects.filter(
             pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
         ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
-                 finished_at=timezone.now())
-        if failed:
-            task_id = Execution.objects.values_list("task_id", flat=True).get(pk=execution_id)
-            result_row(task_id=task_id, succeeded=False, error_type=error_type,
-                       error=reason).save()
+                 finished_at=timezone.now(), dead_letter=~F("synchronous"))
+        if not failed:
+            return
+        task_id, callback_url, batch_id = Execution.objects.values_list(
+            "task_id", "callback_url", "batch_id").get(pk=execution_id)
+        result_row(task_id=task_id, succeeded=False, error_type=error_type, error=reason).save()
+    _finished_hooks(execution_id, callback_url=callback_url, batch_id=batch_id)
 
 
 def execution_wait(*, execution: Execution, timeout: float) -> Execution:

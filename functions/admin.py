@@ -5,6 +5,7 @@ from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
 
+from executions.selectors import running_count, waiting_counts
 from kubefunction.admin_display import pre
 from kubefunction.errors import KubeFunctionError
 
@@ -43,12 +44,12 @@ class VersionInline(admin.TabularInline):
 @admin.register(Function)
 class FunctionAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "active_version_number", "mode", "effective_runtime",
-                    "timeout_seconds", "memory_mb", "trigger_count", "executions_link",
-                    "updated_at"]
+                    "timeout_seconds", "memory_mb", "max_concurrency", "waiting",
+                    "trigger_count", "executions_link", "updated_at"]
     list_filter = ["runtime", "mode", "owner"]
     search_fields = ["name", "description"]
     list_select_related = ["owner", "active_version"]
-    readonly_fields = ["name", "owner", "handler", "mode", "created_at", "updated_at"]
+    readonly_fields = ["name", "owner", "handler", "mode", "load", "created_at", "updated_at"]
     inlines = [VersionInline]
     actions = ["build_image"]
 
@@ -69,6 +70,29 @@ class FunctionAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(trigger_total=Count("triggers"))
 
+    def get_changelist_instance(self, request):
+        """The page's queued counts in one grouped query (not one per function)."""
+        changelist = super().get_changelist_instance(request)
+        counts = waiting_counts(function.pk for function in changelist.result_list)
+        for function in changelist.result_list:
+            function.waiting_total = counts.get(function.pk, 0)
+        return changelist
+
+    @admin.display(description="waiting")
+    def waiting(self, function):
+        """Queued executions: waiting for a worker, a retry, or a concurrency slot."""
+        return getattr(function, "waiting_total", "—")
+
+    @admin.display(description="executions now")
+    def load(self, function):
+        if function.pk is None:
+            return "—"
+        waiting = waiting_counts([function.pk]).get(function.pk, 0)
+        limit = function.max_concurrency
+        running = f"{running_count(function.pk)} running" + (
+            f" (limit {limit})" if limit else " (no limit)")
+        return f"{running}, {waiting} waiting in the queue"
+
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = FunctionChangeForm if obj else FunctionAddForm
         return super().get_form(request, obj, change=change, **kwargs)
@@ -76,7 +100,7 @@ class FunctionAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return list(FunctionAddForm._meta.fields)
-        return ["name", "owner", "handler", "mode", *FunctionChangeForm._meta.fields,
+        return ["name", "owner", "handler", "mode", *FunctionChangeForm._meta.fields, "load",
                 "created_at", "updated_at"]
 
     def get_readonly_fields(self, request, obj=None):

@@ -44,7 +44,7 @@ class FunctionChangeForm(forms.ModelForm):
     class Meta:
         model = Function
         fields = ["description", "runtime", "timeout_seconds", "memory_mb", "network",
-                  "env_vars", "active_version", "new_source"]
+                  "max_concurrency", "env_vars", "active_version", "new_source"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -3,6 +3,8 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from executions.selectors import waiting_counts
+
 from .models import Function, FunctionVersion, Mode, Runtime
 
 
@@ -25,14 +27,26 @@ class FunctionSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     active_version = serializers.SlugRelatedField(slug_field="number", read_only=True)
     url = serializers.HyperlinkedIdentityField(view_name="function-detail", lookup_field="name")
+    waiting = serializers.SerializerMethodField(
+        help_text="Executions queued now: waiting for a worker, a retry or a concurrency slot.")
 
     class Meta:
         model = Function
         fields = ["url", "name", "description", "owner", "runtime", "handler", "mode",
-                  "timeout_seconds", "memory_mb", "network", "env_vars", "active_version",
-                  "created_at", "updated_at"]
+                  "timeout_seconds", "memory_mb", "network", "env_vars", "max_concurrency",
+                  "waiting", "active_version", "created_at", "updated_at"]
         read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
                             "updated_at"]
+
+    def get_waiting(self, function: Function) -> int:
+        # In a list, one grouped query for the whole page, kept in the shared context.
+        counts = self.context.setdefault("_waiting_counts", {}) if self.context else {}
+        if function.pk not in counts:
+            page = self.parent.instance if isinstance(self.parent, serializers.ListSerializer) \
+                else [function]
+            counts.update(dict.fromkeys((f.pk for f in page), 0))
+            counts.update(waiting_counts(f.pk for f in page))
+        return counts.get(function.pk, 0)
 
 
 class SourceUploadSerializer(serializers.Serializer):

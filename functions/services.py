@@ -19,7 +19,7 @@ from .models import DNS1123_LABEL, Function, FunctionVersion, VersionStatus
 from .validation import validate_source
 
 EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
-                     "network")
+                     "network", "max_concurrency")
 
 
 def _check_env_vars(env_vars: object) -> dict[str, str]:

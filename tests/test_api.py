@@ -243,3 +243,16 @@ def test_docker_function_without_image_cannot_be_dispatched_yet(api):
     api.post("/api/triggers/", {"name": "t", "function": "echo"}, format="json")
     refused = api.post("/api/triggers/t/dispatch/", {}, format="json")
     assert refused.status_code == 409 and "no ready version" in refused.json()["trigger"][0]
+
+
+def test_concurrency_limit_is_set_through_the_api(api):
+    assert create_function(api).status_code == 201
+    changed = api.patch("/api/functions/echo/", {"max_concurrency": 2}, format="json")
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["max_concurrency"] == 2
+    assert Function.objects.get(name="echo").max_concurrency == 2
+    refused = api.patch("/api/functions/echo/", {"max_concurrency": 0}, format="json")
+    assert refused.status_code == 400
+    assert "max_concurrency" in refused.json()
+    cleared = api.patch("/api/functions/echo/", {"max_concurrency": None}, format="json")
+    assert cleared.status_code == 200 and cleared.json()["max_concurrency"] is None

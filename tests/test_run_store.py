@@ -29,9 +29,11 @@ def execution(user):
 
 
 def test_claim_once(path, execution):
-    task_id, payload, runtime, version_id, updated_at = run_store.claim(str(execution.pk), "w1")
-    assert (task_id, payload, version_id) == ("t-1", {"ü": [1, None]}, execution.version_id)
-    assert updated_at == execution.function.updated_at
+    claimed = run_store.claim(str(execution.pk), "w1")
+    assert (claimed.task_id, claimed.payload, claimed.version_id) == (
+        "t-1", {"ü": [1, None]}, execution.version_id)
+    assert claimed.function_updated_at == execution.function.updated_at
+    assert (claimed.attempt, claimed.max_retries, claimed.batch_id) == (1, 0, None)
     assert run_store.claim(str(execution.pk), "w2") is None
     execution.refresh_from_db()
     assert (execution.status, execution.worker) == ("running", "w1")

@@ -1,0 +1,68 @@
+"""Re-running a finished execution (docs/executions.md).
+
+A re-run is a new execution with the same input and trigger, pointing to the one it re-runs
+(`rerun_of`), against the same version or the function's current one. It is asynchronous and
+takes the trigger's current retry settings (the original's when the trigger is gone) and the
+original's callback URL. A trigger that was disabled since does not stop a re-run: it is an
+operator's decision about one execution, not the trigger firing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from django.db import transaction
+from django.utils import timezone
+
+from functions.builds import builds_image
+from functions.models import FunctionVersion, VersionStatus
+from kubefunction.errors import Conflict, InvalidInput
+
+from .models import Execution
+
+
+class RerunVersion(StrEnum):
+    SAME = "same"  # the version the execution ran
+    CURRENT = "current"  # the function's active version now
+
+
+def _target_version(execution: Execution, version: str) -> FunctionVersion:
+    try:
+        choice = RerunVersion(version)
+    except ValueError:
+        raise InvalidInput(f"version must be 'same' or 'current', not {version!r}.",
+                           field="version") from None
+    function = execution.function
+    target = execution.version if choice is RerunVersion.SAME else function.active_version
+    if target is None or target.status != VersionStatus.READY:
+        what = f"version {target.number} is {target.status}" if target else "it has no version"
+        raise Conflict(f"function '{function.name}' cannot run it: {what}.", field="version")
+    if builds_image(function) and not target.image:
+        raise Conflict(f"version {target.number} of '{function.name}' has no image for the "
+                       f"{function.effective_runtime} runtime: build it first.", field="version")
+    return target
+
+
+def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
+                    user=None) -> Execution:
+    """Queue a new execution of `execution`'s input and trigger on the `same` version or the
+    `current` one; only a finished execution can be re-run. The task is sent after commit."""
+    from .services import _send
+
+    if not execution.is_finished:
+        raise Conflict(f"execution {execution.task_id} is {execution.status}: only a finished "
+                       "execution can be re-run.", field="execution")
+    target = _target_version(execution, version)
+    trigger = execution.trigger
+    settings_from = trigger or execution
+    rerun = Execution(
+        task_id=str(uuid.uuid4()), function=execution.function, version=target,
+        trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
+        input=execution.input, runtime=execution.function.effective_runtime,
+        dispatched_at=timezone.now(), max_retries=settings_from.max_retries,
+        retry_backoff_seconds=settings_from.retry_backoff_seconds,
+        callback_url=execution.callback_url, rerun_of=execution)
+    rerun.save(force_insert=True)
+    transaction.on_commit(lambda: _send([rerun]))
+    return rerun
