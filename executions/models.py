@@ -114,6 +114,18 @@ class Execution(models.Model):
     batch = models.ForeignKey(Batch, on_delete=models.SET_NULL, null=True, blank=True,
                               related_name="executions")
     dispatched_at = models.DateTimeField(db_index=True)
+    due_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When its current message is due at a worker (dispatch, retry backoff, "
+                  "concurrency wait); the reaper re-sends a queued execution long past it.")
+    resends = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the reaper re-sent it (its message was presumed lost).")
+    input_sha256 = models.CharField(max_length=64, blank=True,
+                                    help_text="SHA-256 of the input when only its hash is kept.")
+    output_sha256 = models.CharField(max_length=64, blank=True,
+                                     help_text="SHA-256 of the output when only its hash is kept.")
+    payload_purged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its input and output were replaced by hashes.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -124,6 +136,7 @@ class Execution(models.Model):
             models.Index(fields=["trigger", "-dispatched_at"], name="exec_trigger_recent"),
             models.Index(fields=["status", "-dispatched_at"], name="exec_status_recent"),
             models.Index(fields=["batch", "status"], name="exec_batch_status"),
+            models.Index(fields=["status", "due_at"], name="exec_status_due"),
             models.Index(fields=["-dispatched_at"], name="exec_dead_letters",
                          condition=models.Q(dead_letter=True)),
             # The metrics dashboard reads a time window from this index alone (index-only scans

@@ -56,11 +56,12 @@ def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
     target = _target_version(execution, version)
     trigger = execution.trigger
     settings_from = trigger or execution
+    now = timezone.now()
     rerun = Execution(
         task_id=str(uuid.uuid4()), function=execution.function, version=target,
         trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
         input=execution.input, runtime=execution.function.effective_runtime,
-        dispatched_at=timezone.now(), max_retries=settings_from.max_retries,
+        dispatched_at=now, due_at=now, max_retries=settings_from.max_retries,
         retry_backoff_seconds=settings_from.retry_backoff_seconds,
         callback_url=execution.callback_url, rerun_of=execution)
     rerun.save(force_insert=True)

@@ -121,7 +121,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
     executions = [
         Execution(task_id=str(uuid.uuid4()), function=function, version=version,
                   trigger=trigger, dispatched_by=user, input=payload, runtime=runtime,
-                  dispatched_at=now, batch=batch, synchronous=synchronous,
+                  dispatched_at=now, due_at=now, batch=batch, synchronous=synchronous,
                   max_retries=0 if synchronous else trigger.max_retries,
                   retry_backoff_seconds=trigger.retry_backoff_seconds,
                   callback_url=callback_url or trigger.callback_url)

@@ -33,6 +33,12 @@ def _default_memory() -> int:
     return settings.KUBEFUNCTION_DEFAULT_MEMORY_MB
 
 
+class PayloadRetention(models.TextChoices):
+    KEEP = "keep", "Keep inputs and outputs"
+    DAYS = "days", "Keep them for N days, then only their hashes"
+    HASH = "hash", "Store only their SHA-256 hashes"
+
+
 class Function(models.Model):
     name = models.CharField(
         max_length=63, unique=True, validators=[DNS1123_LABEL],
@@ -72,6 +78,12 @@ class Function(models.Model):
         help_text="At most this many invocations run at once; the rest wait in the queue. "
                   "Empty: no limit.",
     )
+    payload_retention = models.CharField(
+        max_length=8, choices=PayloadRetention.choices, default=PayloadRetention.KEEP,
+        help_text="What is kept of each execution's input and output.")
+    payload_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="With 'days': how long inputs and outputs are kept.")
     env_vars = models.JSONField(
         default=dict, blank=True,
         help_text="Environment variables given to the function: an object of string to string.",
