@@ -67,6 +67,9 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Result", {"fields": ["input_json", "output_json", "output_truncated", "error_type",
                                "error_text", "exit_code"]}),
         ("Logs", {"fields": ["logs_text", "logs_truncated"]}),
+        ("Payload retention", {"fields": ["input_sha256", "output_sha256", "payload_purged_at"],
+                               "description": "Set when the input and output were replaced by "
+                                              "their SHA-256 hashes (docs/executions.md)."}),
         ("Attempts", {"fields": ["attempt_count", "max_retries", "retry_backoff_seconds",
                                  "dead_letter", "synchronous", "attempts_table"]}),
         ("Re-runs", {"fields": ["rerun_of_link", "reruns_links"]}),
@@ -76,6 +79,12 @@ class ExecutionAdmin(admin.ModelAdmin):
             "dispatched_at", "started_at", "finished_at", "queue_time", "run_time", "duration",
             "runtime", "start", "worker", "cpu_seconds", "peak_memory"]}),
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        """The payload retention section only once the payload was replaced by its hashes."""
+        if obj is None or obj.payload_purged_at or obj.input_sha256:
+            return self.fieldsets
+        return [fieldset for fieldset in self.fieldsets if fieldset[0] != "Payload retention"]
 
     def get_readonly_fields(self, request, obj=None):
         return [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]

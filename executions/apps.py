@@ -5,5 +5,6 @@ class ExecutionsConfig(AppConfig):
     name = "executions"
 
     def ready(self) -> None:
-        # Celery's autodiscovery finds only `tasks.py`: register the callback task too.
-        from . import callback_tasks  # noqa: F401
+        # Celery's autodiscovery finds only `tasks.py`: register the callback and retention
+        # tasks too.
+        from . import callback_tasks, retention_tasks  # noqa: F401

@@ -137,6 +137,9 @@ class Execution(models.Model):
             models.Index(fields=["status", "-dispatched_at"], name="exec_status_recent"),
             models.Index(fields=["batch", "status"], name="exec_batch_status"),
             models.Index(fields=["status", "due_at"], name="exec_status_due"),
+            # The payload purge walks only what it has not purged yet.
+            models.Index(fields=["function", "finished_at"], name="exec_unpurged",
+                         condition=models.Q(payload_purged_at__isnull=True)),
             models.Index(fields=["-dispatched_at"], name="exec_dead_letters",
                          condition=models.Q(dead_letter=True)),
             # The metrics dashboard reads a time window from this index alone (index-only scans

@@ -53,6 +53,9 @@ def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
     if not execution.is_finished:
         raise Conflict(f"execution {execution.task_id} is {execution.status}: only a finished "
                        "execution can be re-run.", field="execution")
+    if execution.payload_purged_at is not None or execution.input_sha256:
+        raise Conflict(f"execution {execution.task_id} kept only a hash of its input (payload "
+                       "retention): there is nothing to re-run it with.", field="execution")
     target = _target_version(execution, version)
     trigger = execution.trigger
     settings_from = trigger or execution

@@ -4,7 +4,8 @@ from django import forms
 
 from kubefunction.errors import InvalidInput
 
-from .models import Function, FunctionVersion, Mode, VersionStatus
+from .models import Function, FunctionVersion, Mode, PayloadRetention, VersionStatus
+from .services import retention_check
 from .validation import validate_source
 
 
@@ -44,7 +45,8 @@ class FunctionChangeForm(forms.ModelForm):
     class Meta:
         model = Function
         fields = ["description", "runtime", "timeout_seconds", "memory_mb", "network",
-                  "max_concurrency", "env_vars", "active_version", "new_source"]
+                  "max_concurrency", "payload_retention", "payload_retention_days", "env_vars",
+                  "active_version", "new_source"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,9 +54,20 @@ class FunctionChangeForm(forms.ModelForm):
         field.queryset = FunctionVersion.objects.filter(
             function=self.instance, status=VersionStatus.READY).order_by("-number")
         field.help_text = "Pick an earlier ready version to roll back."
+        # Absent from a post: unchanged (the current policy).
+        self.fields["payload_retention"].required = False
 
     def clean(self):
         data = super().clean()
         if data.get("new_source"):
             _check_upload(self, data["new_source"], self.instance.handler, self.instance.mode)
+        if "payload_retention" in data:
+            data["payload_retention"] = data["payload_retention"] or \
+                self.instance.payload_retention
+            if data["payload_retention"] != PayloadRetention.DAYS:
+                data["payload_retention_days"] = None  # only `days` has days
+            try:
+                retention_check(data["payload_retention"], data.get("payload_retention_days"))
+            except InvalidInput as exc:
+                self.add_error(exc.field, exc.message)
         return data

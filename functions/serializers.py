@@ -5,7 +5,7 @@ from rest_framework import serializers
 
 from executions.selectors import waiting_counts
 
-from .models import Function, FunctionVersion, Mode, Runtime
+from .models import Function, FunctionVersion, Mode, PayloadRetention, Runtime
 
 
 class VersionSerializer(serializers.ModelSerializer):
@@ -34,7 +34,8 @@ class FunctionSerializer(serializers.ModelSerializer):
         model = Function
         fields = ["url", "name", "description", "owner", "runtime", "handler", "mode",
                   "timeout_seconds", "memory_mb", "network", "env_vars", "max_concurrency",
-                  "waiting", "active_version", "created_at", "updated_at"]
+                  "payload_retention", "payload_retention_days", "waiting", "active_version",
+                  "created_at", "updated_at"]
         read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
                             "updated_at"]
 
@@ -80,6 +81,12 @@ class FunctionCreateSerializer(SourceUploadSerializer):
                                        help_text="Give invocations network access.")
     env_vars = serializers.JSONField(required=False, default=dict,
                                      help_text='An object of names to strings, e.g. {"A": "1"}.')
+    payload_retention = serializers.ChoiceField(
+        choices=PayloadRetention.choices, required=False, default=PayloadRetention.KEEP,
+        help_text="Keep inputs and outputs, keep them N days, or store only their hashes.")
+    payload_retention_days = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1,
+        help_text="With payload_retention 'days' (and only then): days they are kept.")
 
 
 class ActivateSerializer(serializers.Serializer):

@@ -15,11 +15,21 @@ from django.db.models import Max
 from kubefunction.errors import Conflict, InvalidInput
 
 from . import builds
-from .models import DNS1123_LABEL, Function, FunctionVersion, VersionStatus
+from .models import DNS1123_LABEL, Function, FunctionVersion, PayloadRetention, VersionStatus
 from .validation import validate_source
 
 EDITABLE_SETTINGS = ("description", "runtime", "timeout_seconds", "memory_mb", "env_vars",
-                     "network", "max_concurrency")
+                     "network", "max_concurrency", "payload_retention", "payload_retention_days")
+
+
+def retention_check(policy: str, days: int | None) -> None:
+    """Refuse a retention without its days, or days without the `days` retention."""
+    if policy == PayloadRetention.DAYS and days is None:
+        raise InvalidInput("payload_retention_days is required when payload_retention is "
+                           "'days'.", field="payload_retention_days")
+    if policy != PayloadRetention.DAYS and days is not None:
+        raise InvalidInput(f"payload_retention_days applies only to payload_retention 'days' "
+                           f"(not '{policy}').", field="payload_retention_days")
 
 
 def _check_env_vars(env_vars: object) -> dict[str, str]:
@@ -48,7 +58,9 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
                       handler: str | None = None, mode: str | None = None,
                       timeout_seconds: int | None = None, memory_mb: int | None = None,
                       env_vars: dict | None = None, description: str = "",
-                      runtime: str = "", network: bool = False) -> FunctionVersion:
+                      runtime: str = "", network: bool = False,
+                      payload_retention: str = PayloadRetention.KEEP,
+                      payload_retention_days: int | None = None) -> FunctionVersion:
     """Create a function and its first version from an upload. Returns the version."""
     try:
         DNS1123_LABEL(name)
@@ -59,7 +71,10 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
     checked = validate_source(filename=filename, data=data, handler=handler, mode=mode)
     function = Function(name=name, owner=owner, description=description, runtime=runtime,
                         handler=checked.handler, mode=checked.mode, network=network,
-                        env_vars=_check_env_vars(env_vars or {}))
+                        env_vars=_check_env_vars(env_vars or {}),
+                        payload_retention=payload_retention,
+                        payload_retention_days=payload_retention_days)
+    retention_check(payload_retention, payload_retention_days)
     if timeout_seconds is not None:
         function.timeout_seconds = timeout_seconds
     if memory_mb is not None:
@@ -79,8 +94,11 @@ def function_update(*, function: Function, **changes) -> Function:
         raise InvalidInput(f"'{field}' cannot be changed here.", field=field)
     if "env_vars" in changes:
         _check_env_vars(changes["env_vars"])
+    if changes.get("payload_retention", PayloadRetention.DAYS) != PayloadRetention.DAYS:
+        changes.setdefault("payload_retention_days", None)  # leaving `days` drops its days
     for key, value in changes.items():
         setattr(function, key, value)
+    retention_check(function.payload_retention, function.payload_retention_days)
     _full_clean(function)
     function.save()
     return function

@@ -84,6 +84,16 @@ def test_api_refuses_what_cannot_be_rerun(api, finished, other_user):
 
 
 @pytest.mark.django_db
+def test_an_execution_whose_input_was_purged_cannot_be_rerun(api, finished):
+    Execution.objects.filter(pk=finished.pk).update(
+        input=None, input_sha256="0" * 64, payload_purged_at=timezone.now())
+    response = api.post(f"/api/executions/{finished.task_id}/rerun/", {}, format="json")
+    assert response.status_code == 409
+    assert "hash of its input" in response.json()["execution"][0]
+    assert Execution.objects.count() == 1
+
+
+@pytest.mark.django_db
 def test_rerun_copies_input_trigger_and_current_retry_settings(api, finished):
     response = api.post(f"/api/executions/{finished.task_id}/rerun/", {}, format="json")
     assert response.status_code == 202

@@ -34,6 +34,8 @@ class FunctionSpec:
     # ("127.0.0.1:5000/kubefunction/<function>@sha256:…"); empty until it is built.
     image: str = ""
     network: bool = False  # the function asked for network access (containers have none otherwise)
+    # What the run keeps of the payload: "keep", "days" or "hash" (executions.retention).
+    payload_retention: str = "keep"
 
 
 @dataclass(frozen=True)

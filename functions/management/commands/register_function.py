@@ -24,9 +24,14 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=int, help="Timeout in seconds.")
         parser.add_argument("--memory", type=int, help="Memory limit in MiB.")
         parser.add_argument("--owner", help="Username of the owner (default: first superuser).")
+        parser.add_argument("--payload-retention", choices=["keep", "days", "hash"],
+                            help="Keep inputs and outputs (keep), for --retention-days days "
+                                 "(days), or store only their SHA-256 hashes (hash).")
+        parser.add_argument("--retention-days", type=int,
+                            help="With --payload-retention days: days payloads are kept.")
 
     def handle(self, *args, name, path, handler, mode, trigger, timeout, memory, owner,
-               **options):
+               payload_retention, retention_days, **options):
         if not path.is_file():
             raise CommandError(f"{path}: no such file.")
         user = command_user(owner)
@@ -36,10 +41,14 @@ class Command(BaseCommand):
             if function is None:
                 version = services.function_register(
                     name=name, owner=user, filename=path.name, data=data, handler=handler,
-                    mode=mode, timeout_seconds=timeout, memory_mb=memory)
+                    mode=mode, timeout_seconds=timeout, memory_mb=memory,
+                    payload_retention=payload_retention or "keep",
+                    payload_retention_days=retention_days)
                 function = version.function
             else:
-                changes = {k: v for k, v in (("timeout_seconds", timeout), ("memory_mb", memory))
+                changes = {k: v for k, v in (("timeout_seconds", timeout), ("memory_mb", memory),
+                                             ("payload_retention", payload_retention),
+                                             ("payload_retention_days", retention_days))
                            if v is not None}
                 if changes:
                     services.function_update(function=function, **changes)
