@@ -12,8 +12,10 @@ is approximately, not strictly, first come first served.
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 MAX_BACKOFF_FACTOR = 10
 
@@ -24,3 +26,12 @@ def recheck_delay(waits: int) -> float:
     base = settings.KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS
     delay = min(base * MAX_BACKOFF_FACTOR, base * 1.5 ** min(waits, 20))
     return delay * random.uniform(0.5, 1.5)
+
+
+def postpone(execution_id: str, countdown: float) -> None:
+    """Record that the waiting invocation's next message is due in `countdown` seconds, so the
+    reaper does not take the wait for a lost message."""
+    from .models import Execution, ExecutionStatus
+
+    Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED).update(
+        due_at=timezone.now() + timedelta(seconds=countdown))

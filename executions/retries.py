@@ -16,7 +16,7 @@ letter.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -88,15 +88,44 @@ def retry_delay(execution_id: str, claimed: Claimed, outcome: Outcome, *,
 
 
 def requeue(execution_id: str, claimed: Claimed, outcome: Outcome, *, worker: str,
-            cause: Cause, earlier: list[dict]) -> bool:
-    """Record the failed attempt and put the execution back in the queue as the next attempt.
+            cause: Cause, earlier: list[dict], countdown: float = 0.0) -> bool:
+    """Record the failed attempt and put the execution back in the queue as the next attempt,
+    due at a worker in `countdown` seconds (`due_at`, which the reaper watches).
 
     One conditional UPDATE from `running` at this attempt: False (nothing written) when the
     execution moved on meanwhile.
     """
-    record = attempt_record(claimed, outcome, worker=worker, cause=cause,
-                            finished_at=timezone.now())
+    now = timezone.now()
+    record = attempt_record(claimed, outcome, worker=worker, cause=cause, finished_at=now)
     return bool(Execution.objects.filter(
         pk=execution_id, status=ExecutionStatus.RUNNING, attempt=claimed.attempt,
     ).update(status=ExecutionStatus.QUEUED, attempt=F("attempt") + 1,
-             attempts=[*earlier, record], started_at=None, worker=""))
+             attempts=[*earlier, record], started_at=None, worker="",
+             due_at=now + timedelta(seconds=max(0.0, countdown))))
+
+
+def platform_retry_left(earlier: list[dict]) -> bool:
+    """Whether an execution with these earlier attempts may have one more platform retry."""
+    used = sum(1 for record in earlier if record.get("platform"))
+    return used < settings.KUBEFUNCTION_PLATFORM_RETRIES
+
+
+def requeue_lost(execution_id: str, *, attempt: int, worker: str, started_at: datetime | None,
+                 earlier: list[dict], reason: str) -> bool:
+    """Record a `running` attempt whose worker process died (error type `WorkerLost`, a
+    platform failure) and put the execution back in the queue as the next attempt, due now.
+
+    Conditional on the execution still being `running` at that attempt on that worker, so a
+    run that finishes at the same moment, or another recovery, wins and nothing is written.
+    """
+    now = timezone.now()
+    record = {
+        "attempt": attempt, "status": ExecutionStatus.FAILED, "error_type": "WorkerLost",
+        "error": bounded(reason), "logs": "", "exit_code": None, "worker": worker,
+        "platform": True, "started_at": started_at.isoformat() if started_at else None,
+        "finished_at": now.isoformat(),
+    }
+    return bool(Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, attempt=attempt, worker=worker,
+    ).update(status=ExecutionStatus.QUEUED, attempt=F("attempt") + 1,
+             attempts=[*earlier, record], started_at=None, worker="", due_at=now))

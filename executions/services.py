@@ -2,7 +2,8 @@
 
 `execution_dispatch_many` writes the rows first and sends the Celery tasks after commit, so a
 worker never sees an execution that is not stored. `execution_run` claims the row with a
-conditional update, so a redelivered message never runs a function twice.
+conditional update, so a duplicate message never runs a function twice; a redelivered one whose
+claimer died runs it again as the next attempt (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from functions.specs import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from triggers.models import Trigger
 
-from . import concurrency, hooks, retries, run_store
+from . import concurrency, db_retry, hooks, retention, retries, run_store
 from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
@@ -172,7 +173,12 @@ def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, wor
     }
     if dead_letter:
         fields["dead_letter"] = True
-    if not run_store.finish(execution_id, claimed.task_id, fields, worker=worker):
+    # A `hash` function's payload is replaced by its hashes in this same write.
+    fields = retention.finish_fields(
+        _cached_spec(claimed.version_id, claimed.function_updated_at).payload_retention,
+        claimed.payload, fields, earlier_attempts=claimed.attempt > 1)
+    if not db_retry.retrying(run_store.finish, execution_id, claimed.task_id, fields,
+                             worker=worker, what=f"store the outcome of {execution_id}"):
         return False
     _finished_hooks(execution_id, callback_url=claimed.callback_url, batch_id=claimed.batch_id)
     return True
@@ -208,16 +214,84 @@ def _resend(execution_id: str, task_id: str, *, countdown: float, waits: int = 0
                                  "queued but was not sent again.") from exc
 
 
-def _take_over(execution_id: str, worker: str) -> run_store.Claimed | None:
-    """A redelivered message for a `running` execution: its worker died mid-run. Only a
-    resumable runtime (one that re-attaches to the first attempt) may carry on with it."""
-    row = Execution.objects.filter(pk=execution_id).values_list("status", "runtime").first()
+def _redelivered(execution_id: str, worker: str) -> run_store.Claimed | None:
+    """A redelivered message for an execution that is not queued (docs/reliability.md).
+
+    With acks_late and reject_on_worker_lost a message comes back only when the process that
+    held it died (or after the visibility timeout, which is longer than any run). So when the
+    execution is still `running` and the process that claimed it is gone, a resumable runtime
+    takes the attempt over, and any other records it as lost (`WorkerLost`, a platform
+    failure) and claims it again as the next attempt. A live claimer keeps its run: None.
+    May raise `run_store.AtConcurrencyLimit` for the new attempt's claim.
+    """
+    from .reaper import holder_alive, worker_node
+
+    row = Execution.objects.filter(pk=execution_id).values_list(
+        "status", "runtime", "worker", "task_id").first()
     if row is None or row[0] != ExecutionStatus.RUNNING:
         return None
-    if not get_runtime(row[1] or settings.KUBEFUNCTION_RUNTIME).resumable:
+    _, runtime, holder, task_id = row
+    try:
+        alive = holder_alive(holder, task_id=task_id, current_node=worker_node(worker))
+    except Exception:  # cannot tell (broker trouble): leave it to the reaper
+        logger.warning("could not tell whether %s still runs execution %s", holder,
+                       execution_id, exc_info=True)
         return None
-    logger.warning("execution %s was left running by a lost worker: resuming it", execution_id)
-    return run_store.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
+    if alive:
+        logger.info("execution %s is still run by %s: duplicate message ignored", execution_id,
+                    holder)
+        return None
+    if get_runtime(runtime or settings.KUBEFUNCTION_RUNTIME).resumable:
+        logger.warning("execution %s was left running by a lost worker (%s): resuming it",
+                       execution_id, holder)
+        return run_store.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
+    if execution_lost(execution_id=execution_id, holder=holder) != "requeued":
+        return None
+    return run_store.claim(execution_id, worker)
+
+
+def _remove_orphans(runtime_name: str) -> None:
+    """Before a lost attempt runs again: stop what the dead worker process left running on
+    this host. Local runner processes die with their worker process (PR_SET_PDEATHSIG);
+    Docker containers are labelled with their owner's pid and removed here."""
+    if runtime_name != "docker":
+        return
+    try:
+        from .runtimes.docker import cleanup_orphans
+
+        removed = cleanup_orphans(get_runtime("docker").client())
+        if removed:
+            logger.info("removed %d containers of worker processes that are gone", removed)
+    except Exception:  # the engine may be away: the next worker process tries again
+        logger.warning("could not remove the containers of lost workers", exc_info=True)
+
+
+def execution_lost(*, execution_id: str, holder: str, reason: str = "") -> str:
+    """A `running` execution whose claiming worker process (`holder`, its `worker` field) is
+    gone: record the lost attempt and put it back in the queue ("requeued", the caller sends
+    or claims it), or fail it when no platform retry is left ("failed"). "" when it is no
+    longer running under `holder` (it finished, or was recovered already): nothing written."""
+    row = Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, worker=holder,
+    ).values_list("attempt", "started_at", "attempts", "runtime").first()
+    if row is None:
+        return ""
+    attempt, started_at, earlier, runtime = row
+    reason = reason or f"the worker process running attempt {attempt} ({holder or '?'}) was lost"
+    _remove_orphans(runtime or settings.KUBEFUNCTION_RUNTIME)
+    if retries.platform_retry_left(earlier or []):
+        if retries.requeue_lost(execution_id, attempt=attempt, worker=holder,
+                                started_at=started_at, earlier=earlier or [], reason=reason):
+            logger.warning("execution %s: %s; running it again as attempt %d", execution_id,
+                           reason, attempt + 1)
+            return "requeued"
+        return ""
+    failed = execution_fail(
+        execution_id=execution_id, error_type="WorkerLost",
+        reason=f"{reason}, and its {settings.KUBEFUNCTION_PLATFORM_RETRIES} platform retries "
+               "are used up.",
+        expect={"status": ExecutionStatus.RUNNING, "attempt": attempt, "worker": holder})
+    return "failed" if failed else ""
 
 
 def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, retries.Cause]:
@@ -245,19 +319,24 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
 
     None when nothing ran: the execution is not queued (a duplicate message), or its function
     is at its concurrency limit — then the task is sent again to check later (`waits` counts
-    those checks). A failed attempt with a retry left is recorded and sent again with its
-    backoff instead of being finished; the last one ends the execution, as a dead letter when
-    it was asynchronous. Raises `ServiceUnavailable` when a message could not be sent again.
+    those checks). `redelivered`: the message came back because the process that held it died
+    (or the reaper sent it to recover a lost run): a `running` execution whose claimer is gone
+    is taken over or run again (`_redelivered`). A failed attempt with a retry left is
+    recorded and sent again with its backoff instead of being finished; the last one ends the
+    execution, as a dead letter when it was asynchronous. Raises `ServiceUnavailable` when a
+    message could not be sent again.
     """
     try:
-        claimed = run_store.claim(execution_id, worker)
+        claimed = db_retry.retrying(run_store.claim, execution_id, worker,
+                                    what=f"claim {execution_id}")
+        if claimed is None and redelivered:
+            claimed = _redelivered(execution_id, worker)
     except run_store.AtConcurrencyLimit as full:
         logger.info("execution %s waits: %s (limit %d)", execution_id, full, full.limit)
-        _resend(execution_id, full.task_id, countdown=concurrency.recheck_delay(waits),
-                waits=waits + 1)
+        countdown = concurrency.recheck_delay(waits)
+        concurrency.postpone(execution_id, countdown)
+        _resend(execution_id, full.task_id, countdown=countdown, waits=waits + 1)
         return None
-    if claimed is None and redelivered:
-        claimed = _take_over(execution_id, worker)
     if claimed is None:
         return None
     outcome, cause = _invoke(execution_id, claimed)
@@ -268,7 +347,7 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
     if retry is not None:
         countdown, earlier = retry
         if retries.requeue(execution_id, claimed, outcome, worker=worker, cause=cause,
-                           earlier=earlier):
+                           earlier=earlier, countdown=countdown):
             logger.info("execution %s attempt %d %s: retrying in %.1f s", execution_id,
                         claimed.attempt, outcome.status, countdown)
             _resend(execution_id, claimed.task_id, countdown=countdown)
@@ -277,20 +356,25 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
     return outcome
 
 
-def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError") -> None:
+def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError",
+                   expect: dict[str, Any] | None = None) -> bool:
     """End a queued or running execution as failed with `reason`, keeping its earlier attempts
-    (an asynchronous one becomes a dead letter), and run the after-finish hooks."""
+    (an asynchronous one becomes a dead letter), and run the after-finish hooks. `expect`:
+    more field values the row must still have (e.g. the attempt and worker that were judged
+    lost), so a run or a recovery that moved it on meanwhile wins. True when it failed it."""
     with transaction.atomic():
         failed = Execution.objects.filter(
-            pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+            pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING],
+            **(expect or {}),
         ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
                  finished_at=timezone.now(), dead_letter=~F("synchronous"))
         if not failed:
-            return
+            return False
         task_id, callback_url, batch_id = Execution.objects.values_list(
             "task_id", "callback_url", "batch_id").get(pk=execution_id)
         result_row(task_id=task_id, succeeded=False, error_type=error_type, error=reason).save()
     _finished_hooks(execution_id, callback_url=callback_url, batch_id=batch_id)
+    return True
 
 
 def execution_wait(*, execution: Execution, timeout: float) -> Execution:

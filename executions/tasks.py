@@ -6,7 +6,7 @@ from django.conf import settings
 
 from kubefunction.errors import ServiceUnavailable
 
-from . import services
+from . import reaper, services
 from .runtimes.base import RuntimeUnavailable
 
 
@@ -16,14 +16,16 @@ from .runtimes.base import RuntimeUnavailable
 # service, which sends this task again under the same id with the attempt's backoff.
 @shared_task(bind=True, name="executions.run", ignore_result=True,
              soft_time_limit=settings.KUBEFUNCTION_MAX_TIMEOUT + 60)
-def run_execution(self, execution_id: str, waits: int = 0) -> str:
+def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False) -> str:
     """Run one execution. The service stores its outcome and Celery result together (see
     `executions.results`), so this task's own result is ignored; it returns the status.
-    `waits`: how many times it already found its function at its concurrency limit."""
+    `waits`: how many times it already found its function at its concurrency limit;
+    `recover`: sent by the reaper for a run whose worker is gone (treated as a redelivery).
+    The execution records this process as its `worker` ("node/pid")."""
     try:
         outcome = services.execution_run(
-            execution_id=execution_id, worker=self.request.hostname or "",
-            redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+            execution_id=execution_id, worker=reaper.worker_id(self.request.hostname or ""),
+            redelivered=recover or bool((self.request.delivery_info or {}).get("redelivered")),
             waits=waits)
     except ServiceUnavailable as exc:
         raise Reject(str(exc), requeue=True) from exc  # the execution is queued: keep its message
@@ -55,3 +57,10 @@ def scale_idle_warm() -> list[str]:
     except (RuntimeUnavailable, RuntimeFailure) as exc:  # the next run (a minute on) tries again
         logging.getLogger(__name__).warning("could not scale idle warm Deployments: %s", exc)
         return []
+
+
+# Beat runs this every KUBEFUNCTION_REAPER_INTERVAL seconds (CELERY_BEAT_SCHEDULE).
+@shared_task(bind=True, name="executions.reap", ignore_result=True, soft_time_limit=300)
+def reap(self) -> dict[str, int]:
+    """Re-send executions whose message was lost; re-run or fail those whose worker died."""
+    return reaper.reap(current_node=self.request.hostname or "")

@@ -203,10 +203,22 @@ KUBEFUNCTION_MAX_TIMEOUT = env.int("KUBEFUNCTION_MAX_TIMEOUT", default=900)
 # also stays above this cap plus a run.
 KUBEFUNCTION_RETRY_MAX_BACKOFF = env.int("KUBEFUNCTION_RETRY_MAX_BACKOFF", default=900)
 KUBEFUNCTION_PLATFORM_RETRIES = env.int("KUBEFUNCTION_PLATFORM_RETRIES", default=5)
+# The reaper (executions.reaper, docs/reliability.md), run by beat every INTERVAL seconds:
+# a queued execution whose message was due more than QUEUED_GRACE seconds ago (and none waits
+# in the queue) is sent again, at most MAX_RESENDS times before it fails; a running one past
+# its timeout plus RUNNING_MARGIN seconds whose worker process is gone is run again or failed.
+KUBEFUNCTION_REAPER_INTERVAL = env.float("KUBEFUNCTION_REAPER_INTERVAL", default=30.0)
+KUBEFUNCTION_REAPER_QUEUED_GRACE = env.float("KUBEFUNCTION_REAPER_QUEUED_GRACE", default=300.0)
+KUBEFUNCTION_REAPER_RUNNING_MARGIN = env.float("KUBEFUNCTION_REAPER_RUNNING_MARGIN",
+                                               default=60.0)
+KUBEFUNCTION_REAPER_MAX_RESENDS = env.int("KUBEFUNCTION_REAPER_MAX_RESENDS", default=5)
 # Concurrency limits: first delay (s) before an invocation held back by its function's
 # max_concurrency checks again; later checks back off up to ten times this, with jitter.
 KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS = env.float("KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS",
                                                      default=1.0)
+# How long a worker keeps retrying (with backoff, reconnecting) a claim or the storing of an
+# outcome while the database is unreachable, e.g. during a Postgres restart (executions.db_retry).
+KUBEFUNCTION_DB_RETRY_SECONDS = env.float("KUBEFUNCTION_DB_RETRY_SECONDS", default=60.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(_BROKER_DIR / "queue"),
@@ -223,6 +235,9 @@ if EMBEDDED_BROKER:  # the file-system transport needs its folders before the fi
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = False
+# No Celery `backend_cleanup` (it would delete results a day old): `executions.purge_payloads`
+# deletes them after KUBEFUNCTION_RESULT_RETENTION_DAYS instead.
+CELERY_RESULT_EXPIRES = None
 CELERY_TASK_DEFAULT_QUEUE = env.str("KUBEFUNCTION_QUEUE", default="kubefunction")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -233,7 +248,21 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Runs in progress are NOT cancelled when the broker connection is lost (a Redis restart):
+# Celery's option would kill them mid-function (the reaper would then run the function again)
+# and write a RETRY result over the one a run may just have stored. Each run finishes and stores
+# its outcome; its message, if the broker kept it, comes back only to find the execution claimed.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Soft shutdown (Celery 5.5+): on SIGTERM a worker lets running tasks go on for this many
+# seconds, then requeues every unacknowledged message (running, reserved, and countdown/ETA
+# ones) before it exits, even when idle — instead of leaving them to the visibility timeout.
+# A run cut short this way comes back as a redelivery and is run again (docs/reliability.md).
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("KUBEFUNCTION_SOFT_SHUTDOWN_TIMEOUT",
+                                                default=10.0)
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# A Redis restart: the worker reconnects for ever (not 100 times) and restarts its consumers.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # Celery's Django fixup closes every database connection around every task unless this is set,
 # which costs a new Postgres connection per task; `kubefunction.celery` instead lets Django's
 # CONN_MAX_AGE and CONN_HEALTH_CHECKS decide, as they do for web requests.
@@ -361,9 +390,28 @@ CACHES = {
     )
 }
 
+# --- Payload retention (docs/executions.md) ---------------------------------------------
+# Days a django-celery-results row is kept (0: for ever); the execution keeps its own record.
+KUBEFUNCTION_RESULT_RETENTION_DAYS = env.int("KUBEFUNCTION_RESULT_RETENTION_DAYS", default=30)
+# Seconds between purge runs, and executions (or results) purged per transaction.
+KUBEFUNCTION_PURGE_INTERVAL = env.int("KUBEFUNCTION_PURGE_INTERVAL", default=600)
+KUBEFUNCTION_PURGE_BATCH = env.int("KUBEFUNCTION_PURGE_BATCH", default=500)
+
 # --- Periodic tasks --------------------------------------------------------------------------
 # Beat's DatabaseScheduler copies these into django-celery-beat's tables when it starts.
 CELERY_BEAT_SCHEDULE = {
+    # Re-send executions whose message was lost; re-run or fail those whose worker died.
+    "executions-reap": {
+        "task": "executions.reap",
+        "schedule": KUBEFUNCTION_REAPER_INTERVAL,
+        "options": {"expire_seconds": max(60, int(KUBEFUNCTION_REAPER_INTERVAL))},
+    },
+    # Payload retention (executions.retention): purge expired payloads, delete old task results.
+    "purge-payloads": {
+        "task": "executions.purge_payloads",
+        "schedule": float(KUBEFUNCTION_PURGE_INTERVAL),
+        "options": {"expire_seconds": KUBEFUNCTION_PURGE_INTERVAL},
+    },
     # Roll finished executions up per minute and hour (metrics.rollup): dashboards, /metrics.
     "metrics-rollup": {
         "task": "metrics.rollup",

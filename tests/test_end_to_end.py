@@ -71,7 +71,7 @@ def test_examples_round_trip(api, worker):
     assert body["output"]["message"] == "Hello, Ada!"
     assert body["output"]["execution_id"] == body["id"]
     assert "greeting Ada" in body["logs"]
-    assert body["worker"] == worker.hostname
+    assert body["worker"].startswith(f"{worker.hostname}/")  # node/pid of the claimer
     assert body["cpu_seconds"] is not None and body["peak_memory_bytes"] > 0
     fetched = api.get(f"/api/executions/{body['task_id']}/").json()
     assert fetched["output"] == body["output"]

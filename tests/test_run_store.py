@@ -70,12 +70,20 @@ def test_failure_result_carries_the_error(path, execution):
     assert "ValueError: nope" in str(result.result) and "ValueError: nope" in result.traceback
 
 
-def test_redelivery_of_a_running_local_execution_is_not_run_again(execution):
-    """The local runtime cannot re-attach to a lost attempt: a redelivered message for an
-    execution left `running` must not run the function a second time."""
+def test_redelivery_of_a_run_whose_claimer_is_gone_runs_it_again(execution):
+    """A redelivered message for an execution left `running` by a process that is gone (its
+    node does not answer): the lost attempt is recorded and the next one runs, once. (A live
+    claimer keeps its run: tests/test_reaper.py.)"""
     from executions.services import execution_run
 
-    run_store.claim(str(execution.pk), "dead-worker")
-    assert execution_run(execution_id=str(execution.pk), worker="w2", redelivered=True) is None
+    run_store.claim(str(execution.pk), "gone@nowhere/4242")
+    outcome = execution_run(execution_id=str(execution.pk), worker="w2@host/1",
+                            redelivered=True)
+    assert outcome.status == "succeeded"
     execution.refresh_from_db()
-    assert (execution.status, execution.worker) == ("running", "dead-worker")
+    assert (execution.status, execution.worker, execution.attempt) == (
+        "succeeded", "w2@host/1", 2)
+    assert [(a["error_type"], a["worker"]) for a in execution.attempts] == [
+        ("WorkerLost", "gone@nowhere/4242")]
+    assert execution_run(execution_id=str(execution.pk), worker="w3@host/1",
+                         redelivered=True) is None

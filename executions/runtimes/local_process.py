@@ -1,7 +1,8 @@
 """One runner child process of the local runtime: spawn it, trade a request for a result, kill it.
 
 The child is `python -I -S runner.py --serve` in its own session (so killing its process group
-also kills whatever it started), with a minimal environment and an address-space limit. Its
+also kills whatever it started), with a minimal environment and an address-space limit, and it
+is killed by the kernel if the worker process that started it dies (PR_SET_PDEATHSIG). Its
 stdout carries only result frames; its stderr carries everything else the function wrote at the
 file-descriptor level, read as stray logs. Everything read is bounded.
 """
@@ -9,6 +10,7 @@ file-descriptor level, read as stray logs. Everything read is bounded.
 from __future__ import annotations
 
 import array
+import ctypes
 import fcntl
 import functools
 import os
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import termios
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +127,25 @@ def _address_space_limit(memory_mb: int) -> int | None:
     return limit if hard == resource.RLIM_INFINITY else min(limit, hard)
 
 
+# Linux: a runner started from a process's main thread (a prefork worker child runs its tasks
+# there) gets SIGKILL when that process dies, so a worker process killed mid-run (SIGKILL, OOM)
+# never leaves its function running on while the redelivered message runs it again. The kernel
+# ties this to the spawning *thread*, so runners started from other threads (which may end
+# while the runner waits warm in the pool) go without it. Loaded before any fork.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(memory_limit: int | None, parent: int, die_with_parent: bool) -> None:
+    """Runs in the forked child before exec: die with the parent, cap the address space."""
+    if _LIBC is not None and die_with_parent:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+    if memory_limit:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+
 class RunnerProcess:
     """A live runner child. Not thread-safe: one request at a time, by whoever holds it."""
 
@@ -160,10 +182,10 @@ class RunnerProcess:
                 "--root", str(source_dir), "--handler", handler, "--mode", mode]
         for path in extra_paths:
             argv += ["--path", str(path)]
-        limit = _address_space_limit(memory_mb)
-        # A partial of a C function: no Python-level locks or imports between fork and exec.
-        preexec = (functools.partial(resource.setrlimit, resource.RLIMIT_AS, (limit, limit))
-                   if limit else None)
+        # No Python-level locks or imports between fork and exec: a partial of a function
+        # that only calls into C.
+        preexec = functools.partial(_child_setup, _address_space_limit(memory_mb), os.getpid(),
+                                    threading.current_thread() is threading.main_thread())
         homes.mkdir(parents=True, exist_ok=True)
         home = tempfile.mkdtemp(prefix=_home_prefix(), dir=homes)
         spawned_at = time.monotonic()
