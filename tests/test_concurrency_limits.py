@@ -5,14 +5,10 @@ than the limit while every execution still runs."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.admin import site
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -24,8 +20,7 @@ from executions.models import Execution
 from executions.services import execution_dispatch_many
 from functions.models import Function
 from functions.services import function_register
-from kubefunction.celery import app as celery_app
-from tests.conftest import ROOT, _test_database_url
+from tests.processes import celery_env, start_worker, stop
 from triggers.services import trigger_create
 
 
@@ -123,31 +118,12 @@ def test_admin_and_api_show_how_many_wait(admin_client, admin_user, api, user):
 def second_worker(celery_worker_process):
     """Another worker process with four more slots on the same queue: with the session's
     worker, six executions could run at once, so only the limit holds them to two."""
-    name = f"pytest-extra-{os.getpid()}@localhost"
-    env = {**os.environ, "DATABASE_URL": _test_database_url(),
-           "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-           "KUBEFUNCTION_QUEUE": django_settings.CELERY_TASK_DEFAULT_QUEUE,
-           "KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS": "0.3"}
-    log_path = celery_worker_process.log_path.with_name("extra-worker.log")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "kubefunction", "worker", "--pool=prefork",
-             "--concurrency=4", f"--queues={django_settings.CELERY_TASK_DEFAULT_QUEUE}",
-             "--loglevel=INFO", f"--hostname={name}", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not celery_app.control.ping(destination=[name], timeout=1):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the second worker did not start:\n{log_path.read_text()[-4000:]}")
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    process = start_worker(f"pytest-extra-{os.getpid()}@localhost",
+                           celery_worker_process.log_path.with_name("extra-worker.log"),
+                           celery_env(KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS="0.3"),
+                           concurrency=4)
+    yield process
+    stop(process)
 
 
 def max_overlap(intervals) -> int:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from django.conf import settings
 from django_celery_results.models import TaskResult
 
 from executions.models import Execution
@@ -23,7 +21,7 @@ from executions.reaper import parse_worker
 from executions.services import execution_dispatch_many
 from functions.services import function_register
 from kubefunction.celery import app as celery_app
-from tests.conftest import _test_database_url
+from tests.processes import celery_env, start_worker
 from triggers.services import trigger_create
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -75,25 +73,17 @@ def workers(queue, tmp_path) -> Iterator:
 
     def start(*, beat: bool = False, concurrency: int = 2, prefetch: int = 1,
               **extra: str) -> subprocess.Popen:
-        name = f"faults-{len(started)}-{os.getpid()}@localhost"
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        env = {**os.environ, "DATABASE_URL": _test_database_url(),
-               "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "KUBEFUNCTION_QUEUE": queue,
-               "KUBEFUNCTION_DISPATCH_RATE": "", **extra}
-        args = [sys.executable, "-m", "celery", "-A", "kubefunction", "worker",
-                "--pool=prefork", f"--concurrency={concurrency}", f"--queues={queue}",
-                f"--prefetch-multiplier={prefetch}",
-                "--loglevel=INFO", f"--hostname={name}", "--without-gossip", "--without-mingle"]
+        args = [f"--prefetch-multiplier={prefetch}"]
         if beat:
             args += ["--beat", "--schedule", str(tmp_path / "beat-schedule")]
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_path.open("wb"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        process.hostname, process.log_path = name, log_path
+        env = celery_env(KUBEFUNCTION_QUEUE=queue, KUBEFUNCTION_DISPATCH_RATE="", **extra)
+        try:
+            process = start_worker(f"faults-{len(started)}-{os.getpid()}@localhost",
+                                   tmp_path / f"worker-{len(started)}.log", env,
+                                   concurrency=concurrency, queue=queue, extra_args=tuple(args))
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         started.append(process)
-        deadline = time.monotonic() + 60
-        while not celery_app.control.ping(destination=[name], timeout=1):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the worker did not start:\n{log_path.read_text()[-3000:]}")
         return process
 
     yield start

@@ -3,10 +3,6 @@ command), bad crontabs and time zones are refused naming the field, and a real `
 (DatabaseScheduler on the test database) fires them through a real worker — in their time zone,
 and never when paused."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -21,8 +17,8 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from executions.models import Execution
 from functions.models import Function, VersionStatus
 from functions.services import function_register
-from kubefunction.celery import app as celery_app
-from tests.conftest import ROOT, _test_database_url, example
+from tests.conftest import example
+from tests.processes import start_beat, stop
 from triggers.models import Trigger
 from triggers.services import trigger_create, trigger_update
 from triggers.tasks import fire
@@ -182,23 +178,9 @@ def test_a_bulk_delete_deletes_the_periodic_tasks(hello):
 @pytest.fixture
 def beat(celery_worker_process, tmp_path):
     """`celery beat` with the DatabaseScheduler on the test database, waking every second."""
-    log_path = tmp_path / "beat.log"
-    env = {**os.environ, "DATABASE_URL": _test_database_url(),
-           "CELERY_BROKER_URL": celery_app.conf.broker_url,
-           "KUBEFUNCTION_QUEUE": celery_app.conf.task_default_queue}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "kubefunction", "beat", "--loglevel=INFO",
-             "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--max-interval", "1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    process.log_path = log_path
+    process = start_beat(tmp_path / "beat.log")
     yield process
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop(process, timeout=20)
 
 
 def _crontab_at(moment: datetime, zone: str) -> str:

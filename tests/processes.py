@@ -1,0 +1,87 @@
+"""Real Celery processes for tests: workers and beat on the test database and the test queue.
+
+Each runs in its own session (process group), so `stop` ends the process and its children.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from kubefunction.celery import app as celery_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """The URL of the database the tests run on (the test database pytest-django made)."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def celery_env(**extra: str) -> dict[str, str]:
+    """The environment of a Celery process on the test database, broker and queue."""
+    return {**os.environ, "DATABASE_URL": test_database_url(),
+            "CELERY_BROKER_URL": celery_app.conf.broker_url,
+            "KUBEFUNCTION_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE, **extra}
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "kubefunction", *args],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    process.log_path = log_path
+    return process
+
+
+def start_worker(name: str, log_path: Path, env: dict[str, str] | None = None, *,
+                 concurrency: int = 2, queue: str | None = None, extra_args: tuple = (),
+                 timeout: float = 60) -> subprocess.Popen:
+    """A prefork worker named `name` (with more command-line `extra_args`), returned once it
+    answers a ping."""
+    queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    process = _spawn(["worker", "--pool=prefork", f"--concurrency={concurrency}",
+                      f"--queues={queue}", "--loglevel=INFO", f"--hostname={name}",
+                      "--without-gossip", "--without-mingle", *extra_args],
+                     env or celery_env(), log_path)
+    process.hostname = name
+    deadline = time.monotonic() + timeout
+    while not celery_app.control.ping(destination=[name], timeout=1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"the Celery worker {name} did not start:\n"
+                               f"{log_path.read_text()[-4000:]}")
+    return process
+
+
+def start_beat(log_path: Path, env: dict[str, str] | None = None, *,
+               max_interval: float = 1) -> subprocess.Popen:
+    """`celery beat` with the database scheduler, checking its schedule every `max_interval` s."""
+    return _spawn(["beat", "--loglevel=INFO", "-S",
+                   "django_celery_beat.schedulers:DatabaseScheduler",
+                   "--max-interval", str(max_interval)], env or celery_env(), log_path)
+
+
+def stop(process: subprocess.Popen, *, timeout: float = 30) -> None:
+    """SIGTERM the process group (a warm shutdown), SIGKILL it if it is still there after
+    `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
