@@ -12,13 +12,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from kubefunction.celery import app as celery_app
-from tests.processes import ROOT, celery_env, start_worker, stop, test_database_url
+from tests.processes import ROOT, celery_env, start_worker, stop
 
 EXAMPLES = ROOT / "examples" / "functions"
-
-
-# Kept for modules that import it from here.
-_test_database_url = test_database_url
 
 
 @pytest.fixture(scope="session")

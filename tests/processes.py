@@ -46,9 +46,9 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 
 def start_worker(name: str, log_path: Path, env: dict[str, str] | None = None, *,
                  concurrency: int = 2, queue: str | None = None, extra_args: tuple = (),
-                 timeout: float = 60) -> subprocess.Popen:
+                 wait: bool = True, timeout: float = 60) -> subprocess.Popen:
     """A prefork worker named `name` (with more command-line `extra_args`), returned once it
-    answers a ping."""
+    answers a ping (at once with `wait=False`, e.g. on a broker this process does not use)."""
     queue = queue or settings.CELERY_TASK_DEFAULT_QUEUE
     process = _spawn(["worker", "--pool=prefork", f"--concurrency={concurrency}",
                       f"--queues={queue}", "--loglevel=INFO", f"--hostname={name}",
@@ -56,7 +56,7 @@ def start_worker(name: str, log_path: Path, env: dict[str, str] | None = None, *
                      env or celery_env(), log_path)
     process.hostname = name
     deadline = time.monotonic() + timeout
-    while not celery_app.control.ping(destination=[name], timeout=1):
+    while wait and not celery_app.control.ping(destination=[name], timeout=1):
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
             raise RuntimeError(f"the Celery worker {name} did not start:\n"
