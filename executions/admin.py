@@ -9,6 +9,7 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
 from kubefunction.errors import KubeFunctionError
@@ -258,6 +259,6 @@ class ExecutionAdmin(admin.ModelAdmin):
             "pk", "task_id", "status")[:50]
         if not reruns:
             return "—"
-        return format_html_join(format_html("<br>"), '<a href="{}">{}</a> ({})', (
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> ({})', (
             (reverse("admin:executions_execution_change", args=[pk]), task_id, status)
             for pk, task_id, status in reruns))

@@ -19,7 +19,7 @@ from kubefunction.celery import app as celery_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     """The URL of the database the tests run on (the test database pytest-django made)."""
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
@@ -30,7 +30,7 @@ def test_database_url() -> str:
 
 def celery_env(**extra: str) -> dict[str, str]:
     """The environment of a Celery process on the test database, broker and queue."""
-    return {**os.environ, "DATABASE_URL": test_database_url(),
+    return {**os.environ, "DATABASE_URL": worker_database_url(),
             "CELERY_BROKER_URL": celery_app.conf.broker_url,
             "KUBEFUNCTION_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE, **extra}
 

@@ -20,7 +20,7 @@ from functions.models import FunctionVersion
 from kubefunction.celery import app as celery_app
 from tests.archives import make_zip
 from tests.conftest import example
-from tests.processes import ROOT, test_database_url
+from tests.processes import ROOT, worker_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -57,7 +57,7 @@ def async_result_in_other_process(task_id: str) -> dict:
         "except Exception as exc:\n"
         "    print(json.dumps({'state': r.state, 'error': str(exc), 'tb': r.traceback}))\n"
     )
-    env = {"DATABASE_URL": test_database_url(), "DJANGO_SETTINGS_MODULE": "kubefunction.settings",
+    env = {"DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "kubefunction.settings",
            "PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": celery_app.conf.broker_url}
     out = subprocess.run([sys.executable, "-c", code, task_id], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)

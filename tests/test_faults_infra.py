@@ -35,7 +35,7 @@ from rest_framework.authtoken.models import Token
 from executions import services
 from executions.models import Execution
 from kubefunction.celery import app as celery_app
-from tests.processes import ROOT, start_beat, start_worker, stop, test_database_url
+from tests.processes import ROOT, start_beat, start_worker, stop, worker_database_url
 from triggers.models import Trigger
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
@@ -269,7 +269,7 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
     assert private_redis.queue_length(QUEUE) == (100 if appendonly else 0)
     assert Execution.objects.filter(task_id__in=task_ids, status="queued").count() == 100
 
-    env = platform_env(broker=private_redis.url, database=test_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url())
     processes.append(start_celery("worker", env, tmp_path / "worker.log"))
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
     try:
@@ -290,7 +290,7 @@ def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at,
     marks.mkdir()
     trigger = make_trigger(api, "consumed-100", once_only_source(marks, sleep=0.1),
                            timeout_seconds=5)
-    env = platform_env(broker=private_redis.url, database=test_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url())
     worker = start_celery("worker", env, tmp_path / "worker.log")
     processes.append(worker)
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
@@ -333,7 +333,7 @@ def test_dispatch_during_broker_outage_is_sent_by_the_reaper(api, private_redis,
     assert execution.task_id in response.json()["detail"]
 
     private_redis.start()
-    env = platform_env(broker=private_redis.url, database=test_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url())
     processes.append(start_celery("worker", env, tmp_path / "worker.log"))
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
     wait_for(lambda: Execution.objects.filter(pk=execution.pk, status__in=TERMINAL).exists(),
@@ -629,7 +629,7 @@ def test_docker_engine_restarted_during_an_invocation(api, private_redis, privat
     version.refresh_from_db()
     assert version.status == "ready" and version.image, version.build_log
     celery_app.control.purge()  # the build message: built already
-    env = platform_env(broker=private_redis.url, database=test_database_url(),
+    env = platform_env(broker=private_redis.url, database=worker_database_url(),
                        KUBEFUNCTION_DOCKER_URL=private_dockerd.url)
     worker = start_celery("worker", env, tmp_path / "worker.log")
     processes.append(worker)
