@@ -172,7 +172,8 @@ def reap_queued(*, now=None) -> dict[str, int]:
     if _queue_depth() > 0:
         return {"resent": 0, "lost": 0}  # workers are behind: late is not lost
     cut = now - timedelta(seconds=settings.KUBEFUNCTION_REAPER_QUEUED_GRACE)
-    # (status, due_at) is indexed; rows from before due_at existed fall back to dispatched_at.
+    # exec_queued_due indexes queued rows by due_at; rows from before due_at existed fall back
+    # to dispatched_at.
     rows = list(Execution.objects.filter(
         Q(due_at__lt=cut) | Q(due_at__isnull=True, dispatched_at__lt=cut),
         status=ExecutionStatus.QUEUED,
