@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.files.uploadhandler import FileUploadHandler
 
 from kubefunction.errors import InvalidInput, PayloadTooLarge
@@ -53,6 +54,17 @@ class SourceSizeLimitHandler(FileUploadHandler):
 
     def file_complete(self, file_size: int) -> None:
         return None  # the next handler (memory or temporary file) keeps the file
+
+
+class AdminSourceSizeLimitHandler(SourceSizeLimitHandler):
+    """The same count for the admin's upload forms, where the parse happens in the CSRF check:
+    Django answers `RequestDataTooBig` with a 400 page."""
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        try:
+            return super().receive_data_chunk(raw_data, start)
+        except PayloadTooLarge as exc:
+            raise RequestDataTooBig(exc.message) from exc
 
 
 def archive_kind(filename: str) -> str:

@@ -12,6 +12,8 @@ from .api_errors import DATABASE_ERRORS, database_unavailable_response
 
 # Paths whose request bodies are bounded here: the API and the HTTP triggers.
 BOUNDED_PATH_PREFIXES = ("/api/", "/t/")
+# The admin's function forms take source uploads: bounded while they stream, like the API's.
+ADMIN_UPLOAD_PREFIX = "/admin/functions/"
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -44,6 +46,12 @@ class RequestBodyLimitMiddleware:
             if refusal is not None:  # the client may still be sending: say where the answer ends
                 refusal["Content-Length"] = str(len(refusal.content))
                 return refusal
+        if request.method == "POST" and request.path.startswith(ADMIN_UPLOAD_PREFIX):
+            # Before the CSRF check reads the form: an oversized source stops the parse (400).
+            from functions.artifacts import AdminSourceSizeLimitHandler
+
+            request.upload_handlers.insert(0, AdminSourceSizeLimitHandler(
+                request, limit=settings.KUBEFUNCTION_MAX_SOURCE_BYTES))
         return self.get_response(request)
 
     @staticmethod

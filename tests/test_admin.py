@@ -47,6 +47,16 @@ def test_add_function_by_upload(admin_client):
     assert function.active_version.number == 1 and function.handler == "up.handle"
 
 
+def test_oversized_admin_upload_is_stopped_while_it_streams(admin_client, settings):
+    settings.KUBEFUNCTION_MAX_SOURCE_BYTES = 64
+    response = admin_client.post(reverse("admin:functions_function_add"), {
+        "name": "too-big", "description": "", "handler": "", "mode": "", "runtime": "",
+        "timeout_seconds": 10, "memory_mb": 128, "env_vars": "{}",
+        "source": SimpleUploadedFile("up.py", SOURCE + b"#" * 200)})
+    assert response.status_code == 400
+    assert not Function.objects.filter(name="too-big").exists()
+
+
 def test_add_function_shows_validation_errors(admin_client):
     response = admin_client.post(reverse("admin:functions_function_add"), {
         "name": "broken", "timeout_seconds": 10, "memory_mb": 128, "env_vars": "{}",
