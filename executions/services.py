@@ -299,7 +299,8 @@ def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, ret
     spec = _cached_spec(claimed.version_id, claimed.function_updated_at)
     runtime = get_runtime(claimed.runtime or settings.KUBEFUNCTION_RUNTIME)
     context = InvocationContext(execution_id=str(execution_id), task_id=claimed.task_id,
-                                deadline=time.time() + spec.timeout_seconds)
+                                deadline=time.time() + spec.timeout_seconds,
+                                attempt=claimed.attempt)
     try:
         return runtime.invoke(spec, claimed.payload, context), retries.Cause.FUNCTION
     except RuntimeUnavailable as exc:

@@ -65,6 +65,8 @@ def test_registered_and_named():
     assert name.startswith("kf-my-function-with-a-very-long-name-") and name.endswith(
         "-0123abcdef45")
     assert len(name) <= 63
+    retry = job_name("My_Function.With.A-Very-Long-Name-" + "x" * 80, "0123abcd-ef45-6789", 12)
+    assert retry.endswith("-0123abcdef45-12") and len(retry) <= 63
 
 
 def test_manifest_is_hardened():
@@ -183,6 +185,26 @@ def test_redelivery_adopts_the_existing_job(fake_kube, runtime):  # noqa: F811
     created = [e for e in fake_kube.cluster.history if e.plural == "jobs" and e.type == "ADDED"]
     assert len(created) == 1
     assert gone(fake_kube)
+
+
+def test_a_retry_gets_a_job_of_its_own(fake_kube, runtime):  # noqa: F811
+    """Attempt 2 of an execution whose attempt 1 left its (failed) Job behind runs in a new Job
+    and reads its own answer, not attempt 1's."""
+    first = context()
+    fake_kube.script("succeed", output="attempt 1", delay=0.3)
+    fake_kube.script("succeed", output="attempt 2")
+    fake_kube.fail("watch", "pods")  # attempt 1 loses the API after creating its Job
+    with pytest.raises(RuntimeUnavailable):
+        runtime.invoke(make_spec(), {}, first)
+    retry = InvocationContext(execution_id=first.execution_id, task_id=first.task_id,
+                              deadline=time.time() + 5, attempt=2)
+    outcome = runtime.invoke(make_spec(), {}, retry)
+    assert outcome.status == "succeeded" and outcome.output == "attempt 2", outcome
+    names = {e.obj["metadata"]["name"] for e in fake_kube.cluster.history
+             if e.plural == "jobs" and e.type == "ADDED"}
+    assert names == {job_name("hello", first.execution_id),
+                     job_name("hello", first.execution_id, attempt=2)}
+    assert len(names) == 2
 
 
 def test_another_executions_job_is_not_adopted(fake_kube, runtime):  # noqa: F811

@@ -45,6 +45,7 @@ class InvocationContext:
     execution_id: str
     task_id: str
     deadline: float  # epoch seconds
+    attempt: int = 1  # 1 = first; a retry is a new attempt of the same execution
 
 
 @dataclass

@@ -71,9 +71,13 @@ WARM_PERMISSIONS = frozenset({
 })
 PERMISSIONS = COLD_PERMISSIONS | WARM_PERMISSIONS
 
-def job_name(function_name: str, execution_id: str) -> str:
-    """`kf-<function>-<first 12 of the execution id>`, a valid DNS label of at most 63."""
+def job_name(function_name: str, execution_id: str, attempt: int = 1) -> str:
+    """`kf-<function>-<first 12 of the execution id>[-<attempt>]`, a valid DNS label of at most
+    63. One name per attempt: a redelivery of the same attempt meets its Job (409, adopted); a
+    retry gets a Job of its own, never the finished Job of the attempt before."""
     suffix = re.sub(r"[^a-z0-9]", "", execution_id.lower())[:12] or "x"
+    if attempt > 1:
+        suffix = f"{suffix}-{attempt}"
     room = 63 - len("kf-") - 1 - len(suffix)
     function = _UNSAFE.sub("-", function_name.lower()).strip("-")[:room].strip("-") or "fn"
     return f"kf-{function}-{suffix}"
@@ -283,7 +287,7 @@ class KubernetesRuntime(Runtime):
             return Outcome(status="timed_out", error_type="Timeout",
                            error="the deadline passed before the function started")
         request, nonce = runner_request(spec, payload, context)
-        name = job_name(spec.function_name, context.execution_id)
+        name = job_name(spec.function_name, context.execution_id, context.attempt)
         job = self._create_or_adopt(job_manifest(spec, name, request, context), context)
         uid = job["metadata"]["uid"]
         end = time.monotonic() + budget + settings.KUBEFUNCTION_KUBE_START_GRACE
