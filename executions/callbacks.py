@@ -154,6 +154,15 @@ def callback_secret() -> bytes:
                     hashlib.sha256).hexdigest().encode()
 
 
+def callback_key(owner) -> bytes:
+    """The key the callbacks of `owner`'s functions are signed with: hex(HMAC-SHA256(platform
+    secret, "owner:<id>:<joined>")). Each owner verifies with their own key (GET
+    /api/callbacks/key/), so knowing it never lets anyone forge another owner's callbacks."""
+    joined = owner.date_joined.timestamp() if getattr(owner, "date_joined", None) else ""
+    return hmac.new(callback_secret(), f"owner:{owner.pk}:{joined}".encode(),
+                    hashlib.sha256).hexdigest().encode()
+
+
 def callback_signature(body: bytes, timestamp: str, secret: bytes | None = None) -> str:
     """`sha256=` + hex HMAC-SHA256 of `"<timestamp>.<body>"`."""
     digest = hmac.new(secret or callback_secret(), timestamp.encode() + b"." + body,
@@ -255,7 +264,8 @@ def _attempt(execution: Execution, attempt: int) -> str:
         "Content-Type": "application/json",
         "User-Agent": "KubeFunction-Callback/1",
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: callback_signature(body, timestamp),
+        SIGNATURE_HEADER: callback_signature(body, timestamp,
+                                             callback_key(execution.function.owner)),
         "X-KubeFunction-Execution": str(execution.pk),
         "X-KubeFunction-Attempt": str(attempt),
     }
@@ -274,7 +284,7 @@ def callback_deliver(*, execution_id: str) -> float | None:
     failed for good, or nothing pending). Connection errors and non-2xx answers are retried with
     exponential backoff up to KUBEFUNCTION_CALLBACK_MAX_ATTEMPTS; a refused URL is not retried.
     """
-    execution = Execution.objects.select_related("function", "version", "trigger").filter(
+    execution = Execution.objects.select_related("function__owner", "version", "trigger").filter(
         pk=execution_id, callback_status=CallbackStatus.PENDING).first()
     if execution is None:
         return None

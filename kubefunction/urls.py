@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import ObtainAuthToken
 
+from executions.callback_api import CallbackKeyView
 from triggers.views import webhook
 
 from .access import AnonRateThrottle
@@ -25,6 +26,7 @@ urlpatterns = [
          name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/callbacks/key/", CallbackKeyView.as_view(), name="callback-key"),
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
     path("healthz", healthz, name="healthz"),

@@ -16,6 +16,7 @@ import pytest
 import urllib3
 from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
 
 from executions import callbacks
 from executions.models import CallbackStatus, Execution, ExecutionStatus
@@ -38,6 +39,13 @@ def verify(secret: bytes, body: bytes, timestamp: str, signature: str,
 
 def documented_default_secret() -> bytes:
     return hmac.new(django_settings.SECRET_KEY.encode(), b"kubefunction-callback-secret",
+                    hashlib.sha256).hexdigest().encode()
+
+
+def documented_owner_key(owner) -> bytes:
+    """docs/callbacks.md: hex(HMAC-SHA256(platform secret, "owner:<id>:<joined>"))."""
+    return hmac.new(documented_default_secret(),
+                    f"owner:{owner.pk}:{owner.date_joined.timestamp()}".encode(),
                     hashlib.sha256).hexdigest().encode()
 
 
@@ -113,8 +121,8 @@ def wait_for_callback(task_id: str, timeout: float = 60) -> Execution:
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_callback_received_and_signature_verified(api, trigger, allow_loopback,
-                                                  celery_worker_process):
+def test_callback_received_and_signature_verified(api, user, other_user, trigger,
+                                                  allow_loopback, celery_worker_process):
     with Receiver() as receiver:
         response = api.post("/api/triggers/double/dispatch/",
                             {"payload": {"n": 21}, "callback_url": receiver.url}, format="json")
@@ -122,12 +130,22 @@ def test_callback_received_and_signature_verified(api, trigger, allow_loopback,
         task_id = response.json()["task_id"]
         [(headers, body)] = receiver.wait_for(1)
     assert headers["Content-Type"] == "application/json"
-    assert verify(documented_default_secret(), body, headers["X-KubeFunction-Timestamp"],
+    key = api.get("/api/callbacks/key/").json()["key"].encode()  # what the owner verifies with
+    assert key == documented_owner_key(user)
+    assert verify(key, body, headers["X-KubeFunction-Timestamp"],
                   headers["X-KubeFunction-Signature"])
-    assert not verify(documented_default_secret(), body.replace(b"42", b"43"),
+    assert not verify(key, body.replace(b"42", b"43"),
                       headers["X-KubeFunction-Timestamp"], headers["X-KubeFunction-Signature"])
-    assert not verify(documented_default_secret(), body, "1000000000",
+    assert not verify(key, body, "1000000000",
                       headers["X-KubeFunction-Signature"])  # a replayed old delivery
+    # Another owner's key (or the platform secret itself) does not verify it.
+    stranger = APIClient()
+    stranger.force_authenticate(other_user)
+    other_key = stranger.get("/api/callbacks/key/").json()["key"].encode()
+    assert other_key != key
+    for wrong in (other_key, documented_default_secret()):
+        assert not verify(wrong, body, headers["X-KubeFunction-Timestamp"],
+                          headers["X-KubeFunction-Signature"])
     payload = json.loads(body)
     execution = wait_for_callback(task_id)
     assert payload == {
@@ -160,7 +178,7 @@ def test_failed_execution_callback_carries_the_error(api, trigger, allow_loopbac
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_receiver_errors_are_retried_until_delivered(api, trigger, allow_loopback,
+def test_receiver_errors_are_retried_until_delivered(api, user, trigger, allow_loopback,
                                                      celery_worker_process):
     with Receiver(statuses=[500, 500]) as receiver:
         response = api.post("/api/triggers/double/dispatch/",
@@ -171,7 +189,7 @@ def test_receiver_errors_are_retried_until_delivered(api, trigger, allow_loopbac
     assert [h["X-KubeFunction-Attempt"] for h, _ in requests] == ["1", "2", "3"]
     assert execution.callback_status == CallbackStatus.DELIVERED
     assert execution.callback_attempts == 3
-    assert all(verify(documented_default_secret(), body, h["X-KubeFunction-Timestamp"],
+    assert all(verify(documented_owner_key(user), body, h["X-KubeFunction-Timestamp"],
                       h["X-KubeFunction-Signature"]) for h, body in requests)
     assert "HTTP 500" not in execution.callback_error  # cleared once delivered
 
