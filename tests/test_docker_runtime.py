@@ -409,9 +409,9 @@ def test_warm_container_is_reused(make_runtime, engine, image):
     assert (labels["io.kubefunction.function"], labels["io.kubefunction.version"]) == \
         ("demo", "3")
     assert "io.kubefunction.pool" in labels
-    assert runtime.warm_containers == 1
+    assert runtime.warm_count == 1
     runtime.release(spec)
-    assert runtime.warm_containers == 0
+    assert runtime.warm_count == 0
     assert _mine(engine) == []
 
 
@@ -431,7 +431,7 @@ def test_a_retiring_error_is_not_pooled(make_runtime, engine, image):
     runtime = make_runtime(warm=True)
     outcome = runtime.invoke(spec_for(image, "handler.leave"), None, context())
     assert (outcome.status, outcome.error_type, outcome.exit_code) == ("failed", "SystemExit", 3)
-    assert runtime.warm_containers == 0
+    assert runtime.warm_count == 0
     assert _mine(engine) == []
 
 
@@ -472,7 +472,7 @@ def test_infinite_loop_times_out_and_its_container_goes(runtime, engine, image):
     assert outcome.logs == "started\n"  # saved by the runner just before the deadline
     assert elapsed < 2 + 3
     assert outcome.cpu_seconds is not None and outcome.cpu_seconds > 1.0  # from the cgroup
-    assert runtime.warm_containers == 0
+    assert runtime.warm_count == 0
     assert _mine(engine) == []
     assert_healthy(runtime, image)
 
@@ -487,7 +487,7 @@ def test_fork_bomb_hits_the_pids_limit(runtime, engine, image):
     assert outcome.error_type == "BlockingIOError"
     assert "Resource temporarily unavailable" in outcome.error
     assert time.monotonic() - started < 15
-    assert runtime.warm_containers == 0  # it left processes behind: retired
+    assert runtime.warm_count == 0  # it left processes behind: retired
     assert _mine(engine) == []
     assert_healthy(runtime, image)
 
@@ -541,7 +541,7 @@ def test_a_function_that_leaves_processes_is_not_reused(make_runtime, engine, im
     runtime = make_runtime(warm=True)
     outcome = runtime.invoke(spec_for(image, "hostile.fork_and_leave"), None, context())
     assert (outcome.status, outcome.output) == ("succeeded", "forked")
-    assert runtime.warm_containers == 0
+    assert runtime.warm_count == 0
     assert _mine(engine) == []
 
 

@@ -154,7 +154,7 @@ def test_warm_reuse_keeps_the_process(runtime):
     assert second.cold is False
     assert second.output["pid"] == first.output["pid"]
     assert second.output["event"] == 2
-    assert runtime.warm_processes == 1
+    assert runtime.warm_count == 1
 
 
 def test_cold_start_time_counts_the_process_start_and_the_import(runtime):
@@ -246,7 +246,7 @@ def test_timeout_kills_the_whole_process_group(runtime, tmp_path):
     runner_pid, child_pid = json.loads(pid_file.read_text())
     assert gone(runner_pid)
     assert wait_for(lambda: gone(child_pid), 2)
-    assert runtime.warm_processes == 0
+    assert runtime.warm_count == 0
 
 
 def test_deadline_already_passed(runtime):
@@ -354,7 +354,7 @@ def test_memory_limit(runtime, how):
     assert outcome.status == "failed"
     assert outcome.error_type == "MemoryError"
     assert outcome.error.startswith("function exceeded its memory limit")
-    assert runtime.warm_processes == 0
+    assert runtime.warm_count == 0
     assert runtime.invoke(spec, None, context()).cold is True
 
 
@@ -434,7 +434,7 @@ def test_import_error_is_reported_and_not_pooled(runtime):
     assert outcome.status == "failed"
     assert outcome.error_type == "ImportError"
     assert "SyntaxError" in outcome.error
-    assert runtime.warm_processes == 0
+    assert runtime.warm_count == 0
     missing = runtime.invoke(make_spec("x = 1\n", handler="handler.nope"), None, context())
     assert missing.error_type == "HandlerNotFound"
 
@@ -456,8 +456,8 @@ def test_idle_processes_expire_on_acquire(runtime, settings):
 def test_idle_processes_are_swept_without_calls(runtime, settings):
     settings.KUBEFUNCTION_WARM_IDLE_SECONDS = 1
     pid = runtime.invoke(make_spec(PID), None, context()).output["pid"]
-    assert runtime.warm_processes == 1
-    assert wait_for(lambda: runtime.warm_processes == 0 and gone(pid), 4)
+    assert runtime.warm_count == 1
+    assert wait_for(lambda: runtime.warm_count == 0 and gone(pid), 4)
 
 
 def test_per_version_cap(runtime, settings):
@@ -479,7 +479,7 @@ def test_per_version_cap(runtime, settings):
         thread.join()
     assert [outcome.cold for outcome in outcomes] == [True, True]
     assert outcomes[0].output != outcomes[1].output
-    assert runtime.warm_processes == 1
+    assert runtime.warm_count == 1
     kept = runtime.invoke(spec, None, context())
     assert kept.cold is False
     evicted = ({outcome.output for outcome in outcomes} - {kept.output}).pop()
@@ -490,7 +490,7 @@ def test_total_cap_evicts_the_least_recently_used(runtime, settings):
     settings.KUBEFUNCTION_WARM_POOL_SIZE = 2
     specs = [make_spec(PID + f"\nVERSION = {index}\n") for index in range(3)]
     pids = [runtime.invoke(spec, None, context()).output["pid"] for spec in specs]
-    assert runtime.warm_processes == 2
+    assert runtime.warm_count == 2
     assert gone(pids[0])
     assert runtime.invoke(specs[2], None, context()).cold is False
     assert runtime.invoke(specs[1], None, context()).cold is False
@@ -502,7 +502,7 @@ def test_pool_size_zero_makes_every_call_cold(runtime, settings):
     spec = make_spec(PID)
     outcomes = [runtime.invoke(spec, None, context()) for _ in range(2)]
     assert [outcome.cold for outcome in outcomes] == [True, True]
-    assert runtime.warm_processes == 0
+    assert runtime.warm_count == 0
     assert gone(outcomes[0].output["pid"])
 
 
@@ -517,7 +517,7 @@ def test_release_drops_the_versions_processes(runtime):
     spec = make_spec(PID)
     pid = runtime.invoke(spec, None, context()).output["pid"]
     runtime.release(spec)
-    assert runtime.warm_processes == 0
+    assert runtime.warm_count == 0
     assert gone(pid)
     assert runtime.invoke(spec, None, context()).cold is True
 

@@ -17,7 +17,7 @@ from functions import services
 from metrics import histogram, rollup, selectors
 from metrics.charts import nice_max
 from metrics.models import ExecutionRollup, LatencyRollup
-from metrics.stats import percentile
+from metrics.stats import floor_table, percentile, save_report
 from triggers.services import trigger_create
 
 pytestmark = pytest.mark.django_db
@@ -385,3 +385,15 @@ def test_generate_executions_refuses_bad_counts(admin_user):
     with pytest.raises(CommandError, match="--count"):
         call_command("generate_executions", "--count", "0")
     assert not Execution.objects.exists()
+
+
+def test_benchmark_tables_show_ratios_to_the_floor_and_reports_are_saved(settings, tmp_path):
+    lines = floor_table([("floor", 0.25), ("cold", 0.3), ("warm p50", 0.0005)], 0.25)
+    assert lines[0].split() == ["time", "ratio", "to", "floor"]
+    assert lines[1].split() == ["floor", "250.0", "ms", "1.00×"]
+    assert lines[2].split() == ["cold", "300.0", "ms", "1.20×"]
+    assert lines[3].split() == ["warm", "p50", "0.5", "ms", "0.002×"]
+    settings.VAR_DIR = tmp_path
+    report = save_report("bench-test", {"floor": 0.25})
+    assert report.parent == tmp_path and report.name.startswith("bench-test-")
+    assert report.read_text().strip().startswith("{") and '"floor": 0.25' in report.read_text()

@@ -22,7 +22,6 @@ from .base import (
     InvocationContext,
     Outcome,
     PrepareResult,
-    Runtime,
     RuntimeFailure,
     RuntimeUnavailable,
 )
@@ -47,7 +46,7 @@ from .protocol import (
     timed_out_outcome,
     unreadable_outcome,
 )
-from .warm_pool import PoolLimits, WarmPool
+from .warm_pool import PooledRuntime, PoolLimits, WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def cleanup_orphans(client: docker.DockerClient) -> int:
     return removed
 
 
-class DockerRuntime(Runtime):
+class DockerRuntime(PooledRuntime):
     """Runs each invocation in a container of the version's image (`spec.image`).
 
     Every container is hardened the same way (see `docker_container.create_container`): no
@@ -302,9 +301,6 @@ class DockerRuntime(Runtime):
 
     # --- the rest of the interface -----------------------------------------------------------
 
-    def release(self, spec: FunctionSpec) -> None:
-        self._pool.drop(lambda key: key[0] == spec.version_id)
-
     def health(self) -> tuple[bool, str]:
         base = settings.KUBEFUNCTION_BASE_IMAGE
         try:
@@ -321,16 +317,11 @@ class DockerRuntime(Runtime):
             return False, (f"docker runtime: {engine}; the base image {base} is missing: "
                            "run `make services` (or set KUBEFUNCTION_BASE_IMAGE)")
         return True, (f"docker runtime: {engine}; base image {base} present; "
-                      f"{len(self._pool)} warm containers")
-
-    @property
-    def warm_containers(self) -> int:
-        """How many idle containers the warm pool holds now."""
-        return len(self._pool)
+                      f"{self.warm_count} warm containers")
 
     def close(self) -> None:
         """Remove every container this process started (idle or busy)."""
-        self._pool.close()
+        super().close()
         if self._client is None or self._client_pid != os.getpid():
             return
         try:

@@ -25,7 +25,6 @@ from .base import (
     InvocationContext,
     Outcome,
     PrepareResult,
-    Runtime,
     RuntimeFailure,
     RuntimeUnavailable,
 )
@@ -39,7 +38,7 @@ from .protocol import (
     timed_out_outcome,
     unreadable_outcome,
 )
-from .warm_pool import PoolLimits, WarmPool
+from .warm_pool import PooledRuntime, PoolLimits, WarmPool
 
 # Environment variables pip may need to reach an index (proxies, certificates, its own settings).
 PIP_PASSTHROUGH = re.compile(
@@ -91,7 +90,7 @@ def _pool_limits() -> PoolLimits:
     )
 
 
-class LocalRuntime(Runtime):
+class LocalRuntime(PooledRuntime):
     """Runs each function in a child process of the worker: the embedded default.
 
     NOT A SECURITY BOUNDARY. The function runs as the worker's user, on the worker's file system
@@ -237,9 +236,6 @@ class LocalRuntime(Runtime):
 
     # --- the rest of the interface ------------------------------------------------------------
 
-    def release(self, spec: FunctionSpec) -> None:
-        self._pool.drop(lambda key: key[0] == spec.version_id)
-
     def health(self) -> tuple[bool, str]:
         if not RUNNER_PATH.is_file():
             return False, f"local runtime: the runner is missing at {RUNNER_PATH}"
@@ -250,16 +246,7 @@ class LocalRuntime(Runtime):
         except OSError as exc:
             return False, f"local runtime: the work dir {work_dir()} is not writable: {exc}"
         return True, (f"local runtime: python {platform.python_version()} at {sys.executable}, "
-                      f"{len(self._pool)} warm processes")
-
-    @property
-    def warm_processes(self) -> int:
-        """How many idle processes the warm pool holds now."""
-        return len(self._pool)
-
-    def close(self) -> None:
-        """Kill every process this runtime started (idle or busy)."""
-        self._pool.close()
+                      f"{self.warm_count} warm processes")
 
 
 

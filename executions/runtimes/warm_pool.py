@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from .base import FunctionSpec, Runtime
 from .local_process import RunnerProcess
 
 
@@ -159,3 +160,23 @@ def _fresh_locks(pool: WarmPool | None) -> None:
 def _kill(processes: list[RunnerProcess]) -> None:
     for process in processes:
         process.kill()
+
+
+class PooledRuntime(Runtime):
+    """A runtime that keeps warm runners (processes, containers) per version in a `WarmPool`
+    (`self._pool`, made by the subclass)."""
+
+    _pool: WarmPool
+
+    def release(self, spec: FunctionSpec) -> None:
+        self._pool.drop(lambda key: key[0] == spec.version_id)
+
+    @property
+    def warm_count(self) -> int:
+        """How many idle runners the warm pool holds now."""
+        return len(self._pool)
+
+    def close(self) -> None:
+        """Stop every runner this runtime started (idle or busy)."""
+        self._pool.close()
+

@@ -1,14 +1,10 @@
 """manage.py bench: the Celery floor vs the platform on the warm local runtime."""
 
-import json
-import time
-from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from metrics.bench import as_dict, run_bench
-from metrics.stats import ms
+from metrics.stats import ms, save_report
 
 
 class Command(BaseCommand):
@@ -38,7 +34,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"goal: throughput ≥ 0.7× floor: {'met' if throughput_ok else 'NOT met'}; "
             f"p50 ≤ 1.5× floor: {'met' if latency_ok else 'NOT met'}")
-        report = Path(settings.VAR_DIR) / f"bench-{int(time.time())}.json"
-        report.write_text(json.dumps({"floor": as_dict(floor), "platform": as_dict(platform)},
-                                     indent=2))
+        report = save_report("bench", {"floor": as_dict(floor), "platform": as_dict(platform)})
         self.stdout.write(f"figures saved to {report}")

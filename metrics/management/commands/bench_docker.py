@@ -1,14 +1,11 @@
 """manage.py bench_docker: a raw container run (the floor) vs the docker runtime, cold and warm."""
 
-import json
-import time
-from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from metrics.docker_bench import as_dict, run_docker_bench
-from metrics.stats import ms
+from metrics.stats import floor_table, save_report
 
 COLD_GOAL = 1.3  # cold invocation within 1.3x the floor
 WARM_GOAL = 0.015  # warm p50 under 15 ms
@@ -27,19 +24,15 @@ class Command(BaseCommand):
     def handle(self, *args, samples, warm, **options):
         figures = run_docker_bench(samples=samples, warm_samples=warm)
         floor = figures.floor
-        rows = [
-            ("floor: docker run --rm (SDK)", ms(floor), "1.00×"),
-            ("cold: one-shot container", ms(figures.cold), f"{figures.cold / floor:.2f}×"),
-            ("cold: new warm container", ms(figures.cold_warm_pool),
-             f"{figures.cold_warm_pool / floor:.2f}×"),
-            (f"warm p50 ({figures.warm_samples} calls)", ms(figures.warm_p50),
-             f"{figures.warm_p50 / floor:.3f}×"),
-            (f"warm p95 ({figures.warm_samples} calls)", ms(figures.warm_p95),
-             f"{figures.warm_p95 / floor:.3f}×"),
-        ]
-        self.stdout.write(f"{'':32}{'time':>12}  ratio to floor")
-        for name, value, ratio in rows:
-            self.stdout.write(f"{name:32}{value:>12}  {ratio}")
+        for line in floor_table([
+            ("floor: docker run --rm (SDK)", floor),
+            ("cold: one-shot container", figures.cold),
+            ("cold: new warm container", figures.cold_warm_pool),
+            (f"warm p50 ({figures.warm_samples} calls)", figures.warm_p50),
+            (f"warm p95 ({figures.warm_samples} calls)", figures.warm_p95),
+        ], floor):
+            self.stdout.write(line)
+
         def verdict(ok: bool) -> str:
             return "met" if ok else "NOT met"
 
@@ -54,6 +47,4 @@ class Command(BaseCommand):
                 f"note: {settings.KUBEFUNCTION_BASE_IMAGE} has no compiled standard library, so "
                 "every cold start compiles json, re, enum, threading…; keep the __pycache__ "
                 "folders in the base image (scripts/services.sh precompiles them).")
-        report = Path(settings.VAR_DIR) / f"bench-docker-{int(time.time())}.json"
-        report.write_text(json.dumps(as_dict(figures), indent=2))
-        self.stdout.write(f"figures saved to {report}")
+        self.stdout.write(f"figures saved to {save_report('bench-docker', as_dict(figures))}")

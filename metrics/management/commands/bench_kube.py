@@ -1,15 +1,11 @@
 """manage.py bench_kube: `docker run` of a function's image (the floor) vs the kubernetes
 runtime on the fake API server, cold (Job) and warm (Deployment)."""
 
-import json
-import time
-from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from metrics.kube_bench import as_dict, run_kube_bench
-from metrics.stats import ms
+from metrics.stats import floor_table, save_report
 
 
 class Command(BaseCommand):
@@ -28,24 +24,17 @@ class Command(BaseCommand):
     def handle(self, *args, samples, warm, **options):
         figures = run_kube_bench(samples=samples, warm_samples=warm)
         floor = figures.floor
-        rows = [
-            ("floor: docker run --rm (SDK)", ms(floor), "1.00×"),
-            ("cold: Job (docker kubelet)", ms(figures.cold), f"{figures.cold / floor:.2f}×"),
-            ("warm: first, from zero (docker kubelet)", ms(figures.warm_first),
-             f"{figures.warm_first / floor:.2f}×"),
-            (f"warm p50, pod reused ({figures.warm_samples})", ms(figures.warm_p50),
-             f"{figures.warm_p50 / floor:.3f}×"),
-            (f"warm p95, pod reused ({figures.warm_samples})", ms(figures.warm_p95),
-             f"{figures.warm_p95 / floor:.3f}×"),
-        ]
-        self.stdout.write(f"{'':40}{'time':>12}  ratio to floor")
-        for name, value, ratio in rows:
-            self.stdout.write(f"{name:40}{value:>12}  {ratio}")
+        for line in floor_table([
+            ("floor: docker run --rm (SDK)", floor),
+            ("cold: Job (docker kubelet)", figures.cold),
+            ("warm: first, from zero (docker kubelet)", figures.warm_first),
+            (f"warm p50, pod reused ({figures.warm_samples})", figures.warm_p50),
+            (f"warm p95, pod reused ({figures.warm_samples})", figures.warm_p95),
+        ], floor):
+            self.stdout.write(line)
         self.stdout.write(
             f"image {figures.image}; floor and cold are medians of {figures.samples} "
             "alternating runs. Warm: the Deployment's pod is a container of the same image "
             "(docker kubelet, no network), reached on its pod IP through the fake kubelet's "
             "loopback tunnel; from zero includes starting it and its readinessProbe.")
-        report = Path(settings.VAR_DIR) / f"bench-kube-{int(time.time())}.json"
-        report.write_text(json.dumps(as_dict(figures), indent=2))
-        self.stdout.write(f"figures saved to {report}")
+        self.stdout.write(f"figures saved to {save_report('bench-kube', as_dict(figures))}")
