@@ -36,6 +36,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .models import Execution, ExecutionStatus
 from .runtimes import get_runtime
+from .runtimes.local_process import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,6 @@ def worker_id(node: str) -> str:
     return f"{node}/{os.getpid()}" if node else ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def active_tasks(nodes: Iterable[str]) -> dict[str, list[dict]]:
     """{node: its active requests} for the nodes that answered within PING_TIMEOUT (one
     broadcast for all). Raises on broker errors."""
@@ -102,7 +93,7 @@ def holder_alive(holder: str, *, task_id: str, current_node: str = "",
     if not node:
         return False
     if node == current_node and pid is not None and (pid == os.getpid()
-                                                      or not _pid_alive(pid)):
+                                                      or not pid_alive(pid)):
         return False
     if active is None:
         active = active_tasks([node])

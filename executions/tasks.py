@@ -1,5 +1,7 @@
 """The run task: takes an execution id and runs it through the service."""
 
+import logging
+
 from celery import shared_task
 from celery.exceptions import Ignore, Reject
 from django.conf import settings
@@ -8,6 +10,8 @@ from kubefunction.errors import ServiceUnavailable
 
 from . import reaper, services
 from .runtimes.base import RuntimeUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 # The runtime enforces each function's own timeout; the soft limit only catches a runtime that
@@ -42,8 +46,6 @@ def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False
              soft_time_limit=max(60, 4 * settings.KUBEFUNCTION_KUBE_TIMEOUT))
 def scale_idle_warm() -> list[str]:
     """Scale the idle warm Deployments to the minimum; returns their names."""
-    import logging
-
     from functions.models import Function
 
     from .runtimes import get_runtime
@@ -55,7 +57,7 @@ def scale_idle_warm() -> list[str]:
     try:
         return get_runtime("kubernetes").warm.scale_idle()
     except (RuntimeUnavailable, RuntimeFailure) as exc:  # the next run (a minute on) tries again
-        logging.getLogger(__name__).warning("could not scale idle warm Deployments: %s", exc)
+        logger.warning("could not scale idle warm Deployments: %s", exc)
         return []
 
 

@@ -231,14 +231,6 @@ def assert_all_succeeded_once(task_ids: list[str], marks: Path) -> None:
     assert len(list(marks.iterdir())) == len(task_ids)  # each function ran exactly once
 
 
-def reaper_scheduled() -> None:
-    """Skip (saying why) while the reaper task is not part of the code base yet."""
-    if "executions.reap" not in celery_app.tasks:
-        celery_app.loader.import_default_modules()
-    if "executions.reap" not in celery_app.tasks:
-        pytest.skip("needs the reaper (task executions.reap, KUBEFUNCTION_REAPER_*)")
-
-
 # --- 1. Redis restarted ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("appendonly", [False, True], ids=["no-persistence", "appendonly"])
@@ -246,7 +238,6 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
         api, private_redis, broker_at, processes, tmp_path, appendonly):
     """Without persistence the 100 messages are lost and the reaper sends them again from
     Postgres; with an append-only file Redis keeps them and the worker takes them as they are."""
-    reaper_scheduled()
     if appendonly:
         private_redis.kill()
         private_redis.appendonly = True
@@ -284,7 +275,6 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
 
 def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at, processes,
                                                   tmp_path):
-    reaper_scheduled()
     broker_at(private_redis.url)
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -319,7 +309,6 @@ def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at,
 
 def test_dispatch_during_broker_outage_is_sent_by_the_reaper(api, private_redis, broker_at,
                                                              processes, tmp_path):
-    reaper_scheduled()
     marks = tmp_path / "marks"
     marks.mkdir()
     make_trigger(api, "outage", once_only_source(marks))

@@ -37,7 +37,7 @@ from .docker_container import (
 )
 from .docker_warm import WarmContainer
 from .framing import join_logs
-from .local_process import _pid_alive, remove_stale_homes
+from .local_process import pid_alive, remove_stale_homes
 from .protocol import (
     frame_outcome,
     reusable,
@@ -109,7 +109,7 @@ def cleanup_orphans(client: docker.DockerClient) -> int:
         owner_host, _, pid = owner.rpartition(":")
         if owner_host != host or not pid.isdigit():
             continue
-        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         try:
             client.api.remove_container(container["Id"], force=True)

@@ -101,14 +101,15 @@ def remove_stale_homes(parent: Path) -> int:
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
         worker = int(parts[1])
-        if worker == os.getpid() or _pid_alive(worker):
+        if worker == os.getpid() or pid_alive(worker):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed += 1
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
