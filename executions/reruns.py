@@ -15,11 +15,11 @@ from enum import StrEnum
 from django.db import transaction
 from django.utils import timezone
 
-from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
 from kubefunction.errors import Conflict, InvalidInput
 
 from .models import Execution
+from .services import _send, image_check
 
 
 class RerunVersion(StrEnum):
@@ -38,9 +38,7 @@ def _target_version(execution: Execution, version: str) -> FunctionVersion:
     if target is None or target.status != VersionStatus.READY:
         what = f"version {target.number} is {target.status}" if target else "it has no version"
         raise Conflict(f"function '{function.name}' cannot run it: {what}.", field="version")
-    if builds_image(function) and not target.image:
-        raise Conflict(f"version {target.number} of '{function.name}' has no image for the "
-                       f"{function.effective_runtime} runtime: build it first.", field="version")
+    image_check(function, target, field="version")
     return target
 
 
@@ -48,8 +46,6 @@ def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
                     user=None) -> Execution:
     """Queue a new execution of `execution`'s input and trigger on the `same` version or the
     `current` one; only a finished execution can be re-run. The task is sent after commit."""
-    from .services import _send
-
     if not execution.is_finished:
         raise Conflict(f"execution {execution.task_id} is {execution.status}: only a finished "
                        "execution can be re-run.", field="execution")

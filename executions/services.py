@@ -78,6 +78,15 @@ def _send(executions: Sequence[Execution]) -> None:
             f"queued but were not sent; the first is {executions[0].task_id}.") from exc
 
 
+def image_check(function, version: FunctionVersion, *, field: str) -> None:
+    """Refuse (409 naming `field`) a version whose function's runtime runs images when its image
+    is not built yet."""
+    if builds_image(function) and not version.image:
+        raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
+                       f"{function.effective_runtime} runtime yet: build it "
+                       f"(POST /api/functions/{function.name}/build/).", field=field)
+
+
 def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=None,
                             source: str = "", callback_url: str = "",
                             synchronous: bool = False,
@@ -106,10 +115,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
             "it has no version"
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
-    if builds_image(function) and not version.image:
-        raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
-                       f"{function.effective_runtime} runtime yet: build it "
-                       f"(POST /api/functions/{function.name}/build/).", field="trigger")
+    image_check(function, version, field="trigger")
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p)
                 for p in payloads]
     now = timezone.now()
