@@ -16,6 +16,9 @@ from tests.processes import ROOT, celery_env, start_worker, stop
 
 EXAMPLES = ROOT / "examples" / "functions"
 
+# CI fails, rather than skips, the isolation tests it cannot run (tests/required_skips.py).
+pytest_plugins = ["tests.required_skips"]
+
 
 @pytest.fixture(scope="session")
 def worker_kube(tmp_path_factory):
