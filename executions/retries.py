@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .models import Execution, ExecutionStatus
-from .run_store import Claimed
+from .run_store import Claimed, bounded_figures, storable
 from .runtimes.base import Outcome
 
 # The function's contract was broken in a way another attempt would repeat exactly.
@@ -60,8 +60,9 @@ def attempt_record(claimed: Claimed, outcome: Outcome, *, worker: str, cause: Ca
     """What `Execution.attempts` keeps of one failed attempt."""
     return {
         "attempt": claimed.attempt, "status": outcome.status,
-        "error_type": outcome.error_type[:200], "error": bounded(outcome.error),
-        "logs": bounded(outcome.logs), "exit_code": outcome.exit_code, "worker": worker,
+        "error_type": storable(outcome.error_type[:200]), "error": storable(bounded(outcome.error)),
+        "logs": storable(bounded(outcome.logs)), "worker": worker,
+        "exit_code": bounded_figures({"exit_code": outcome.exit_code})["exit_code"],
         "platform": cause is Cause.PLATFORM, "started_at": claimed.started_at.isoformat(),
         "finished_at": finished_at.isoformat(),
     }

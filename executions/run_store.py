@@ -13,6 +13,7 @@ that no more than the limit ever run; unlimited functions keep the fast path.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
@@ -201,6 +202,50 @@ def _claim_orm(execution_id: str, worker: str, from_status: str) -> Claimed | No
      callback_url, batch_id, updated_at) = values
     return Claimed(task_id, payload, runtime, version_id, updated_at, attempt, max_retries,
                    backoff, synchronous, callback_url, batch_id, now)
+
+
+# Column ranges of the figures a run reports (Postgres integer, bigint; floats kept finite and
+# below a century of seconds, so sums over them stay finite too). The runtime and the function
+# report them, and a value out of range must not make the outcome unstorable.
+INT32 = (-(2**31), 2**31 - 1)
+BIGINT = (0, 2**63 - 1)
+MAX_SECONDS = 100 * 365 * 86400.0
+_INTEGER_FIGURES = {"exit_code": INT32, "peak_memory_bytes": BIGINT}
+_SECONDS_FIGURES = ("cpu_seconds", "init_seconds")
+# Characters of an error message kept (head and tail); logs are capped by the runtime already.
+MAX_ERROR_CHARS = 64_000
+
+
+def bounded_figures(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with every figure clamped to its column's range: integers to the range (a
+    non-integer is dropped: None), seconds finite and in [0, MAX_SECONDS], the error type and
+    message cut to what a column or a page holds."""
+    from .retries import bounded
+
+    fields = dict(fields)
+    for name, (low, high) in _INTEGER_FIGURES.items():
+        if name in fields:
+            value = fields[name]
+            fields[name] = None if isinstance(value, bool) or not isinstance(value, int) \
+                else min(high, max(low, value))
+    for name in _SECONDS_FIGURES:
+        if name in fields:
+            value = fields[name]
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and \
+                math.isfinite(value)
+            fields[name] = min(MAX_SECONDS, max(0.0, float(value))) if ok else None
+    if "error_type" in fields:
+        fields["error_type"] = storable(str(fields["error_type"] or "")[:200])
+    if "error" in fields:
+        fields["error"] = storable(bounded(str(fields["error"] or ""), MAX_ERROR_CHARS))
+    if "logs" in fields:
+        fields["logs"] = storable(str(fields["logs"] or ""))
+    return fields
+
+
+def storable(text: str) -> str:
+    """`text` without what a text column refuses: NUL characters and lone surrogates."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: str) -> bool:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -183,11 +183,41 @@ def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, wor
     fields = retention.finish_fields(
         _cached_spec(claimed.version_id, claimed.function_updated_at).payload_retention,
         claimed.payload, fields, earlier_attempts=claimed.attempt > 1)
-    if not db_retry.retrying(run_store.finish, execution_id, claimed.task_id, fields,
-                             worker=worker, what=f"store the outcome of {execution_id}"):
+    fields = run_store.bounded_figures(fields)
+    try:
+        stored = db_retry.retrying(run_store.finish, execution_id, claimed.task_id, fields,
+                                   worker=worker, what=f"store the outcome of {execution_id}")
+    except DatabaseError as exc:
+        stored = _finish_unstorable(execution_id, claimed, exc, worker, fields=fields)
+    if not stored:
         return False
     _finished_hooks(execution_id, callback_url=claimed.callback_url, batch_id=claimed.batch_id)
     return True
+
+
+def _finish_unstorable(execution_id: str, claimed: run_store.Claimed, exc: DatabaseError,
+                       worker: str, *, fields: dict[str, Any]) -> bool:
+    """The database refused the outcome itself (a value it cannot hold): store one failed
+    outcome that says so, without what it refused. Leaving the execution `running` would make
+    the reaper run the function again as a lost worker's; it ran once and must stay run once."""
+    logger.error("the outcome of execution %s could not be stored (%s): storing it as failed",
+                 execution_id, exc.__class__.__name__, exc_info=True)
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    reason = (f"the function ran (attempt {claimed.attempt}), but its outcome could not be "
+              f"stored: {exc.__class__.__name__}: {first_line}. Its output and logs are lost; "
+              "it was not run again.")
+    minimal = {"status": ExecutionStatus.FAILED, "error_type": "OutcomeNotStored",
+               "error": reason, "output": None, "finished_at": timezone.now(),
+               "dead_letter": not claimed.synchronous, "cold": fields.get("cold")}
+    try:
+        return db_retry.retrying(run_store.finish, execution_id, claimed.task_id, minimal,
+                                 worker=worker, what=f"store the failure of {execution_id}")
+    except DatabaseError:
+        logger.exception("execution %s: even its failure could not be stored", execution_id)
+        return execution_fail(execution_id=execution_id, reason=reason,
+                              error_type="OutcomeNotStored",
+                              expect={"status": ExecutionStatus.RUNNING, "worker": worker},
+                              hooks=False)
 
 
 def _finished_hooks(execution_id: str, *, callback_url: str, batch_id) -> None:
@@ -364,7 +394,7 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
 
 
 def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError",
-                   expect: dict[str, Any] | None = None) -> bool:
+                   expect: dict[str, Any] | None = None, hooks: bool = True) -> bool:
     """End a queued or running execution as failed with `reason`, keeping its earlier attempts
     (an asynchronous one becomes a dead letter), and run the after-finish hooks. `expect`:
     more field values the row must still have (e.g. the attempt and worker that were judged
@@ -380,7 +410,8 @@ def execution_fail(*, execution_id: str, reason: str, error_type: str = "Platfor
         task_id, callback_url, batch_id = Execution.objects.values_list(
             "task_id", "callback_url", "batch_id").get(pk=execution_id)
         result_row(task_id=task_id, succeeded=False, error_type=error_type, error=reason).save()
-    _finished_hooks(execution_id, callback_url=callback_url, batch_id=batch_id)
+    if hooks:
+        _finished_hooks(execution_id, callback_url=callback_url, batch_id=batch_id)
     return True
 
 

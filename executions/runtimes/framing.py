@@ -8,11 +8,17 @@ output, kept as extra logs up to a cap. The frame format is defined by `function
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from functions.runner import FRAME_MARKER, Capture, utf8_prefix
 
 _MAX_LENGTH_DIGITS = 20
+# The figures a frame reports, and what each must be. The function runs in the runner's process
+# and can write a frame of its own, so these are claims: a value of the wrong type, not finite
+# or out of range is dropped here (its default used) rather than failing the run on the host.
+_FIGURES: dict[str, type] = {"exit_code": int, "cpu_seconds": float, "max_rss_bytes": int,
+                             "init_seconds": float}
 
 
 class FrameError(Exception):
@@ -111,7 +117,19 @@ class FrameReader:
             raise FrameError(f"the result frame is not UTF-8 JSON: {exc}") from exc
         if not isinstance(value, dict) or "ok" not in value:
             raise FrameError("the result frame is not a result object")
+        for key, kind in _FIGURES.items():
+            if key in value and not _sane(value[key], kind):
+                del value[key]
         return value
+
+
+def _sane(value: Any, kind: type) -> bool:
+    """Whether `value` is a figure of `kind` that the host can store (storage clamps it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    return math.isfinite(value) and value >= 0
 
 
 def join_logs(parts: list[tuple[str, bool]], limit: int) -> tuple[str, bool]:
