@@ -51,8 +51,8 @@ def bounded(text: str, limit: int = ATTEMPT_TEXT_CHARS) -> str:
 
 def backoff(base: float, retry: int) -> float:
     """Seconds before the `retry`-th retry (1-based): base * 2**(retry-1), capped."""
-    return min(float(settings.KUBEFUNCTION_RETRY_MAX_BACKOFF),
-               max(0.0, base) * 2 ** min(retry - 1, 40))
+    base = max(float(settings.KUBEFUNCTION_RETRY_MIN_BACKOFF), base)
+    return min(float(settings.KUBEFUNCTION_RETRY_MAX_BACKOFF), base * 2 ** min(retry - 1, 40))
 
 
 def attempt_record(claimed: Claimed, outcome: Outcome, *, worker: str, cause: Cause,
@@ -80,12 +80,24 @@ def retry_delay(execution_id: str, claimed: Claimed, outcome: Outcome, *,
         return None
     earlier = Execution.objects.filter(pk=execution_id).values_list(
         "attempts", flat=True).first() or []
+    delay = retry_delay_after(claimed, outcome, earlier=earlier, cause=cause)
+    return None if delay is None else (delay, earlier)
+
+
+def retry_delay_after(claimed: Claimed, outcome: Outcome, *, earlier: list[dict],
+                      cause: Cause) -> float | None:
+    """Seconds before the retry of a failed attempt after the `earlier` attempts, or None
+    when no retry is left."""
+    if cause is Cause.PERMANENT or outcome.status == ExecutionStatus.SUCCEEDED:
+        return None
     platform = cause is Cause.PLATFORM
     retry = 1 + sum(1 for record in earlier if bool(record.get("platform")) == platform)
-    allowed = settings.KUBEFUNCTION_PLATFORM_RETRIES if platform else claimed.max_retries
+    # An execution stored before the bounds (or a re-run of one) keeps within them too.
+    allowed = settings.KUBEFUNCTION_PLATFORM_RETRIES if platform else min(
+        claimed.max_retries, settings.KUBEFUNCTION_MAX_RETRIES_LIMIT)
     if retry > allowed:
         return None
-    return backoff(1.0 if platform else claimed.retry_backoff_seconds, retry), earlier
+    return backoff(1.0 if platform else claimed.retry_backoff_seconds, retry)
 
 
 def requeue(execution_id: str, claimed: Claimed, outcome: Outcome, *, worker: str,

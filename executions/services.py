@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -27,6 +28,7 @@ from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
 from functions.specs import version_spec
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
+from kubefunction.throttles import dispatch_reserve, user_ident
 from triggers.models import Trigger
 
 from . import concurrency, db_retry, hooks, retention, retries, run_store
@@ -383,6 +385,11 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
     retry = retries.retry_delay(execution_id, claimed, outcome, cause=cause)
     if retry is not None:
         countdown, earlier = retry
+        if cause is retries.Cause.FUNCTION:  # the platform's own failures are not charged
+            # Capped like the backoff: a countdown past the broker's visibility timeout would
+            # be delivered twice (the reservation has charged the rate either way).
+            countdown = max(countdown, min(_retry_charge(execution_id),
+                                           float(settings.KUBEFUNCTION_RETRY_MAX_BACKOFF)))
         if retries.requeue(execution_id, claimed, outcome, worker=worker, cause=cause,
                            earlier=earlier, countdown=countdown):
             logger.info("execution %s attempt %d %s: retrying in %.1f s", execution_id,
@@ -391,6 +398,36 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
         return outcome
     _finish(execution_id, claimed, outcome, worker, dead_letter=not claimed.synchronous)
     return outcome
+
+
+def _retry_charge(execution_id: str) -> float:
+    """Charge a retry to the dispatch rate of its function's owner: the seconds until it fits
+    in the rate (0 now). A retry over the rate is delayed by that much, never dropped."""
+    owner = get_user_model().objects.filter(functions__executions__pk=execution_id).only(
+        "pk", "date_joined").first()
+    ident = user_ident(owner)
+    return dispatch_reserve(ident) if ident else 0.0
+
+
+def execution_skip(*, trigger: Trigger, error_type: str, reason: str,
+                   source: str = "schedule") -> Execution:
+    """Record a dispatch that was refused before it ran (a schedule fire over its owner's rate):
+    a failed execution that never ran, with its reason and Celery FAILURE row, so the skip
+    shows wherever executions do and its callback says so."""
+    function = trigger.function
+    now = timezone.now()
+    with transaction.atomic():
+        execution = Execution.objects.create(
+            task_id=str(uuid.uuid4()), function=function, version=function.active_version,
+            trigger=trigger, input=trigger.default_payload, runtime=function.effective_runtime,
+            dispatched_at=now, due_at=None, status=ExecutionStatus.FAILED,
+            error_type=error_type, error=reason, finished_at=now,
+            callback_url=trigger.callback_url)
+        result_row(task_id=execution.task_id, succeeded=False, error_type=error_type,
+                   error=reason).save()
+    logger.warning("%s trigger %s: %s", source, trigger.name, reason)
+    _finished_hooks(str(execution.pk), callback_url=execution.callback_url, batch_id=None)
+    return execution
 
 
 def execution_fail(*, execution_id: str, reason: str, error_type: str = "PlatformError",

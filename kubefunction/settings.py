@@ -203,6 +203,16 @@ KUBEFUNCTION_MAX_TIMEOUT = env.int("KUBEFUNCTION_MAX_TIMEOUT", default=900)
 # also stays above this cap plus a run.
 KUBEFUNCTION_RETRY_MAX_BACKOFF = env.int("KUBEFUNCTION_RETRY_MAX_BACKOFF", default=900)
 KUBEFUNCTION_PLATFORM_RETRIES = env.int("KUBEFUNCTION_PLATFORM_RETRIES", default=5)
+# Bounds on what a user sets (docs/executions.md): a trigger's `max_retries` is at most
+# MAX_RETRIES_LIMIT and its `retry_backoff_seconds` at least RETRY_MIN_BACKOFF (and at most
+# RETRY_MAX_BACKOFF), so one dispatch cannot occupy the workers with instant retries.
+KUBEFUNCTION_MAX_RETRIES_LIMIT = env.int("KUBEFUNCTION_MAX_RETRIES_LIMIT", default=10)
+KUBEFUNCTION_RETRY_MIN_BACKOFF = env.float("KUBEFUNCTION_RETRY_MIN_BACKOFF", default=0.1)
+# Schedule triggers (docs/security.md): the shortest time (s) between two fires a crontab may
+# ask for, and how many schedule triggers one owner may have (0: no limit).
+KUBEFUNCTION_SCHEDULE_MIN_INTERVAL = env.int("KUBEFUNCTION_SCHEDULE_MIN_INTERVAL", default=60)
+KUBEFUNCTION_MAX_SCHEDULES_PER_USER = env.int("KUBEFUNCTION_MAX_SCHEDULES_PER_USER",
+                                              default=20)
 # The reaper (executions.reaper, docs/reliability.md), run by beat every INTERVAL seconds:
 # a queued execution whose message was due more than QUEUED_GRACE seconds ago (and none waits
 # in the queue) is sent again, at most MAX_RESENDS times before it fails; a running one past

@@ -7,7 +7,9 @@ and the caller then waits until the bucket has refilled by as much. State lives 
 cache (Redis when the broker is Redis, updated atomically by a Lua script; per process
 otherwise), so every web process applies the same budget.
 
-DRF views use `DispatchRateThrottle`; other views (the HTTP webhook) call `dispatch_wait`.
+DRF views use `DispatchRateThrottle`; other views (the HTTP webhook) call `dispatch_wait`. The
+run path charges a function's owner for each retry (`dispatch_reserve`: delayed, never lost) and
+each schedule fire (`dispatch_wait`: skipped over the rate), so neither goes round the rate.
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ from rest_framework.throttling import SimpleRateThrottle
 logger = logging.getLogger(__name__)
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOCK = threading.Lock()
-# KEYS[1]: the theoretical arrival time (TAT); ARGV: now, cost and period in seconds.
-# Answers "0" and stores the new TAT when allowed, else the seconds to wait.
+# KEYS[1]: the theoretical arrival time (TAT); ARGV: now, cost and period in seconds, and "1"
+# to reserve. Answers "0" and stores the new TAT when allowed, else the seconds to wait; a
+# reservation stores the new TAT either way and answers when its slot comes.
 _GCRA_LUA = """
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local period = tonumber(ARGV[3])
+local reserve = ARGV[4] == '1'
 local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
 if tat < now then tat = now end
 local allowance = period - cost
 if allowance < 0 then allowance = 0 end
 local wait = (tat - now) - allowance
-if wait > 0 then return tostring(wait) end
+if wait > 0 and not reserve then return tostring(wait) end
 local new = tat + cost
 redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+if wait > 0 then return tostring(wait) end
 return '0'
 """
 
@@ -52,8 +57,9 @@ def dispatch_rate() -> tuple[int, int] | None:
     return int(number), _PERIODS[period.strip()[0]]
 
 
-def _take(key: str, cost: float, period: float) -> float:
-    """Take `cost` seconds of budget from the bucket at `key`; 0 when allowed, else the wait."""
+def _take(key: str, cost: float, period: float, *, reserve: bool = False) -> float:
+    """Take `cost` seconds of budget from the bucket at `key`; 0 when allowed, else the wait.
+    `reserve`: take it even when over the rate (the wait is then when the slot comes)."""
     now = time.time()
     cache = caches["default"]
     if isinstance(cache, RedisCache):
@@ -61,7 +67,7 @@ def _take(key: str, cost: float, period: float) -> float:
         try:
             client = cache._cache.get_client(full_key, write=True)
             return float(client.eval(_GCRA_LUA, 1, full_key, repr(now), repr(cost),
-                                     repr(period)))
+                                     repr(period), "1" if reserve else "0"))
         except RedisError as exc:
             # Fail open: an unreachable Redis must not turn dispatches into 500s (the dispatch
             # itself then answers 503 if the broker, the same Redis, is down).
@@ -70,10 +76,10 @@ def _take(key: str, cost: float, period: float) -> float:
     with _LOCK:  # the local-memory cache lives in this process: a lock makes it atomic
         tat = max(float(cache.get(key) or now), now)
         wait = (tat - now) - max(0.0, period - cost)
-        if wait > 0:
+        if wait > 0 and not reserve:
             return wait
         cache.set(key, tat + cost, timeout=int(tat + cost - now) + 1)
-        return 0.0
+        return max(0.0, wait)
 
 
 def dispatch_wait(ident: str, cost: int = 1) -> float | None:
@@ -84,6 +90,17 @@ def dispatch_wait(ident: str, cost: int = 1) -> float | None:
     number, period = rate
     wait = _take(f"kf:dispatch-rate:{ident}", cost * period / number, period)
     return wait or None
+
+
+def dispatch_reserve(ident: str, cost: int = 1) -> float:
+    """Charge `cost` dispatches to `ident` even over the rate: the seconds until they fit in
+    it (0 now). For work that must not be lost but must not jump the rate either: a retry is
+    sent with this as its countdown."""
+    rate = dispatch_rate()
+    if rate is None:
+        return 0.0
+    number, period = rate
+    return _take(f"kf:dispatch-rate:{ident}", cost * period / number, period, reserve=True)
 
 
 def user_ident(user) -> str | None:

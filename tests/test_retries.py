@@ -202,7 +202,8 @@ def test_what_is_never_retried():
 def test_backoff_doubles_and_is_capped(settings):
     settings.KUBEFUNCTION_RETRY_MAX_BACKOFF = 60
     assert [retries.backoff(5, n) for n in range(1, 6)] == [5, 10, 20, 40, 60]
-    assert retries.backoff(0, 3) == 0
+    # No backoff is below the minimum (KUBEFUNCTION_RETRY_MIN_BACKOFF), which doubles too.
+    assert retries.backoff(0, 3) == settings.KUBEFUNCTION_RETRY_MIN_BACKOFF * 4
     assert len(retries.bounded("x" * 10_000)) < 4100
 
 

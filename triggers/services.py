@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import zoneinfo
 
@@ -24,9 +25,10 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from executions.callbacks import callback_url_check
 from executions.models import Execution
-from executions.services import execution_dispatch, payload_check
+from executions.services import execution_dispatch, execution_skip, payload_check
 from functions.models import Function
 from kubefunction.errors import InvalidInput, KubeFunctionError, NotFound
+from kubefunction.throttles import dispatch_wait, user_ident
 
 from .models import Trigger, TriggerKind
 
@@ -91,6 +93,62 @@ def schedule_check(schedule: str) -> str:
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"'{text}' is not a valid crontab: {exc}", field="schedule") from exc
     return text
+
+
+def schedule_interval(schedule: str) -> int:
+    """The shortest time in seconds between two fires of a checked 5-field crontab: the
+    smallest gap between its fire times within a day, or to the first of the next day."""
+    minute, hour, *_ = schedule.split(" ")
+    cron = crontab(minute=minute, hour=hour)
+    times = sorted(h * 60 + m for h in cron.hour for m in cron.minute)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps.append(24 * 60 - times[-1] + times[0])
+    return 60 * min(gaps)
+
+
+def schedule_interval_check(schedule: str) -> None:
+    """Refuse (naming `schedule`) a crontab that fires more often than
+    KUBEFUNCTION_SCHEDULE_MIN_INTERVAL allows."""
+    shortest = settings.KUBEFUNCTION_SCHEDULE_MIN_INTERVAL
+    every = schedule_interval(schedule)
+    if every < shortest:
+        raise InvalidInput(f"'{schedule}' fires every {every} s at times; schedules may fire at "
+                           f"most once every {shortest} s.", field="schedule")
+
+
+def schedule_count_check(trigger: Trigger) -> None:
+    """Refuse (naming `schedule`) one schedule trigger more than its function's owner may have
+    (KUBEFUNCTION_MAX_SCHEDULES_PER_USER). Locks the owner's row first, so two concurrent
+    creations cannot both take the last place."""
+    from django.contrib.auth import get_user_model
+
+    limit = settings.KUBEFUNCTION_MAX_SCHEDULES_PER_USER
+    owner_id = Function.objects.filter(pk=trigger.function_id).values_list(
+        "owner_id", flat=True).first()
+    if limit <= 0 or owner_id is None:
+        return
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+    others = Trigger.objects.filter(kind=TriggerKind.SCHEDULE, function__owner_id=owner_id)
+    if trigger.pk is not None:
+        others = others.exclude(pk=trigger.pk)
+    if others.count() >= limit:
+        raise InvalidInput(f"the owner of '{trigger.function.name}' already has {limit} schedule "
+                           f"triggers, the most allowed (KUBEFUNCTION_MAX_SCHEDULES_PER_USER); "
+                           "delete or change one first.", field="schedule")
+
+
+def retries_check(*, max_retries: int | None, retry_backoff_seconds: float | None) -> None:
+    """Refuse retry settings outside KUBEFUNCTION_MAX_RETRIES_LIMIT and the backoff bounds
+    (KUBEFUNCTION_RETRY_MIN_BACKOFF .. KUBEFUNCTION_RETRY_MAX_BACKOFF), naming the field."""
+    limit = settings.KUBEFUNCTION_MAX_RETRIES_LIMIT
+    if max_retries is not None and not 0 <= max_retries <= limit:
+        raise InvalidInput(f"give 0 to {limit} retries (KUBEFUNCTION_MAX_RETRIES_LIMIT).",
+                           field="max_retries")
+    low = settings.KUBEFUNCTION_RETRY_MIN_BACKOFF
+    high = settings.KUBEFUNCTION_RETRY_MAX_BACKOFF
+    if retry_backoff_seconds is not None and not (
+            math.isfinite(retry_backoff_seconds) and low <= retry_backoff_seconds <= high):
+        raise InvalidInput(f"give {low} to {high} seconds.", field="retry_backoff_seconds")
 
 
 def timezone_check(name: str) -> str:
@@ -158,12 +216,13 @@ def _check_kind_fields(trigger: Trigger) -> None:
     trigger.timezone = timezone_check(trigger.timezone or "UTC")
     if trigger.kind == TriggerKind.SCHEDULE:
         trigger.schedule = schedule_check(trigger.schedule)
+        schedule_interval_check(trigger.schedule)
     elif trigger.schedule:
         raise InvalidInput("only schedule triggers have a schedule.", field="schedule")
     if trigger.public and trigger.kind != TriggerKind.HTTP:
         raise InvalidInput("only HTTP triggers can be public.", field="public")
-    if trigger.retry_backoff_seconds is not None and trigger.retry_backoff_seconds < 0:
-        raise InvalidInput("give 0 or more seconds.", field="retry_backoff_seconds")
+    retries_check(max_retries=trigger.max_retries,
+                  retry_backoff_seconds=trigger.retry_backoff_seconds)
     trigger.callback_url = callback_url_check(trigger.callback_url)  # the allow-list
 
 
@@ -190,6 +249,9 @@ def _save(trigger: Trigger) -> Trigger:
     except ValidationError as exc:
         field, messages = next(iter(exc.message_dict.items()))
         raise InvalidInput(" ".join(messages), field=field) from exc
+    if trigger.kind == TriggerKind.SCHEDULE and (trigger.pk is None or Trigger.objects.filter(
+            pk=trigger.pk).exclude(kind=TriggerKind.SCHEDULE).exists()):
+        schedule_count_check(trigger)  # a new schedule: existing ones stay editable
     trigger.save()
     _sync_periodic_task(trigger)
     trigger.token = token
@@ -247,8 +309,8 @@ def trigger_fire(*, trigger_id: int) -> Execution | None:
     """Dispatch a schedule trigger with its default payload (what beat's task calls). Returns
     the execution, or None when nothing could be dispatched (reason logged: beat must not
     crash on a trigger that was deleted, paused or whose function is not ready)."""
-    trigger = Trigger.objects.select_related("function__active_version").filter(
-        pk=trigger_id).first()
+    trigger = Trigger.objects.select_related("function__active_version", "function__owner")\
+        .filter(pk=trigger_id).first()
     if trigger is None:
         logger.warning("schedule fired for trigger id %s, which no longer exists", trigger_id)
         return None
@@ -256,6 +318,19 @@ def trigger_fire(*, trigger_id: int) -> Execution | None:
         logger.info("schedule fired for trigger %s, which is %s: nothing dispatched",
                     trigger.name, "paused" if trigger.enabled is False else trigger.kind)
         return None
+    wait = dispatch_wait(user_ident(trigger.function.owner) or f"trigger:{trigger.pk}")
+    if wait is not None:
+        # A fire is not queued for later: the next one comes anyway, and a backlog of fires
+        # would only burst past the rate once it refills.
+        if trigger.function.active_version is None:
+            logger.error("schedule trigger %s fired over its owner's dispatch rate: skipped",
+                         trigger.name)
+            return None
+        return execution_skip(
+            trigger=trigger, error_type="RateLimited",
+            reason=f"schedule fire skipped: the owner of '{trigger.function.name}' is over the "
+                   f"dispatch rate ({settings.KUBEFUNCTION_DISPATCH_RATE}); the next fire in "
+                   f"{wait:.0f} s or later may run.")
     try:
         execution = execution_dispatch(trigger=trigger, source="schedule")
     except KubeFunctionError as exc:
