@@ -78,10 +78,19 @@ def exception_handler(exc, context):
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """`handler500`: a database outage is a 503; other errors are a JSON 500 on the API paths
-    and Django's page elsewhere."""
+    and the plain `500.html` elsewhere. Neither says more than "server error": the traceback
+    goes to the log (with secrets masked, kubefunction.log_redaction), never to the client."""
     exc = sys.exc_info()[1]
     if isinstance(exc, DATABASE_ERRORS):
         return database_unavailable_response(request, exc)
     if wants_json(request):
         return JsonResponse({"detail": "Server error.", "code": "server_error"}, status=500)
     return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """`handler400` (a SuspiciousOperation outside DRF: a disallowed Host, an unreadable body):
+    JSON on the API paths, the plain `400.html` elsewhere."""
+    if wants_json(request):
+        return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
+    return defaults.bad_request(request, exception)

@@ -1,12 +1,16 @@
-"""Guards at the edge of every request: body sizes checked before a body is read, and a database
-outage answered with 503 instead of a 500 traceback."""
+"""Guards at the edge of every request: malformed framing refused before anything reads it, body
+sizes checked before a body is read, the webhook origin kept to webhooks, and a database outage
+answered with 503 instead of a 500 traceback."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from triggers.webhooks import on_webhook_origin
 
 from .api_errors import DATABASE_ERRORS, database_unavailable_response
 
@@ -17,12 +21,61 @@ ADMIN_UPLOAD_PREFIX = "/admin/functions/"
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
+# RFC 9110: Content-Length is 1*DIGIT. int() would also take "+5", " 5", "5_0" or "-1".
+CONTENT_LENGTH_FORMAT = re.compile(r"[0-9]{1,18}")
+
+
 def declared_length(request: HttpRequest) -> int | None:
     """The request's Content-Length, or None when it has none (or an unreadable one)."""
-    try:
-        return int(request.META.get("CONTENT_LENGTH") or "")
-    except ValueError:
-        return None
+    value = request.META.get("CONTENT_LENGTH") or ""
+    return int(value) if CONTENT_LENGTH_FORMAT.fullmatch(value) else None
+
+
+def bad_request(detail: str, *, header: str) -> JsonResponse:
+    """A 400 naming the header at fault, with its own length: it is answered before the
+    middleware that would add one, and the client must know where it ends."""
+    response = JsonResponse({header: [detail], "detail": detail, "code": "bad_request"},
+                            status=400)
+    response["Content-Length"] = str(len(response.content))
+    return response
+
+
+class RequestFramingMiddleware:
+    """400 (JSON, on every path) for a request whose framing cannot be trusted: a Content-Length
+    that is not a whole number of bytes (`abc`, `-1`, `1e3`, two values), or one that comes with
+    `Transfer-Encoding` (the two disagree on where the body ends: request smuggling).
+
+    Django's WSGI handler reads an unreadable length as 0 and code that calls int() on it
+    crashes; refused here, first in the chain, nothing downstream meets it.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        value = request.META.get("CONTENT_LENGTH")
+        if value not in (None, "") and not CONTENT_LENGTH_FORMAT.fullmatch(value):
+            return bad_request(
+                f"Content-Length must be a whole number of bytes; got {value[:40]!r}.",
+                header="Content-Length")
+        if value not in (None, "") and request.META.get("HTTP_TRANSFER_ENCODING"):
+            return bad_request("send either Content-Length or Transfer-Encoding, not both.",
+                               header="Transfer-Encoding")
+        return self.get_response(request)
+
+
+class WebhookOriginMiddleware:
+    """On the separate webhook origin (KUBEFUNCTION_WEBHOOK_ORIGIN) only `/t/` exists: functions'
+    pages served there must find no admin, API or login form on their own origin."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if on_webhook_origin(request) and not request.path.startswith("/t/"):
+            return JsonResponse({"detail": "Only HTTP triggers (/t/<name>) are served on this "
+                                           "host.", "code": "not_found"}, status=404)
+        return self.get_response(request)
 
 
 def is_chunked(request: HttpRequest) -> bool:

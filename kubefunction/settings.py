@@ -15,6 +15,7 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 VAR_DIR = Path(env.str("KUBEFUNCTION_VAR_DIR", default=str(BASE_DIR / "var")))
 
+# Off unless asked for: debug pages print settings and tracebacks to whoever sends a bad request.
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 PRODUCTION = env.bool("KUBEFUNCTION_PRODUCTION", default=False)
 _DEV_SECRET_KEY = "django-insecure-kubefunction-development-only"
@@ -24,6 +25,23 @@ if PRODUCTION and (SECRET_KEY == _DEV_SECRET_KEY or DEBUG):
         "KUBEFUNCTION_PRODUCTION is on: set DJANGO_SECRET_KEY and leave DJANGO_DEBUG off."
     )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+# Webhooks and error pages (docs/security.md). The separate origin HTTP triggers are served from,
+# e.g. https://hooks.example-fn.net (scheme://host[:port]); empty: webhooks share the platform's
+# origin and every answer is sanitised (no cookies, no security headers, CSP sandbox). Only
+# requests whose Host is this origin's get the function's answer as it is, and that host serves
+# nothing but /t/.
+KUBEFUNCTION_WEBHOOK_ORIGIN = env.str("KUBEFUNCTION_WEBHOOK_ORIGIN", default="").rstrip("/")
+if KUBEFUNCTION_WEBHOOK_ORIGIN:
+    from urllib.parse import urlsplit as _urlsplit
+
+    _webhook_origin = _urlsplit(KUBEFUNCTION_WEBHOOK_ORIGIN)
+    if _webhook_origin.scheme not in ("http", "https") or not _webhook_origin.hostname or (
+            _webhook_origin.path or _webhook_origin.query or _webhook_origin.username):
+        raise environ.ImproperlyConfigured(
+            "KUBEFUNCTION_WEBHOOK_ORIGIN must be scheme://host[:port], e.g. "
+            f"https://hooks.example-fn.net; got {KUBEFUNCTION_WEBHOOK_ORIGIN!r}.")
+    if _webhook_origin.hostname not in ALLOWED_HOSTS and "*" not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_webhook_origin.hostname)
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 # HTTPS (docs/security.md). Each is on in production unless set (an empty value means unset);
 # TLS usually ends at an ingress or load balancer, which must then send X-Forwarded-Proto
@@ -68,7 +86,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # 400 for a Content-Length that is not a number (or comes with Transfer-Encoding), first.
+    "kubefunction.middleware.RequestFramingMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The separate webhook origin (KUBEFUNCTION_WEBHOOK_ORIGIN) serves /t/ and nothing else.
+    "kubefunction.middleware.WebhookOriginMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # 411/413 from the headers alone, before a body is read; 503 when the database is away.
     "kubefunction.middleware.RequestBodyLimitMiddleware",
@@ -144,7 +166,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Error lines (tracebacks included) never print the secret key, database, broker or
+    # registry passwords, whatever an exception message holds (kubefunction.log_redaction).
+    "filters": {"secrets": {"()": "kubefunction.log_redaction.SecretRedactionFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": env.str("KUBEFUNCTION_LOG_LEVEL", default="INFO")},
 }
 

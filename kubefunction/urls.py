@@ -38,3 +38,5 @@ urlpatterns = [
 
 # A database outage raised outside a view is a 503 too (kubefunction.api_errors).
 handler500 = "kubefunction.api_errors.server_error"
+# JSON or a plain page, never a debug page (docs/security.md, "Webhooks and error pages").
+handler400 = "kubefunction.api_errors.bad_request"

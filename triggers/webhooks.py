@@ -12,19 +12,32 @@ The contract (docs/triggers.md):
   `{"statusCode": ...}` answer), 502 when the function fails or times out, 504 when it outlives
   the wait (it goes on; its result stays at the result URL). `Prefer: respond-async` or
   `?async=1`: 202 at once, an ordinary asynchronous execution (retries apply).
+- Confinement (docs/security.md, "Webhooks and error pages"): the event never holds a credential
+  the platform accepts (its API token, session and CSRF cookies, the CSRF header, the metrics
+  token, the trigger token). On the platform's own origin every answer is inert: a CSP sandbox,
+  nosniff, and only the allow-listed headers of the function pass. Only on the separate
+  KUBEFUNCTION_WEBHOOK_ORIGIN does an answer pass as the function gives it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
+from django.http.request import split_domain_port
 from django.urls import reverse
+from rest_framework.authentication import BasicAuthentication, TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.settings import api_settings
 
 from executions.models import Execution, ExecutionStatus
 from executions.services import USE_DEFAULT, execution_dispatch, execution_wait
@@ -50,6 +63,27 @@ WAIT_MARGIN_SECONDS = 10
 LENIENT_CONTENT_TYPES = ("", "application/x-www-form-urlencoded")  # what `curl -d` sends
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "content-length"}
+DROPPED_HEADER = "X-KubeFunction-Dropped-Headers"
+
+# On the platform's own origin an answer must never act as a page of that origin: `sandbox` gives
+# it an opaque origin (no cookies, no storage, no same-origin fetch) and blocks scripts, forms and
+# pop-ups; `default-src 'none'` stops it loading anything (no tracking pixel, no CSS exfiltration).
+# Inline styles and data: images keep a plain HTML answer readable.
+SANDBOX_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# The function's headers that pass on the platform's origin: they describe the body and its
+# caching, nothing else. Location passes when it stays on the platform's origin (no open redirect).
+PASSED_HEADERS = {"content-type", "content-disposition", "content-language", "content-encoding",
+                  "cache-control", "expires", "pragma", "etag", "last-modified", "vary", "age",
+                  "retry-after", "allow", "www-authenticate", "location"}
+# Custom `X-…` headers pass, except the ones browsers, servers or we act on.
+REFUSED_X_HEADERS = {"x-frame-options", "x-content-type-options", "x-xss-protection",
+                     "x-permitted-cross-domain-policies", "x-dns-prefetch-control",
+                     "x-download-options", "x-ua-compatible", "x-content-security-policy",
+                     "x-webkit-csp", "x-sendfile", "x-real-ip", "x-csrftoken"}
+REFUSED_X_PREFIXES = ("x-accel-", "x-forwarded-", "x-kubefunction-", "x-litespeed-")
+# An absolute path on this origin: not `//host` or `/\host` (browsers read both as another host).
+SAME_ORIGIN_PATH = re.compile(r"/(?![/\\])[^\s\\]*")
 
 
 class Unauthorized(KubeFunctionError):
@@ -64,6 +98,9 @@ class WebhookAnswer:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    # False for an answer the function shaped (statusCode/headers/body): its headers are the
+    # function's, checked by `confine`; True for the platform's own answers.
+    ours: bool = True
 
 
 def _json_answer(status: int, data, task_id: str = "", **headers: str) -> WebhookAnswer:
@@ -104,15 +141,85 @@ def webhook_trigger(*, name: str, token: str | None) -> Trigger:
     return trigger
 
 
+# --- The origin --------------------------------------------------------------------------------
+
+def on_webhook_origin(request: HttpRequest) -> bool:
+    """Whether the request came to the separate webhook origin (KUBEFUNCTION_WEBHOOK_ORIGIN):
+    same scheme, host and port. Every other request, the platform's own host above all, is on
+    the platform's origin, whichever path it names."""
+    origin = settings.KUBEFUNCTION_WEBHOOK_ORIGIN
+    if not origin:
+        return False
+    expected = urlsplit(origin)
+    try:
+        host, port = split_domain_port(request.get_host())
+    except DisallowedHost:
+        return False
+    default_port = {"http": 80, "https": 443}[expected.scheme]
+    return (request.scheme == expected.scheme and host == expected.hostname
+            and int(port or default_port) == (expected.port or default_port))
+
+
 # --- The event ---------------------------------------------------------------------------------
+
+def _platform_accepts(authorization: str) -> bool:
+    """Whether the platform itself would take this `Authorization` value: an API token of an
+    active user, a user's password (if Basic is configured), or the metrics bearer token."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    scheme, credentials = scheme.lower(), credentials.strip()
+    metrics_token = settings.KUBEFUNCTION_METRICS_TOKEN
+    if metrics_token and scheme == "bearer" and hmac.compare_digest(
+            credentials.encode(), metrics_token.encode()):
+        return True
+    for authentication in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+        try:
+            if issubclass(authentication, TokenAuthentication):
+                if scheme == authentication.keyword.lower():
+                    authentication().authenticate_credentials(credentials)
+                    return True
+            elif issubclass(authentication, BasicAuthentication) and scheme == "basic":
+                userid, _, password = base64.b64decode(credentials).decode().partition(":")
+                authentication().authenticate_credentials(userid, password)
+                return True
+        except (AuthenticationFailed, ValueError, binascii.Error):
+            continue
+    return False
+
+
+def _without_platform_cookies(cookie: str) -> str:
+    """The Cookie header minus the platform's session and CSRF cookies (kept as sent)."""
+    platform = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME}
+    kept = [part.strip() for part in cookie.split(";")
+            if part.strip() and part.partition("=")[0].strip() not in platform]
+    return "; ".join(kept)
+
+
+def event_headers(request: HttpRequest) -> dict[str, str]:
+    """The request's headers as a function sees them: lower-case names, and none of the
+    credentials the platform accepts (whoever owns a webhook must not collect its callers'
+    tokens). Everything else passes, an `Authorization` meant for the function included."""
+    csrf_header = settings.CSRF_HEADER_NAME.removeprefix("HTTP_").replace("_", "-").lower()
+    headers = {}
+    for key, value in request.headers.items():
+        name = key.lower()
+        if name in (TOKEN_HEADER.lower(), csrf_header):
+            continue
+        if name == "authorization" and _platform_accepts(value):
+            continue
+        if name == "cookie":
+            value = _without_platform_cookies(value)
+            if not value:
+                continue
+        headers[name] = value
+    return headers
+
 
 def _envelope(request: HttpRequest, body: bytes) -> dict:
     try:
         text, encoded = body.decode("utf-8"), False
     except UnicodeDecodeError:
         text, encoded = base64.b64encode(body).decode("ascii"), True
-    headers = {key.lower(): value for key, value in request.headers.items()
-               if key.lower() != TOKEN_HEADER.lower()}
+    headers = event_headers(request)
     query = {key: values[0] if len(values) == 1 else values
              for key, values in request.GET.lists()}
     return {"body": text, "isBase64Encoded": encoded, "headers": headers, "query": query,
@@ -215,7 +322,8 @@ def _proxy_answer(output: dict, task_id: str) -> WebhookAnswer:
         data = json.dumps(body, ensure_ascii=False).encode()
         content_type = content_type or "application/json"
     headers[TASK_ID_HEADER] = task_id
-    return WebhookAnswer(status, data, content_type or "text/plain; charset=utf-8", headers)
+    return WebhookAnswer(status, data, content_type or "text/plain; charset=utf-8", headers,
+                         ours=False)
 
 
 def _result_url(request: HttpRequest, execution: Execution) -> str:
@@ -244,8 +352,51 @@ def _finished_answer(request: HttpRequest, execution: Execution) -> WebhookAnswe
     return answer
 
 
+def _header_passes(name: str, value: str, request: HttpRequest) -> bool:
+    lower = name.lower()
+    if lower == "location":
+        if SAME_ORIGIN_PATH.fullmatch(value):
+            return True
+        own = urlsplit(request.build_absolute_uri("/"))
+        target = urlsplit(value)
+        return (target.scheme, target.netloc.lower()) == (own.scheme, own.netloc.lower())
+    if lower in PASSED_HEADERS:
+        return True
+    return (lower.startswith("x-") and lower not in REFUSED_X_HEADERS
+            and not lower.startswith(REFUSED_X_PREFIXES))
+
+
+def confine(answer: WebhookAnswer, request: HttpRequest) -> WebhookAnswer:
+    """An answer fit for the origin it is served on. On the separate webhook origin: as given.
+    On the platform's origin: the allow-listed headers of the function only (the dropped names
+    are listed in X-KubeFunction-Dropped-Headers, so its author sees why), a sandbox CSP and
+    nosniff, so a page a function returns cannot script the admin next to it."""
+    if on_webhook_origin(request):
+        return answer
+    headers, dropped = {}, []
+    for name, value in answer.headers.items():
+        if answer.ours or name == TASK_ID_HEADER or _header_passes(name, value, request):
+            headers[name] = value
+        else:
+            dropped.append(name.lower())
+    if dropped:
+        headers[DROPPED_HEADER] = ", ".join(sorted(set(dropped)))
+        logger.info("webhook answer on the platform's origin: dropped headers %s",
+                    headers[DROPPED_HEADER])
+    headers["Content-Security-Policy"] = SANDBOX_CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    return WebhookAnswer(answer.status, answer.body, answer.content_type, headers, answer.ours)
+
+
 def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
-    """Authenticate, build the event, dispatch, and (synchronous calls) wait for the outcome."""
+    """Authenticate, build the event, dispatch, and (synchronous calls) wait for the outcome;
+    the answer is confined to the origin it is served on."""
+    return confine(_webhook_call(name=name, request=request), request)
+
+
+def _webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
+    if request.method != "POST":
+        return _json_answer(405, {"detail": "HTTP triggers take POST."}, Allow="POST")
     try:
         trigger = webhook_trigger(name=name, token=request.headers.get(TOKEN_HEADER))
         # Webhook calls count against the function owner's dispatch rate, like API dispatches.
@@ -253,7 +404,8 @@ def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
         if wait is not None:
             raise RateLimited(f"too many dispatches: retry in {wait:.1f} s.", retry_after=wait)
         limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES
-        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+        length = request.META.get("CONTENT_LENGTH") or "0"  # the framing middleware checked it
+        if length.isascii() and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"the body is over {limit} bytes.", field="body")
         body = request.body
         if len(body) > limit:
