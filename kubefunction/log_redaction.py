@@ -60,7 +60,10 @@ class SecretRedactionFilter(logging.Filter):
             return True
         if not secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: mask its format string at least
+            message = str(record.msg)
         masked = redact(message, secrets)
         if masked != message:
             record.msg, record.args = masked, None

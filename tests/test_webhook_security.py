@@ -297,3 +297,27 @@ def test_a_forced_500_with_the_default_debug_shows_no_secret(tmp_path):
     assert "Internal Server Error: /boom/" in run.stderr
     for secret in secrets:
         assert secret not in run.stderr, secret
+
+
+STATIC_SCRIPT = """
+import django
+django.setup()
+from django.conf import settings
+from django.test import Client
+answer = Client().get("/static/admin/css/base.css")
+print(settings.DEBUG, answer.status_code, answer["Content-Type"], sep="|")
+"""
+
+
+def test_static_files_are_served_with_debug_off(tmp_path):
+    """DEBUG off no longer means an unstyled admin: collectstatic, then WhiteNoise serves them."""
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_DEBUG"}
+    env.update(DJANGO_SETTINGS_MODULE="kubefunction.settings", KUBEFUNCTION_VAR_DIR=str(tmp_path))
+    collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert collect.returncode == 0, collect.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-c", STATIC_SCRIPT], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    debug, status, content_type = run.stdout.strip().splitlines()[-1].split("|")
+    assert (debug, status) == ("False", "200") and content_type.startswith("text/css"), run.stdout
