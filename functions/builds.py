@@ -16,6 +16,7 @@ from executions.runtimes import get_runtime
 from kubefunction.errors import Conflict
 
 from . import images
+from .build_logs import cap_log
 from .models import Function, FunctionVersion, VersionStatus
 from .specs import version_spec
 
@@ -51,6 +52,7 @@ def _send_build(version_id: int) -> None:
 
 
 def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
+    log = cap_log(log)
     version.status = VersionStatus.READY if ok else VersionStatus.FAILED
     version.build_log = log
     version.built_at = timezone.now()
@@ -66,7 +68,7 @@ def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
 
 def _stream_log(version_id: int):
     def write(text: str) -> None:
-        FunctionVersion.objects.filter(pk=version_id).update(build_log=text)
+        FunctionVersion.objects.filter(pk=version_id).update(build_log=cap_log(text))
     return write
 
 
@@ -111,6 +113,7 @@ def version_build(*, version_id: int) -> FunctionVersion | None:
         logger.exception("building %s failed", version)
         ok, log = False, f"build failed: {exc!r}"
     if was_ready:
+        log = cap_log(log)
         FunctionVersion.objects.filter(pk=version.pk).update(build_log=log)
         version.build_log = log
     else:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import docker
 from django.conf import settings
@@ -22,13 +24,14 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from executions.runtimes.base import FunctionSpec
 
+from . import requirements as reqs
 from . import runner
 from .artifacts import read_members
+from .build_logs import BoundedLog
 
 RUNNER_SOURCE = Path(runner.__file__).read_bytes()
-INSTALLED_BEGIN = "--- kubefunction: installed packages ---"
-INSTALLED_END = "--- kubefunction: end of installed packages ---"
 REPOSITORY_PREFIX = "kubefunction"
+MIB = 1024 * 1024
 
 
 class ImageBuildFailed(Exception):
@@ -56,25 +59,42 @@ def render_dockerfile(spec: FunctionSpec) -> str:
     return render_to_string("functions/Dockerfile", {
         "base_image": settings.KUBEFUNCTION_BASE_IMAGE, "function": spec.function_name,
         "version": spec.version_number, "sha256": spec.sha256,
-        "requirements": spec.requirements.strip(), "installed_begin": INSTALLED_BEGIN,
-        "installed_end": INSTALLED_END,
+        "requirements": spec.requirements.strip(),
     })
 
 
-def _context(spec: FunctionSpec, dockerfile: str) -> bytes:
-    """The build context as a tar: Dockerfile, runner, requirements and the source under src/."""
-    files = {"Dockerfile": dockerfile.encode(), "runner.py": RUNNER_SOURCE}
-    if spec.requirements.strip():
-        files["requirements.txt"] = spec.requirements.strip().encode() + b"\n"
-    for path, content in read_members(spec.source_name, spec.read_source()).items():
-        files[f"src/{path}"] = content
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+def image_target(client: docker.DockerClient) -> reqs.Target:
+    """What the image's pip installs for: the base image's Python and glibc (settings) on the
+    engine's architecture."""
+    machine = client.info().get("Architecture") or "x86_64"
+    return reqs.Target(python_version=settings.KUBEFUNCTION_IMAGE_PYTHON_VERSION,
+                       glibc_version=settings.KUBEFUNCTION_IMAGE_GLIBC_VERSION, machine=machine)
+
+
+def write_context(out: IO[bytes], files: dict[str, bytes], wheelhouse: Path | None = None) -> None:
+    """Write a build context tar: `files` by name, and the wheelhouse's wheels under wheels/."""
+    with tarfile.open(fileobj=out, mode="w") as archive:
         for name in sorted(files):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(files[name]), 0o644, 0
             archive.addfile(info, io.BytesIO(files[name]))
-    return buffer.getvalue()
+        for wheel in sorted(wheelhouse.iterdir()) if wheelhouse else ():
+            info = tarfile.TarInfo(f"wheels/{wheel.name}")
+            info.size, info.mode, info.mtime = wheel.stat().st_size, 0o644, 0
+            with wheel.open("rb") as handle:
+                archive.addfile(info, handle)
+    out.seek(0)
+
+
+def _context_files(spec: FunctionSpec, dockerfile: str, requirements_file: Path | None
+                   ) -> dict[str, bytes]:
+    """Dockerfile, runner, the requirements pip reads (our rendering) and the source under src/."""
+    files = {"Dockerfile": dockerfile.encode(), "runner.py": RUNNER_SOURCE}
+    if requirements_file is not None:
+        files["requirements.txt"] = requirements_file.read_bytes()
+    for path, content in read_members(spec.source_name, spec.read_source()).items():
+        files[f"src/{path}"] = content
+    return files
 
 
 def content_tag(spec: FunctionSpec, base_image_id: str) -> str:
@@ -84,9 +104,11 @@ def content_tag(spec: FunctionSpec, base_image_id: str) -> str:
     version label then names the version that first built it).
     """
     dockerfile = render_dockerfile(replace(spec, version_number=0))
+    target = (f"{settings.KUBEFUNCTION_IMAGE_PYTHON_VERSION}-"
+              f"{settings.KUBEFUNCTION_IMAGE_GLIBC_VERSION}")  # chooses the wheels
     digest = hashlib.sha256()
     for part in (dockerfile.encode(), RUNNER_SOURCE, spec.sha256.encode(),
-                 spec.requirements.strip().encode(), base_image_id.encode()):
+                 spec.requirements.strip().encode(), base_image_id.encode(), target.encode()):
         digest.update(hashlib.sha256(part).digest())
     return "src-" + digest.hexdigest()[:32]
 
@@ -110,23 +132,17 @@ def _registry_digest(client: docker.DockerClient, reference: str) -> str | None:
         raise
 
 
-def _installed(log: str) -> str:
-    if INSTALLED_BEGIN not in log:
-        return ""
-    # The markers also appear in the echoed RUN line: the printed list follows the last one.
-    block = log.rsplit(INSTALLED_BEGIN, 1)[1].split(INSTALLED_END, 1)[0]
-    return "\n".join(line.strip() for line in block.splitlines() if "==" in line)
+class LogSink:
+    """Collects build output (bounded: `BoundedLog`) and hands it to `on_log` at most every
+    `interval` seconds."""
 
-
-class _LogSink:
-    """Collects build output and hands it to `on_log` at most every `interval` seconds."""
-
-    def __init__(self, on_log: Callable[[str], None] | None, interval: float = 0.5) -> None:
-        self.parts: list[str] = []
+    def __init__(self, on_log: Callable[[str], None] | None = None,
+                 interval: float = 0.5) -> None:
+        self.log = BoundedLog()
         self.on_log, self.interval, self.flushed = on_log, interval, 0.0
 
     def write(self, text: str) -> None:
-        self.parts.append(text)
+        self.log.write(text)
         if self.on_log and time.monotonic() - self.flushed >= self.interval:
             self.flush()
 
@@ -137,16 +153,20 @@ class _LogSink:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.log.text
 
 
 def build_image(spec: FunctionSpec, *, on_log: Callable[[str], None] | None = None,
                 client: docker.DockerClient | None = None) -> tuple[BuiltImage, str]:
     """Build and push the version's image, or reuse the registry's copy. Returns (image, log).
 
-    Raises `ImageBuildFailed` with the log so far when anything fails.
+    The requirements' wheels are fetched on this host (no package code runs: see
+    `functions.requirements`) and installed inside the build, which has no network. Everything
+    is bounded by KUBEFUNCTION_BUILD_TIMEOUT_SECONDS. Raises `ImageBuildFailed` with the log so
+    far when anything fails.
     """
-    sink = _LogSink(on_log)
+    deadline = reqs.build_deadline()
+    sink = LogSink(on_log)
     try:
         client = client or docker_client()
         base = client.images.get(settings.KUBEFUNCTION_BASE_IMAGE)
@@ -168,36 +188,91 @@ def build_image(spec: FunctionSpec, *, on_log: Callable[[str], None] | None = No
         sink.write(f"{repo}:{tag} is already in the registry ({existing}): nothing to build.\n")
         return BuiltImage(image=f"{repo}@{existing}", tag=f"{repo}:{tag}", installed="",
                           reused=True), sink.text
-    try:
-        _build(client, spec, dockerfile, f"{repo}:{tag}", sink)
-        digest = _push(client, repo, tag, sink)
-    except ImageBuildFailed as exc:
-        sink.write(f"\n{exc}\n")
-        raise ImageBuildFailed(sink.text) from exc
-    except DockerException as exc:
-        sink.write(f"\nthe Docker engine failed: {exc}\n")
-        raise ImageBuildFailed(sink.text) from exc
+    with tempfile.TemporaryDirectory(prefix="kf-build-") as workdir:
+        try:
+            wheels = _fetch(client, spec, Path(workdir), sink, deadline)
+            requirements_file = Path(workdir) / "requirements.txt" if wheels is not None else None
+            with tempfile.TemporaryFile(dir=workdir) as context:
+                write_context(context, _context_files(spec, dockerfile, requirements_file),
+                              Path(workdir) / "wheels" if wheels else None)
+                sink.write(f"building {repo}:{tag} from {settings.KUBEFUNCTION_BASE_IMAGE} "
+                           "(no network)\n")
+                run_build(client, context=context, reference=f"{repo}:{tag}", sink=sink,
+                          deadline=deadline)
+            digest = _push(client, repo, tag, sink)
+        except ImageBuildFailed as exc:
+            sink.write(f"\n{exc}\n")
+            raise ImageBuildFailed(sink.text) from exc
+        except DockerException as exc:
+            sink.write(f"\nthe Docker engine failed: {exc}\n")
+            raise ImageBuildFailed(sink.text) from exc
     sink.write(f"pushed {repo}:{tag} as {repo}@{digest}\n")
     return BuiltImage(image=f"{repo}@{digest}", tag=f"{repo}:{tag}",
-                      installed=_installed(sink.text), reused=False), sink.text
+                      installed=reqs.installed_list(wheels or ()), reused=False), sink.text
 
 
-def _build(client: docker.DockerClient, spec: FunctionSpec, dockerfile: str, reference: str,
-           sink: _LogSink) -> None:
-    sink.write(f"building {reference} from {settings.KUBEFUNCTION_BASE_IMAGE}\n")
+def _fetch(client: docker.DockerClient, spec: FunctionSpec, workdir: Path, sink: LogSink,
+           deadline: float) -> tuple[str, ...] | None:
+    """The wheels of the requirements, saved in workdir/wheels; None without requirements."""
+    if not spec.requirements.strip():
+        return None
+    target = image_target(client)
+    sink.write(f"fetching wheels for {target.describe()} from "
+               f"{settings.KUBEFUNCTION_PIP_INDEX_URL} (wheels only)\n")
+    fetched = reqs.fetch_wheels(requirements=spec.requirements, wheelhouse=workdir / "wheels",
+                                workdir=workdir, target=target, deadline=deadline)
+    sink.write(fetched.log.rstrip() + "\n")
+    if not fetched.ok:
+        raise ImageBuildFailed("fetching the requirements' wheels failed")
+    return fetched.wheels
+
+
+def build_limits() -> dict:
+    """`container_limits` of every step of an image build."""
+    limits = {"memory": settings.KUBEFUNCTION_BUILD_MEMORY_MB * MIB,
+              "memswap": settings.KUBEFUNCTION_BUILD_MEMORY_MB * MIB,
+              "cpushares": settings.KUBEFUNCTION_BUILD_CPU_SHARES}
+    if settings.KUBEFUNCTION_BUILD_CPUSET:
+        limits["cpusetcpus"] = settings.KUBEFUNCTION_BUILD_CPUSET
+    return limits
+
+
+def run_build(client: docker.DockerClient, *, context: IO[bytes], reference: str,
+              sink: LogSink, deadline: float) -> None:
+    """The one place an image is built: from a context tar, with no network (`network_mode`
+    "none": the steps reach neither the host nor anything else), the build limits, and the
+    deadline. Raises `ImageBuildFailed` with the reason."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise ImageBuildFailed(reqs.build_timeout_message())
+    # The read timeout bounds a silent step; the check below bounds a chatty one. Leaving the
+    # stream closes the connection, which makes the engine cancel the build and its container.
     stream = client.api.build(
-        fileobj=io.BytesIO(_context(spec, dockerfile)), custom_context=True, tag=reference,
-        rm=True, forcerm=True, pull=False, decode=True, network_mode="host",
-        timeout=settings.KUBEFUNCTION_BUILD_TIMEOUT,
+        fileobj=context, custom_context=True, tag=reference, rm=True, forcerm=True, pull=False,
+        decode=True, network_mode="none", container_limits=build_limits(),
+        timeout=max(1.0, remaining),
     )
-    for chunk in stream:
-        if "stream" in chunk:
-            sink.write(chunk["stream"])
-        elif "error" in chunk:
-            raise ImageBuildFailed(f"build failed: {chunk['error'].strip()}")
+    try:
+        for chunk in stream:
+            if time.monotonic() > deadline:
+                raise ImageBuildFailed(reqs.build_timeout_message())
+            if "stream" in chunk:
+                sink.write(chunk["stream"])
+            elif "error" in chunk:
+                raise ImageBuildFailed(f"build failed: {chunk['error'].strip()}")
+    except ImageBuildFailed:
+        raise
+    except Exception as exc:  # a read timeout (urllib3's, requests', the socket's) at the deadline
+        if time.monotonic() >= deadline - 0.5:
+            raise ImageBuildFailed(reqs.build_timeout_message()) from exc
+        raise
+    finally:
+        stream.close()
+    if time.monotonic() > deadline:
+        raise ImageBuildFailed(reqs.build_timeout_message())
 
 
-def _push(client: docker.DockerClient, repo: str, tag: str, sink: _LogSink) -> str:
+def _push(client: docker.DockerClient, repo: str, tag: str, sink: LogSink) -> str:
     sink.write(f"pushing {repo}:{tag}\n")
     digest = None
     for chunk in client.images.push(repo, tag=tag, stream=True, decode=True,

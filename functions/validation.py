@@ -14,6 +14,7 @@ from kubefunction.errors import InvalidInput
 
 from .artifacts import SourceRejected, archive_kind, read_members
 from .models import Mode
+from .requirements import check_requirements
 
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 ARCHIVE_DEFAULT_HANDLER = "handler.handle"
@@ -122,5 +123,6 @@ def validate_source(*, filename: str, data: bytes, handler: str | None = None,
         requirements_text = requirements.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         raise SourceRejected(f"requirements.txt is not UTF-8 text: {exc}") from exc
+    check_requirements(requirements_text)
     return ValidatedSource(members=members, handler=handler, mode=mode,
                            requirements=requirements_text)

@@ -334,7 +334,6 @@ KUBEFUNCTION_PUBLIC_URL = (env.str("KUBEFUNCTION_PUBLIC_URL", default="")
 KUBEFUNCTION_WARM_POOL_SIZE = env.int("KUBEFUNCTION_WARM_POOL_SIZE", default=8)
 KUBEFUNCTION_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_WARM_POOL_PER_VERSION", default=2)
 KUBEFUNCTION_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_WARM_IDLE_SECONDS", default=300)
-KUBEFUNCTION_PIP_TIMEOUT = env.int("KUBEFUNCTION_PIP_TIMEOUT", default=600)
 
 # --- Images ----------------------------------------------------------------------------------
 # Base of every function image; `make services` builds the default locally (no public registry
@@ -344,7 +343,24 @@ KUBEFUNCTION_BASE_IMAGE = env.str("KUBEFUNCTION_BASE_IMAGE",
 KUBEFUNCTION_REGISTRY = env.str("KUBEFUNCTION_REGISTRY", default="127.0.0.1:5000")
 KUBEFUNCTION_REGISTRY_USERNAME = env.str("KUBEFUNCTION_REGISTRY_USERNAME", default="")
 KUBEFUNCTION_REGISTRY_PASSWORD = env.str("KUBEFUNCTION_REGISTRY_PASSWORD", default="")
-KUBEFUNCTION_BUILD_TIMEOUT = env.int("KUBEFUNCTION_BUILD_TIMEOUT", default=900)
+
+# --- Builds (docs/security.md "Builds") ------------------------------------------------------
+# Seconds one build may take (fetching wheels, installing them, the image build); then it fails.
+KUBEFUNCTION_BUILD_TIMEOUT_SECONDS = env.int("KUBEFUNCTION_BUILD_TIMEOUT_SECONDS", default=900)
+# A build log past this many bytes keeps its beginning and end around a "[truncated]" marker.
+KUBEFUNCTION_BUILD_LOG_MAX_BYTES = env.int("KUBEFUNCTION_BUILD_LOG_MAX_BYTES", default=256 * 1024)
+# Limits of the containers an image build runs its steps in (memory = memory + swap; relative
+# CPU weight, 1024 = one container's normal share; optional CPU set such as "0" or "0-1").
+KUBEFUNCTION_BUILD_MEMORY_MB = env.int("KUBEFUNCTION_BUILD_MEMORY_MB", default=1024)
+KUBEFUNCTION_BUILD_CPU_SHARES = env.int("KUBEFUNCTION_BUILD_CPU_SHARES", default=512)
+KUBEFUNCTION_BUILD_CPUSET = env.str("KUBEFUNCTION_BUILD_CPUSET", default="")
+# The only package index builds fetch wheels from (no user or site pip configuration is read).
+KUBEFUNCTION_PIP_INDEX_URL = env.str("KUBEFUNCTION_PIP_INDEX_URL",
+                                     default="https://pypi.org/simple")
+KUBEFUNCTION_PIP_EXTRA_INDEX_URLS = env.list("KUBEFUNCTION_PIP_EXTRA_INDEX_URLS", default=[])
+# The Python and glibc of KUBEFUNCTION_BASE_IMAGE: wheels for images are chosen for them.
+KUBEFUNCTION_IMAGE_PYTHON_VERSION = env.str("KUBEFUNCTION_IMAGE_PYTHON_VERSION", default="3.11")
+KUBEFUNCTION_IMAGE_GLIBC_VERSION = env.str("KUBEFUNCTION_IMAGE_GLIBC_VERSION", default="2.36")
 
 # --- Docker runtime --------------------------------------------------------------------------
 # Engine address; empty: from the environment (DOCKER_HOST, or the local socket).

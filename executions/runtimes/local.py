@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from functions.artifacts import SourceRejected, unpack
+from functions.requirements import install_for_local
 
 from .base import (
     FunctionSpec,
@@ -40,10 +41,6 @@ from .protocol import (
 )
 from .warm_pool import PooledRuntime, PoolLimits, WarmPool
 
-# Environment variables pip may need to reach an index (proxies, certificates, its own settings).
-PIP_PASSTHROUGH = re.compile(
-    r"^(PIP_\w+|(?i:https?_proxy|no_proxy|all_proxy)|SSL_CERT_FILE|SSL_CERT_DIR|REQUESTS_CA_BUNDLE)$"
-)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -147,7 +144,7 @@ class LocalRuntime(PooledRuntime):
             dest.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".install-", dir=dest.parent))
             try:
-                ok, log = _pip_install(requirements, staging)
+                ok, log = install_for_local(requirements=requirements, staging=staging)
                 if ok:
                     target = staging / "target"
                     target.mkdir(exist_ok=True)  # requirements with only comments install nothing
@@ -278,35 +275,3 @@ def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float,
     return Outcome(status="failed", error_type="ProcessExited", exit_code=128 - code,
                    error=f"the function's process was killed by {name} without a result",
                    **common)
-
-
-
-def _pip_install(requirements: str, staging: Path) -> tuple[bool, str]:
-    """Run pip into staging/target with a minimal environment; returns (ok, output tail)."""
-    requirements_file = staging / "requirements.txt"
-    requirements_file.write_text(requirements, encoding="utf-8")
-    home = staging / "home"
-    home.mkdir()
-    env = {key: value for key, value in os.environ.items() if PIP_PASSTHROUGH.match(key)}
-    env.update(PATH=os.environ.get("PATH", os.defpath), LANG="C.UTF-8", HOME=str(home),
-               PYTHONIOENCODING="utf-8")
-    env.setdefault("PIP_CACHE_DIR", str(work_dir() / "pip-cache"))
-    argv = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-            "--target", str(staging / "target"), "-r", str(requirements_file)]
-    timeout = settings.KUBEFUNCTION_PIP_TIMEOUT
-    # Its own session, so a timeout also kills the builds pip started.
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, cwd=staging, env=env,
-                          start_new_session=True) as pip:
-        try:
-            output, _ = pip.communicate(timeout=timeout)
-            failure = f"pip exited with code {pip.returncode}" if pip.returncode else ""
-        except subprocess.TimeoutExpired:
-            os.killpg(pip.pid, signal.SIGKILL)
-            output, _ = pip.communicate()
-            failure = f"pip did not finish within {timeout} s"
-    log = output.decode("utf-8", "replace")
-    limit = settings.KUBEFUNCTION_MAX_LOG_BYTES
-    if len(log) > limit:  # the end says what went wrong
-        log = f"[... {len(log) - limit} characters omitted ...]\n{log[-limit:]}"
-    return not failure, f"{log}\n{failure}".rstrip() if failure else log
