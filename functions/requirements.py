@@ -34,6 +34,7 @@ from .artifacts import SourceRejected
 from .build_logs import cap_log
 
 MAX_REQUIREMENTS = 500
+MAX_LINE_CHARS = 1000
 # pip's own comment rule: '#' at the start of a line or after whitespace.
 COMMENT = re.compile(r"(^|\s+)#.*$")
 # Names pip would take for a local file rather than a project on the index.
@@ -61,6 +62,8 @@ def check_requirements(text: str) -> list[Requirement]:
         line = COMMENT.sub("", raw).strip()
         if not line:
             continue
+        if len(line) > MAX_LINE_CHARS:
+            raise _refuse(number, raw, f"longer than {MAX_LINE_CHARS} characters.")
         if line.endswith("\\"):
             raise _refuse(number, raw, "line continuations are not supported: one requirement "
                                        "per line.")
@@ -190,7 +193,10 @@ def fetch_wheels(*, requirements: str, wheelhouse: Path, workdir: Path,
     running no package code. `target`: the interpreter they are for, if not this one."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     requirements_file = workdir / "requirements.txt"
-    pip_requirements_file(requirements, requirements_file)
+    try:
+        pip_requirements_file(requirements, requirements_file)
+    except SourceRejected as exc:  # a version stored before uploads were checked
+        return PipResult(ok=False, log=f"refused before pip ran: {exc}")
     if not requirements_file.read_text(encoding="utf-8"):
         return PipResult(ok=True, log="requirements.txt names no package: nothing to fetch")
     ok, log = _run_pip(
