@@ -17,11 +17,12 @@ from kubefunction.errors import KubeFunctionError
 from . import batch_admin  # noqa: F401  (registers the Batch admin)
 from .models import Execution, ExecutionStatus
 from .reruns import RerunVersion, execution_rerun
+from .services import execution_cancel
 
 STATUS_COLOURS = {
     ExecutionStatus.QUEUED: "#777", ExecutionStatus.RUNNING: "#2a6ebb",
     ExecutionStatus.SUCCEEDED: "#2e7d32", ExecutionStatus.FAILED: "#c62828",
-    ExecutionStatus.TIMED_OUT: "#ef6c00",
+    ExecutionStatus.TIMED_OUT: "#ef6c00", ExecutionStatus.CANCELLED: "#6d4c41",
 }
 
 
@@ -55,7 +56,7 @@ class ExecutionAdmin(admin.ModelAdmin):
                     "duration", "start", "dispatched_at"]
     list_filter = ["status", DeadLetterFilter, "function", "trigger",
                    ("cold", admin.BooleanFieldListFilter), "dispatched_at"]
-    actions = ["rerun_same", "rerun_current", "redispatch"]
+    actions = ["rerun_same", "rerun_current", "redispatch", "cancel"]
     search_fields = ["task_id"]
     search_help_text = "Exact Celery task id or execution id."
     list_select_related = ["function", "trigger", "version"]
@@ -172,6 +173,26 @@ class ExecutionAdmin(admin.ModelAdmin):
     @admin.action(description="Re-dispatch dead letters (current version)")
     def redispatch(self, request, queryset):
         self._rerun_selected(request, queryset, RerunVersion.CURRENT, dead_letters_only=True)
+
+    def has_cancel_permission(self, request) -> bool:
+        # Stopping someone's run changes it: the change permission, not the view one.
+        return request.user.has_perm("executions.change_execution")
+
+    @admin.action(description="Cancel (queued, retrying) or kill (running)",
+                  permissions=["cancel"])
+    def cancel(self, request, queryset):
+        cancelled, refused = 0, 0
+        for execution in Execution.objects.filter(pk__in=queryset.values("pk")):
+            try:
+                execution_cancel(execution=execution, user=request.user)
+                cancelled += 1
+            except KubeFunctionError:
+                refused += 1
+        if cancelled:
+            self.message_user(request, f"Cancelled {cancelled} execution(s).")
+        if refused:
+            self.message_user(request, f"Skipped {refused} execution(s) that had already "
+                                       "ended.", messages.WARNING)
 
     @admin.display(description="task id", ordering="task_id")
     def short_task_id(self, execution):

@@ -1,4 +1,4 @@
-"""REST endpoints for executions: list with filters, read one by task id, re-run one."""
+"""REST endpoints for executions: list with filters, read one by task id, re-run or cancel one."""
 
 import django_filters
 from django.urls import reverse
@@ -87,3 +87,11 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
                          "version": rerun.version.number,
                          "result_url": request.build_absolute_uri(url)},
                         status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, task_id=None):
+        """Cancel a queued or retrying execution, or kill a running one: 200 with it, now
+        `cancelled`. 409 naming `status` when it already ended."""
+        execution = services.execution_cancel(execution=self.get_object(), user=request.user)
+        return Response(self.get_serializer(execution).data)

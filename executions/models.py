@@ -16,9 +16,13 @@ class ExecutionStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     TIMED_OUT = "timed_out", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
 
 
-FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT,
+                     ExecutionStatus.CANCELLED)
+# What a cancel may stop: queued (also a retry waiting for its backoff) or running.
+CANCELLABLE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 
 
 class CallbackStatus(models.TextChoices):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import states
+from celery.exceptions import TaskRevokedError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
@@ -24,10 +25,15 @@ class FunctionFailed(Exception):
 
 
 def result_row(*, task_id: str, succeeded: bool, output: Any = None, error_type: str = "",
-               error: str = "", worker: str = "") -> TaskResult:
-    """An unsaved result row: SUCCESS with the output, or FAILURE with `FunctionFailed`."""
+               error: str = "", worker: str = "", revoked: bool = False) -> TaskResult:
+    """An unsaved result row: SUCCESS with the output, FAILURE with `FunctionFailed`, or (for a
+    cancelled execution, `revoked`) REVOKED with Celery's own `TaskRevokedError`, which
+    `AsyncResult.get()` raises."""
     backend = app.backend
-    if succeeded:
+    if revoked:
+        state, traceback = states.REVOKED, None
+        value = backend.prepare_exception(TaskRevokedError(error or "cancelled"))
+    elif succeeded:
         state, value, traceback = states.SUCCESS, output, None
     else:
         failure = FunctionFailed(f"{error_type}: {error}".strip(": \n"))

@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from functions.builds import builds_image
@@ -32,7 +34,7 @@ from kubefunction.throttles import dispatch_reserve, user_ident
 from triggers.models import Trigger
 
 from . import concurrency, db_retry, hooks, retention, retries, run_store
-from .models import Batch, Execution, ExecutionStatus
+from .models import CANCELLABLE_STATUSES, Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
 from .runtimes.base import (
@@ -347,6 +349,13 @@ def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, ret
                        error=f"runtime unavailable: {exc}", cold=None), retries.Cause.PLATFORM
     except RuntimeFailure as exc:
         return _platform_error(exc), retries.Cause.PERMANENT
+    except SoftTimeLimitExceeded as exc:  # a cancel's kill (or the task's soft time limit)
+        if Execution.objects.filter(pk=execution_id, status=ExecutionStatus.CANCELLED).exists():
+            logger.info("execution %s was cancelled: its run was stopped", execution_id)
+            return Outcome(status=ExecutionStatus.CANCELLED, error_type="Cancelled",
+                           cold=None), retries.Cause.PERMANENT
+        logger.exception("runtime hung on execution %s", execution_id)
+        return _platform_error(exc), retries.Cause.PLATFORM
     except Exception as exc:  # a run must end with a status, whatever broke
         logger.exception("runtime failed on execution %s", execution_id)
         return _platform_error(exc), retries.Cause.PLATFORM
@@ -379,6 +388,8 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
     if claimed is None:
         return None
     outcome, cause = _invoke(execution_id, claimed)
+    if outcome.status == ExecutionStatus.CANCELLED:
+        return outcome  # the cancel stored its record
     if outcome.status == ExecutionStatus.SUCCEEDED:
         _finish(execution_id, claimed, outcome, worker)
         return outcome
@@ -398,6 +409,51 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
         return outcome
     _finish(execution_id, claimed, outcome, worker, dead_letter=not claimed.synchronous)
     return outcome
+
+
+def execution_cancel(*, execution: Execution, user=None) -> Execution:
+    """Cancel a queued (or retrying) execution, or kill a running one; returns it re-read.
+
+    One conditional UPDATE to `cancelled` with its REVOKED Celery result: a queued one's
+    message then finds nothing to claim, a running one's outcome nothing to finish (both are
+    conditional on the status). A running one's task is then revoked with `terminate`, which
+    makes the pool process raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call,
+    and the runtime kills the runner process or container on the way out. Conflict (409,
+    naming `status`) when it already ended.
+    """
+    who = getattr(user, "get_username", lambda: "")() if user is not None else ""
+    reason = f"cancelled by {who}" if who else "cancelled"
+    with transaction.atomic():
+        row = Execution.objects.select_for_update().filter(pk=execution.pk).values_list(
+            "status", "task_id", "callback_url", "batch_id").first()
+        if row is None or row[0] not in CANCELLABLE_STATUSES:
+            status = row[0] if row else "gone"
+            raise Conflict(f"execution {execution.task_id} is {status}: only a queued, "
+                           "retrying or running execution can be cancelled.", field="status")
+        status, task_id, callback_url, batch_id = row
+        Execution.objects.filter(pk=execution.pk, status=status).update(
+            status=ExecutionStatus.CANCELLED, error_type="Cancelled",
+            error=f"{reason} while {status}", finished_at=timezone.now(), dead_letter=False)
+        TaskResult.objects.filter(task_id=task_id).delete()
+        result_row(task_id=task_id, succeeded=False, error=f"{reason} while {status}",
+                   revoked=True).save()
+        if status == ExecutionStatus.RUNNING:
+            transaction.on_commit(lambda: _kill(task_id))
+    logger.info("execution %s %s while %s", execution.pk, reason, status)
+    _finished_hooks(str(execution.pk), callback_url=callback_url, batch_id=batch_id)
+    execution.refresh_from_db()
+    return execution
+
+
+def _kill(task_id: str) -> None:
+    """Stop the pool process running `task_id` wherever it runs (a broadcast; the execution is
+    already `cancelled`, so a kill that never arrives only lets the run end unrecorded)."""
+    from kubefunction.celery import app
+
+    try:
+        app.control.revoke(task_id, terminate=True, signal="SIGUSR1")
+    except Exception:  # the broker: the cancel stands, the run ends by itself
+        logger.warning("could not send the kill of task %s", task_id, exc_info=True)
 
 
 def _retry_charge(execution_id: str) -> float:
