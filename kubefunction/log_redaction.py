@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from django.utils.html import escape
+from django.views.debug import ExceptionReporter
+
 MASK = "********"
 # Values shorter than this are not masked: replacing "x" or "1" everywhere would garble the log
 # and hides nothing worth hiding.
@@ -75,3 +78,21 @@ class SecretRedactionFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info, secrets)
         return True
+
+
+class SecretMaskingExceptionReporter(ExceptionReporter):
+    """Django's debug page (DEBUG on only) with the same secrets masked: Django hides settings
+    named like a password, but not the broker URL, a cache LOCATION, the environment's
+    DATABASE_URL in META, or an exception message quoting any of them."""
+
+    def get_traceback_html(self) -> str:
+        return _redact_markup(str(super().get_traceback_html()))
+
+    def get_traceback_text(self) -> str:
+        return _redact_markup(str(super().get_traceback_text()))
+
+
+def _redact_markup(text: str) -> str:
+    secrets = platform_secrets()
+    return redact(text, sorted({*secrets, *(str(escape(s)) for s in secrets)}, key=len,
+                               reverse=True))

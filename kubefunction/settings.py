@@ -17,6 +17,8 @@ VAR_DIR = Path(env.str("KUBEFUNCTION_VAR_DIR", default=str(BASE_DIR / "var")))
 
 # Off unless asked for: debug pages print settings and tracebacks to whoever sends a bad request.
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Even then, the debug page masks the platform's secrets (broker URL, passwords, keys).
+DEFAULT_EXCEPTION_REPORTER = "kubefunction.log_redaction.SecretMaskingExceptionReporter"
 PRODUCTION = env.bool("KUBEFUNCTION_PRODUCTION", default=False)
 _DEV_SECRET_KEY = "django-insecure-kubefunction-development-only"
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_DEV_SECRET_KEY)

@@ -268,16 +268,24 @@ print(json.dumps({"debug": settings.DEBUG,
 """
 
 
-def test_a_forced_500_with_the_default_debug_shows_no_secret(tmp_path):
-    """A fresh process on the settings module as shipped (no DJANGO_DEBUG anywhere), with a
-    password in the database and broker URLs: the 500's page and its log line hold none."""
+def boom_process(tmp_path, **env_vars: str) -> tuple[dict, str]:
+    """Run BOOM_SCRIPT in a fresh process on the settings module as shipped (no DJANGO_DEBUG
+    unless given), with a password in the database and broker URLs: (answers, stderr)."""
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_DEBUG"}
     env.update(BOOM_SECRETS, DJANGO_SETTINGS_MODULE="kubefunction.settings",
-               KUBEFUNCTION_VAR_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
+               KUBEFUNCTION_VAR_DIR=str(tmp_path), PYTHONPATH=str(ROOT), **env_vars)
     run = subprocess.run([sys.executable, "-c", BOOM_SCRIPT], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+SECRETS_SHOWN = [*BOOM_SECRETS.values(), "db-pass-4711", "broker-pass-4711"]
+
+
+def test_a_forced_500_with_the_default_debug_shows_no_secret(tmp_path):
+    """The 500's page and its log line hold no secret, and no traceback reaches the client."""
+    seen, stderr = boom_process(tmp_path)
     assert seen["debug"] is False
     page_status, page_type, page = seen["answers"]["/boom/"]
     assert page_status == 500 and page_type.startswith("text/html")
@@ -287,16 +295,27 @@ def test_a_forced_500_with_the_default_debug_shows_no_secret(tmp_path):
     assert json.loads(api) == {"detail": "Server error.", "code": "server_error"}
     bad_status, bad_type, bad = seen["bad_host"]
     assert bad_status == 400 and bad_type == "application/json", bad
-    secrets = [*BOOM_SECRETS.values(), "db-pass-4711", "broker-pass-4711"]
     for text in (page, api, bad):
         assert "Traceback" not in text and "settings" not in text.lower()
-        for secret in secrets:
+        for secret in SECRETS_SHOWN:
             assert secret not in text
     # The log has the traceback (the operator needs it) with every secret masked.
-    assert "RuntimeError: cannot reach" in run.stderr, run.stderr[-3000:]
-    assert "Internal Server Error: /boom/" in run.stderr
-    for secret in secrets:
-        assert secret not in run.stderr, secret
+    assert "RuntimeError: cannot reach" in stderr, stderr[-3000:]
+    assert "Internal Server Error: /boom/" in stderr
+    for secret in SECRETS_SHOWN:
+        assert secret not in stderr, secret
+
+
+def test_even_the_debug_page_masks_the_secrets(tmp_path):
+    """DJANGO_DEBUG=true is asked for, not the default; its page (settings, the environment in
+    META, the exception message) still shows none of the platform's secrets."""
+    seen, stderr = boom_process(tmp_path, DJANGO_DEBUG="true")
+    assert seen["debug"] is True
+    for status, _, text in seen["answers"].values():
+        assert status == 500 and "RuntimeError" in text  # Django's debug page, really
+        assert "CELERY_BROKER_URL" in text and "********" in text
+        for secret in SECRETS_SHOWN:
+            assert secret not in text, secret
 
 
 STATIC_SCRIPT = """
