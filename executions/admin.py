@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from kubefunction.access import permission_name
 from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
 from kubefunction.errors import KubeFunctionError
 
@@ -116,6 +117,15 @@ class ExecutionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # an execution never disappears
 
+    def has_rerun_permission(self, request) -> bool:
+        """Executions are read-only records, but re-running one acts on it:
+        `executions.change_execution` (docs/security.md)."""
+        return request.user.has_perm(permission_name(Execution, "change"))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_rerun": self.has_rerun_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def get_urls(self):
         rerun = path("<path:object_id>/rerun/<str:version>/",
                      self.admin_site.admin_view(self.rerun_view),
@@ -126,7 +136,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         """The change page's re-run buttons (POST): re-run and go to the new execution."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_view_permission(request):
+        if not self.has_rerun_permission(request):
             raise PermissionDenied
         execution = get_object_or_404(Execution.objects.select_related(
             "function__active_version", "version", "trigger"), pk=object_id)
@@ -162,15 +172,16 @@ class ExecutionAdmin(admin.ModelAdmin):
             self.message_user(request, f"Skipped {skipped} execution(s) that are not dead "
                                        "letters.", messages.WARNING)
 
-    @admin.action(description="Re-run (same version)")
+    @admin.action(description="Re-run (same version)", permissions=["rerun"])
     def rerun_same(self, request, queryset):
         self._rerun_selected(request, queryset, RerunVersion.SAME)
 
-    @admin.action(description="Re-run (current version)")
+    @admin.action(description="Re-run (current version)", permissions=["rerun"])
     def rerun_current(self, request, queryset):
         self._rerun_selected(request, queryset, RerunVersion.CURRENT)
 
-    @admin.action(description="Re-dispatch dead letters (current version)")
+    @admin.action(description="Re-dispatch dead letters (current version)",
+                  permissions=["rerun"])
     def redispatch(self, request, queryset):
         self._rerun_selected(request, queryset, RerunVersion.CURRENT, dead_letters_only=True)
 

@@ -6,9 +6,10 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from kubefunction.access import scope_to_owner
+from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
@@ -44,7 +45,10 @@ class NewestFirst(CursorPagination):
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
-    """Executions of your functions (staff: all), newest first; one by its Celery task id."""
+    """Executions of your functions (with `executions.view_execution`: all), newest first; one by
+    its Celery task id. Re-running someone else's needs `executions.change_execution`."""
+
+    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
 
     lookup_field = "task_id"
     lookup_value_regex = "[^/]+"
@@ -56,6 +60,10 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         if self.action == "list":
             queryset = queryset.defer("input", "output", "error", "logs")
         return scope_to_owner(queryset, self.request.user, "function__owner")
+
+    @staticmethod
+    def owner_id_of(execution: Execution) -> int:
+        return execution.function.owner_id
 
     def get_serializer_class(self):
         return ExecutionSummarySerializer if self.action == "list" else ExecutionSerializer

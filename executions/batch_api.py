@@ -58,7 +58,8 @@ class BatchSerializer(serializers.ModelSerializer):
 
 
 class BatchViewSet(viewsets.ReadOnlyModelViewSet):
-    """Batches you dispatched (staff: all), newest first, with their progress."""
+    """Batches you dispatched (with `executions.view_batch`: all), newest first, with their
+    progress."""
 
     serializer_class = BatchSerializer
     filterset_fields = ["source", "trigger__name"]

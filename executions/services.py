@@ -29,6 +29,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
 from functions.specs import version_spec
+from kubefunction.access import runtime_allowed, runtime_refusal
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from kubefunction.throttles import dispatch_reserve, user_ident
 from triggers.models import Trigger
@@ -82,9 +83,23 @@ def _send(executions: Sequence[Execution]) -> None:
             f"queued but were not sent; the first is {executions[0].task_id}.") from exc
 
 
+def owner_may_run(*, runtime: str, owner_id: int) -> bool:
+    """Whether a function of `owner_id` on `runtime` may run (KUBEFUNCTION_ALLOWED_RUNTIMES);
+    the owner is read only when the runtime is not on the list."""
+    from django.contrib.auth import get_user_model
+
+    return runtime_allowed(runtime=runtime, owner_is_superuser=False) or runtime_allowed(
+        runtime=runtime, owner_is_superuser=get_user_model().objects.filter(
+            pk=owner_id, is_superuser=True).exists())
+
+
 def image_check(function, version: FunctionVersion, *, field: str) -> None:
-    """Refuse (409 naming `field`) a version whose function's runtime runs images when its image
-    is not built yet."""
+    """Refuse (409) a function whose runtime the operator does not allow (naming `runtime`), or
+    a version whose function's runtime runs images when its image is not built yet (naming
+    `field`)."""
+    if not owner_may_run(runtime=function.runtime, owner_id=function.owner_id):
+        raise Conflict(f"function '{function.name}' cannot run: "
+                       f"{runtime_refusal(function.runtime)}", field="runtime")
     if builds_image(function) and not version.image:
         raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
                        f"{function.effective_runtime} runtime yet: build it "
@@ -336,6 +351,14 @@ def execution_lost(*, execution_id: str, holder: str, reason: str = "") -> str:
 
 def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, retries.Cause]:
     """Run the function once: its outcome, and who is to blame if it failed."""
+    if not runtime_allowed(runtime=claimed.runtime, owner_is_superuser=False):
+        # Queued before the operator took the runtime off the list: fail it, never run it.
+        owner_id = FunctionVersion.objects.filter(pk=claimed.version_id).values_list(
+            "function__owner_id", flat=True).first()
+        if not owner_may_run(runtime=claimed.runtime, owner_id=owner_id):
+            return Outcome(status=ExecutionStatus.FAILED, error_type="RuntimeNotAllowed",
+                           error=runtime_refusal(claimed.runtime), cold=None), \
+                retries.Cause.PERMANENT
     spec = _cached_spec(claimed.version_id, claimed.function_updated_at)
     runtime = get_runtime(claimed.runtime or settings.KUBEFUNCTION_RUNTIME)
     context = InvocationContext(execution_id=str(execution_id), task_id=claimed.task_id,

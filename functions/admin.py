@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from executions.selectors import running_count, waiting_counts
+from kubefunction.access import permission_name
 from kubefunction.admin_display import pre
 from kubefunction.errors import KubeFunctionError
 
@@ -53,7 +54,8 @@ class FunctionAdmin(admin.ModelAdmin):
     inlines = [VersionInline]
     actions = ["build_image"]
 
-    @admin.action(description="Build image (latest version; retries a failed build)")
+    @admin.action(description="Build image (latest version; retries a failed build)",
+                  permissions=["change"])
     def build_image(self, request, queryset):
         queued = 0
         for function in queryset:
@@ -95,7 +97,9 @@ class FunctionAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = FunctionChangeForm if obj else FunctionAddForm
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.owner = request.user  # a new class per call: safe to set
+        return form
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -167,6 +171,10 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def has_act_permission(self, request) -> bool:
+        """Activating and building act on the function: `functions.change_function`."""
+        return request.user.has_perm(permission_name(Function, "change"))
+
     @admin.display(description="sha256")
     def short_sha(self, version):
         return version.sha256[:12]
@@ -190,10 +198,12 @@ class FunctionVersionAdmin(admin.ModelAdmin):
         if done:
             self.message_user(request, f"{verb} {done} version(s).")
 
-    @admin.action(description="Activate (roll back / forward to) the selected version")
+    @admin.action(description="Activate (roll back / forward to) the selected version",
+                  permissions=["act"])
     def activate(self, request, queryset):
         self._apply(request, queryset, services.version_activate, "Activated")
 
-    @admin.action(description="Build (image for container runtimes; retry a failed build)")
+    @admin.action(description="Build (image for container runtimes; retry a failed build)",
+                  permissions=["act"])
     def retry_build(self, request, queryset):
         self._apply(request, queryset, builds.version_request_build, "Queued the build of")

@@ -7,9 +7,10 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from kubefunction.access import scope_to_owner
+from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.errors import PayloadTooLarge
 from kubefunction.middleware import declared_length
 
@@ -48,9 +49,13 @@ class SourceMultiPartParser(MultiPartParser):
 
 class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                       mixins.UpdateModelMixin, viewsets.GenericViewSet):
-    """Functions you own (staff: all). Create with a multipart upload of the source."""
+    """Functions you own (with `functions.view_function`: all; docs/security.md). Create with a
+    multipart upload of the source."""
 
     serializer_class = FunctionSerializer
+    # Uploading a version, building, activating and editing all need ownership or
+    # `functions.change_function`.
+    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
     lookup_field = "name"
     parser_classes = [SourceMultiPartParser, FormParser, JSONParser]
     filterset_fields = ["runtime", "mode"]
@@ -59,9 +64,13 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         queryset = Function.objects.select_related("owner", "active_version")
         return scope_to_owner(queryset, self.request.user, "owner")
 
+    @staticmethod
+    def owner_id_of(function: Function) -> int:
+        return function.owner_id
+
     @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer})
     def create(self, request, *args, **kwargs):
-        form = FunctionCreateSerializer(data=request.data)
+        form = FunctionCreateSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)
         data = dict(form.validated_data)
         upload = data.pop("source")

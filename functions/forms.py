@@ -2,6 +2,7 @@
 
 from django import forms
 
+from kubefunction.access import runtime_check
 from kubefunction.errors import InvalidInput
 
 from .models import Function, FunctionVersion, Mode, PayloadRetention, VersionStatus
@@ -19,17 +20,30 @@ def _check_upload(form: forms.Form, upload, handler, mode) -> None:
         upload.seek(0)
 
 
+def _allowed_runtime(runtime: str, owner) -> str:
+    """The operator's allow-list (KUBEFUNCTION_ALLOWED_RUNTIMES) as an error on `runtime`."""
+    try:
+        return runtime_check(runtime=runtime, owner=owner)
+    except InvalidInput as exc:
+        raise forms.ValidationError(exc.message) from exc
+
+
 class FunctionAddForm(forms.ModelForm):
     source = forms.FileField(help_text="A .py file, or a .zip/.tar.gz with the code and an "
                                        "optional requirements.txt.")
     handler = forms.CharField(required=False, help_text="'module.function', or the module to run "
                                                         "in script mode. Detected when empty.")
     mode = forms.ChoiceField(choices=[("", "Detect")] + Mode.choices, required=False)
+    # The admin sets this to the user adding the function, its owner-to-be.
+    owner = None
 
     class Meta:
         model = Function
         fields = ["name", "description", "source", "handler", "mode", "runtime",
                   "timeout_seconds", "memory_mb", "network", "env_vars"]
+
+    def clean_runtime(self):
+        return _allowed_runtime(self.cleaned_data.get("runtime", ""), self.owner)
 
     def clean(self):
         data = super().clean()
@@ -56,6 +70,12 @@ class FunctionChangeForm(forms.ModelForm):
         field.help_text = "Pick an earlier ready version to roll back."
         # Absent from a post: unchanged (the current policy).
         self.fields["payload_retention"].required = False
+
+    def clean_runtime(self):
+        runtime = self.cleaned_data.get("runtime", "")
+        if runtime == self.instance.runtime:
+            return runtime  # unchanged: dispatch refuses it if it is no longer allowed
+        return _allowed_runtime(runtime, self.instance.owner)
 
     def clean(self):
         data = super().clean()

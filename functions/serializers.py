@@ -4,8 +4,21 @@ from django.conf import settings
 from rest_framework import serializers
 
 from executions.selectors import waiting_counts
+from kubefunction.access import runtime_check
+from kubefunction.errors import InvalidInput
 
 from .models import Function, FunctionVersion, Mode, PayloadRetention, Runtime
+
+
+def _allowed_runtime(serializer: serializers.Serializer, value: str, owner) -> str:
+    """The operator's allow-list (KUBEFUNCTION_ALLOWED_RUNTIMES) as a 400 naming `runtime`."""
+    if owner is None:
+        request = serializer.context.get("request")
+        owner = getattr(request, "user", None)
+    try:
+        return runtime_check(runtime=value, owner=owner)
+    except InvalidInput as exc:
+        raise serializers.ValidationError(exc.message) from exc
 
 
 class VersionSerializer(serializers.ModelSerializer):
@@ -38,6 +51,11 @@ class FunctionSerializer(serializers.ModelSerializer):
                   "created_at", "updated_at"]
         read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
                             "updated_at"]
+
+    def validate_runtime(self, value: str) -> str:
+        if self.instance is not None and value == self.instance.runtime:
+            return value  # unchanged: not this edit's business (dispatch refuses it if banned)
+        return _allowed_runtime(self, value, getattr(self.instance, "owner", None))
 
     def get_waiting(self, function: Function) -> int:
         # In a list, one grouped query for the whole page, kept in the shared context.
@@ -87,6 +105,9 @@ class FunctionCreateSerializer(SourceUploadSerializer):
     payload_retention_days = serializers.IntegerField(
         required=False, allow_null=True, default=None, min_value=1,
         help_text="With payload_retention 'days' (and only then): days they are kept.")
+
+    def validate_runtime(self, value: str) -> str:
+        return _allowed_runtime(self, value, None)
 
 
 class ActivateSerializer(serializers.Serializer):

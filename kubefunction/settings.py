@@ -4,6 +4,7 @@ With neither `DATABASE_URL` nor `CELERY_BROKER_URL` set, the platform runs embed
 Kombu's file-system broker under `var/`, so a newcomer's machine needs no server at all.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -80,6 +81,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_results",
     "django_celery_beat",
+    "axes",
     "kubefunction",
     "functions",
     "triggers",
@@ -103,7 +105,28 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused by the throttle below into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- Login throttling (django-axes; docs/security.md) --------------------------------------
+# The admin login, the browsable API's login and POST /api/auth/token/ all go through
+# `authenticate()`, whose first backend refuses a username + address locked out by
+# KUBEFUNCTION_LOGIN_FAILURE_LIMIT failures, for KUBEFUNCTION_LOGIN_COOLOFF_SECONDS.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("KUBEFUNCTION_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("KUBEFUNCTION_LOGIN_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "kubefunction.throttles.lockout_response"
+# The client address as the API's rates see it (KUBEFUNCTION_TRUSTED_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "kubefunction.access.client_address"
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_DISABLE_ACCESS_LOG = True
 
 ROOT_URLCONF = "kubefunction.urls"
 WSGI_APPLICATION = "kubefunction.wsgi.application"
@@ -311,6 +334,15 @@ CELERY_TASK_ALWAYS_EAGER = False
 
 # --- KubeFunction ----------------------------------------------------------------------------
 KUBEFUNCTION_RUNTIME = env.str("KUBEFUNCTION_RUNTIME", default="local")
+# Runtimes functions may use (comma list of local, docker, kubernetes); default: only
+# KUBEFUNCTION_RUNTIME. Superusers' functions may use any; others get 400 naming `runtime`, and
+# existing functions on another runtime are refused at dispatch (docs/security.md).
+KUBEFUNCTION_ALLOWED_RUNTIMES = env.list("KUBEFUNCTION_ALLOWED_RUNTIMES",
+                                         default=[]) or [KUBEFUNCTION_RUNTIME]
+if not set(KUBEFUNCTION_ALLOWED_RUNTIMES) <= {"local", "docker", "kubernetes"}:
+    raise environ.ImproperlyConfigured(
+        f"KUBEFUNCTION_ALLOWED_RUNTIMES={','.join(KUBEFUNCTION_ALLOWED_RUNTIMES)}: use a comma "
+        "list of local, docker and kubernetes.")
 KUBEFUNCTION_WORK_DIR = Path(env.str("KUBEFUNCTION_WORK_DIR", default=str(VAR_DIR / "work")))
 KUBEFUNCTION_MAX_SOURCE_BYTES = env.int("KUBEFUNCTION_MAX_SOURCE_BYTES", default=5 * 1024 * 1024)
 KUBEFUNCTION_MAX_UNPACKED_BYTES = env.int(
@@ -413,9 +445,11 @@ KUBEFUNCTION_KUBE_WARM_PORT = env.int("KUBEFUNCTION_KUBE_WARM_PORT", default=808
 KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS", default=300)
 
 # --- Metrics ---------------------------------------------------------------------------------
-# Bearer token a Prometheus scrape of /metrics must send; empty: /metrics is open (keep it on a
-# private network then).
+# Bearer token a Prometheus scrape of /metrics must send. Empty: /metrics answers 401 to
+# everyone, unless KUBEFUNCTION_METRICS_PUBLIC=true opens it (a private network only: the
+# exposition names every tenant's functions).
 KUBEFUNCTION_METRICS_TOKEN = env.str("KUBEFUNCTION_METRICS_TOKEN", default="")
+KUBEFUNCTION_METRICS_PUBLIC = env.bool("KUBEFUNCTION_METRICS_PUBLIC", default=False)
 
 # --- Callbacks, batches and the dispatch rate limit (docs/callbacks.md, docs/batches.md) -------
 # Hosts a callback URL may name: comma-separated `host` or `host:port` patterns with shell-style

@@ -10,6 +10,9 @@ otherwise), so every web process applies the same budget.
 DRF views use `DispatchRateThrottle`; other views (the HTTP webhook) call `dispatch_wait`. The
 run path charges a function's owner for each retry (`dispatch_reserve`: delayed, never lost) and
 each schedule fire (`dispatch_wait`: skipped over the rate), so neither goes round the rate.
+
+Logins are throttled by django-axes (settings: AXES_*): `TokenLoginView` and `lockout_response`
+fit it to the token login and to the API's JSON answers.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ import time
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from django.http import HttpResponse, JsonResponse
 from redis.exceptions import RedisError
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.throttling import SimpleRateThrottle
+
+from .access import AnonRateThrottle
 
 logger = logging.getLogger(__name__)
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -146,3 +153,30 @@ def dispatch_throttles() -> list:
     from kubefunction.access import AnonRateThrottle, UserRateThrottle
 
     return [UserRateThrottle, AnonRateThrottle, DispatchRateThrottle]
+
+
+def lockout_response(request, original_response=None, credentials=None) -> HttpResponse:
+    """django-axes' answer to a locked-out login (AXES_LOCKOUT_CALLABLE): 429 with Retry-After,
+    JSON for the API, a plain message for the admin and browsable-API forms."""
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    message = (f"Too many failed logins for this username from your address: logins are "
+               f"refused for {max(1, round(seconds / 60))} minute(s) "
+               f"(KUBEFUNCTION_LOGIN_FAILURE_LIMIT={settings.AXES_FAILURE_LIMIT}).")
+    if request.path.startswith("/api/"):
+        response = JsonResponse({"detail": message, "code": "login_locked"}, status=429)
+    else:
+        response = HttpResponse(message + "\n", status=429, content_type="text/plain")
+    response["Retry-After"] = str(max(1, seconds))
+    return response
+
+
+class TokenLoginView(ObtainAuthToken):
+    """`POST /api/auth/token/`: DRF's token login, throttled per client address (the anonymous
+    rate) and locked out by django-axes like the other login forms."""
+
+    throttle_classes = [AnonRateThrottle]
+
+    def get_serializer_context(self):
+        # django-axes flags the request it authenticates, and its middleware reads that flag
+        # off Django's request, not DRF's wrapper: hand it Django's.
+        return {**super().get_serializer_context(), "request": self.request._request}

@@ -4,14 +4,13 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import ObtainAuthToken
 
 from executions.callback_api import CallbackKeyView
 from triggers.views import webhook
 
-from .access import AnonRateThrottle
 from .api import router
 from .health import readyz
+from .throttles import TokenLoginView
 
 
 def healthz(request):
@@ -21,9 +20,8 @@ def healthz(request):
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    # DRF's token view has no throttle of its own: logins count against the anonymous rate.
-    path("api/auth/token/", ObtainAuthToken.as_view(throttle_classes=[AnonRateThrottle]),
-         name="api-token"),
+    # Logins count against the anonymous rate and django-axes' lockout (kubefunction.access).
+    path("api/auth/token/", TokenLoginView.as_view(), name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/callbacks/key/", CallbackKeyView.as_view(), name="callback-key"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from kubefunction.celery import app as celery_app
@@ -18,6 +19,11 @@ EXAMPLES = ROOT / "examples" / "functions"
 
 # CI fails, rather than skips, the isolation tests it cannot run (tests/required_skips.py).
 pytest_plugins = ["tests.required_skips"]
+
+# The suite runs plain users' functions on every runtime: allow them all, here and in the
+# processes it starts (tests/test_access_control.py narrows the list with override_settings).
+os.environ["KUBEFUNCTION_ALLOWED_RUNTIMES"] = "local,docker,kubernetes"
+settings.KUBEFUNCTION_ALLOWED_RUNTIMES = ["local", "docker", "kubernetes"]
 
 
 @pytest.fixture(scope="session")

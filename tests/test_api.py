@@ -175,11 +175,16 @@ def test_users_see_and_dispatch_only_their_own(api, other_user):
     assert Execution.objects.count() == 1
 
 
-def test_staff_see_everything(api, django_user_model):
+def test_staff_see_everything_only_with_the_view_permission(api, django_user_model):
+    from django.contrib.auth.models import Permission
+
     create_function(api)
     staff = django_user_model.objects.create_user("root", password="x", is_staff=True)
     client = APIClient()
     client.force_authenticate(staff)
+    assert client.get("/api/functions/").json()["results"] == []
+    staff.user_permissions.add(Permission.objects.get(codename="view_function"))
+    client.force_authenticate(django_user_model.objects.get(pk=staff.pk))
     assert [f["name"] for f in client.get("/api/functions/").json()["results"]] == ["echo"]
 
 

@@ -171,7 +171,7 @@ def test_dashboard_pages_draw_charts(admin_client, table):
 
 
 def test_prometheus_counters_match_the_table(client, table, settings):
-    settings.KUBEFUNCTION_METRICS_TOKEN = ""
+    settings.KUBEFUNCTION_METRICS_PUBLIC = True
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")

@@ -46,7 +46,8 @@ def wait_all(ids, timeout=60):
 
 
 @pytest.mark.parametrize("rolled", [False, True], ids=["raw", "rolled-up-mid-burst"])
-def test_metrics_counters_match_the_table_after_a_burst(client, trigger, rolled):
+def test_metrics_counters_match_the_table_after_a_burst(client, trigger, rolled, settings):
+    settings.KUBEFUNCTION_METRICS_PUBLIC = True
     payloads = [{"i": i, "fail": i % 5 == 0} for i in range(40)]
     executions = execution_dispatch_many(trigger=trigger, payloads=payloads)
     later = timezone.now() + timedelta(minutes=5)  # past the rollup's lag: all may be rolled

@@ -1,5 +1,6 @@
 """Tenancy: a user reaches only what they own, through every endpoint and every reference;
-staff see everything; anonymous callers nothing.
+staff with the view permissions see everything (tests/test_access_control.py: what else staff
+may do); anonymous callers nothing.
 
 Alice owns a function, its versions, a trigger, executions and a batch. Bob, another user, must
 get 404 (not 403: existence is not revealed) for each of them on every operation the served
@@ -63,9 +64,13 @@ def bob(other_user) -> APIClient:
 
 @pytest.fixture
 def staff(django_user_model) -> APIClient:
+    from django.contrib.auth.models import Permission
+
+    carol = django_user_model.objects.create_user("carol", password="carol-password-1",
+                                                  is_staff=True)
+    carol.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user(
-        "carol", password="carol-password-1", is_staff=True))
+    client.force_authenticate(django_user_model.objects.get(pk=carol.pk))
     return client
 
 

@@ -149,7 +149,7 @@ class TriggerAdmin(admin.ModelAdmin):
             "<code>curl -X POST {} -H 'X-KubeFunction-Token: {}' -d '{{\"x\": 1}}'</code>",
             trigger.name, token, services.webhook_url(trigger), token), messages.WARNING)
 
-    @admin.action(description="Regenerate token (HTTP triggers)")
+    @admin.action(description="Regenerate token (HTTP triggers)", permissions=["change"])
     def regenerate_token(self, request, queryset):
         for trigger in queryset:
             try:
@@ -159,7 +159,7 @@ class TriggerAdmin(admin.ModelAdmin):
                 continue
             self._show_token(request, trigger, token)
 
-    @admin.action(description="Dispatch… (JSON payload and count)")
+    @admin.action(description="Dispatch… (JSON payload and count)", permissions=["change"])
     def dispatch(self, request, queryset):
         form = DispatchForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():

@@ -6,11 +6,12 @@ from django.urls import reverse
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from executions import services as execution_services
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
-from kubefunction.access import scope_to_owner
+from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.errors import PayloadTooLarge
 from kubefunction.throttles import dispatch_throttles
 
@@ -26,7 +27,11 @@ from .serializers import (
 
 
 class TriggerViewSet(viewsets.ModelViewSet):
-    """Triggers of functions you own (staff: all)."""
+    """Triggers of functions you own (with `triggers.view_trigger`: all). Dispatching, editing
+    and regenerating the token of someone else's need `triggers.change_trigger`; deleting
+    them `triggers.delete_trigger`."""
+
+    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
 
     serializer_class = TriggerSerializer
     lookup_field = "name"
@@ -36,6 +41,10 @@ class TriggerViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         queryset = Trigger.objects.select_related("function")
         return scope_to_owner(queryset, self.request.user, "function__owner")
+
+    @staticmethod
+    def owner_id_of(trigger: Trigger) -> int:
+        return trigger.function.owner_id
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)

@@ -4,18 +4,20 @@ from django.conf import settings
 from rest_framework import serializers
 
 from functions.models import Function
-from kubefunction.access import scope_to_owner
+from kubefunction.access import scope_to_actor
 
 from .models import Trigger, TriggerKind
 from .services import webhook_url
 
 
 class OwnedFunctionField(serializers.SlugRelatedField):
-    """A function referenced by name, limited to those the requesting user may use."""
+    """A function referenced by name, limited to those the requesting user may act on (their
+    own; all with `functions.change_function`): seeing a function is not enough to point a
+    trigger at it."""
 
     def get_queryset(self):
         request = self.context.get("request")
-        return scope_to_owner(Function.objects.all(), getattr(request, "user", None), "owner")
+        return scope_to_actor(Function.objects.all(), getattr(request, "user", None), "owner")
 
 
 class TriggerSerializer(serializers.ModelSerializer):
