@@ -154,6 +154,8 @@ def test_plain_staff_sees_nothing_of_others(alice_objects, plain_staff):
     admin.force_login(plain_staff)
     for name in ("functions_function", "executions_execution", "triggers_trigger"):
         assert admin.get(reverse(f"admin:{name}_changelist")).status_code == 403, name
+    index = admin.get(reverse("admin:index"))  # no platform dashboard naming her function
+    assert index.status_code == 200 and "kf-dashboard" not in index.content.decode()
 
 
 def test_non_staff_keep_acting_on_their_own(alice_objects, api):
@@ -181,6 +183,7 @@ def test_admin_refuses_a_view_only_staff_users_actions(alice_objects, viewer):
     changelist = reverse("admin:executions_execution_changelist")
     page = admin.get(changelist)
     assert page.status_code == 200 and alice_objects["task_id"][:8] in page.content.decode()
+    assert "kf-dashboard" in admin.get(reverse("admin:index")).content.decode()
     assert "rerun_same" not in page.content.decode()  # the action is not offered
     detail = admin.get(reverse("admin:executions_execution_change", args=[execution.pk]))
     assert detail.status_code == 200 and "Re-run (same version)" not in detail.content.decode()
