@@ -127,6 +127,7 @@ AXES_LOCKOUT_CALLABLE = "kubefunction.throttles.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "kubefunction.access.client_address"
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False  # no banner at every process start
 
 ROOT_URLCONF = "kubefunction.urls"
 WSGI_APPLICATION = "kubefunction.wsgi.application"
@@ -197,6 +198,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": env.str("KUBEFUNCTION_LOG_LEVEL", default="INFO")},
+    # django-axes tells every step of every login at INFO; failures and lockouts are WARNINGs.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- REST API --------------------------------------------------------------------------------
