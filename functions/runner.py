@@ -820,9 +820,25 @@ def _setup_paths(root: str, extra: list[str]) -> None:
             site.addsitedir(os.path.abspath(path))
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    try:
+        os.write(2, b"runner: SIGTERM: the pod is being deleted (its deadline, most likely)\n")
+    except OSError:
+        pass
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the runner; returns the process exit code."""
     args = Arguments(sys.argv[1:] if argv is None else argv)
+    if os.getpid() == 1 and not (args.socket or args.http):
+        # A container's PID 1 gets no default signal action: without a handler SIGTERM (a Job
+        # past its deadline, a deleted pod) would be ignored until SIGKILL ends the grace
+        # period. One-shot: nothing is worth finishing once the pod is being deleted. Python
+        # runs the handler between bytecodes, so a busy `while True: pass` cannot defer it.
+        import signal
+
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         channel = Channel(args.request_file, args.request_env)
     except OSError as exc:
@@ -864,12 +880,25 @@ def _serve_http(args: Arguments) -> int:
     /invoke takes one request line and answers with its frame. One request at a time, one per
     connection; after a fatal error the runner exits (its pod restarts it)."""
     import http.server
+    import signal
 
     host, _, port = args.http.rpartition(":")
     _setup_paths(args.root, args.path)
     runner = Runner(args.handler, args.mode)
     me = os.getpid()
     ended: list[int] = []
+    # The request being served: its deadline (epoch seconds, None when idle or unknown).
+    busy: dict[str, float | None] = {}
+
+    def terminate(signum: int, frame: object) -> None:
+        """SIGTERM (the pod deleted or scaled down; as PID 1 nothing else would end it): idle
+        or past the request's deadline, exit now; otherwise after this answer, which the
+        pod's grace period bounds."""
+        deadline = busy.get("deadline", 0.0)
+        if "deadline" not in busy or (deadline is not None and time.time() >= deadline):
+            _exit_on_sigterm(signum, frame)
+        ended.append(0)
+    signal.signal(signal.SIGTERM, terminate)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, format: str, *items: object) -> None:  # noqa: A002
@@ -895,12 +924,17 @@ def _serve_http(args: Arguments) -> int:
             except ValueError as exc:
                 self._send(400, f"bad request: {exc}\n".encode())
                 return
+            deadline = (request.get("context") or {}).get("deadline")
+            busy["deadline"] = float(deadline) if isinstance(deadline, (int, float)) else None
             answer = runner.answer(request)
             if os.getpid() != me:  # a process the function forked came back here
                 os._exit(0)
             if answer["error_type"] in FATAL_ERROR_TYPES:
-                ended.append(answer["exit_code"])
-            self._send(200, frame_bytes(nonce, answer))
+                ended.insert(0, answer["exit_code"])
+            try:
+                self._send(200, frame_bytes(nonce, answer))
+            finally:
+                busy.pop("deadline", None)
 
     server = http.server.HTTPServer((host or "0.0.0.0", int(port)), Handler)
     try:

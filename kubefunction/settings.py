@@ -431,6 +431,10 @@ KUBEFUNCTION_KUBE_WATCH_SECONDS = env.int("KUBEFUNCTION_KUBE_WATCH_SECONDS", def
 # Seconds beyond the function's timeout the runtime waits for a Job that has not ended (pod
 # scheduling and image pulls happen before the function's own clock starts).
 KUBEFUNCTION_KUBE_START_GRACE = env.int("KUBEFUNCTION_KUBE_START_GRACE", default=120)
+# terminationGracePeriodSeconds of function pods: how long a deleted pod (a Job past its
+# deadline, a warm pod scaled down) may take between SIGTERM and SIGKILL. Kept short: the
+# runner exits on SIGTERM at once, a function that blocks it is killed after this.
+KUBEFUNCTION_KUBE_GRACE_SECONDS = env.int("KUBEFUNCTION_KUBE_GRACE_SECONDS", default=2)
 # Seconds a finished Job stays (ttlSecondsAfterFinished) if the worker could not delete it.
 KUBEFUNCTION_KUBE_JOB_TTL = env.int("KUBEFUNCTION_KUBE_JOB_TTL", default=300)
 # CPU request and limit of a function's container (memory comes from the function).

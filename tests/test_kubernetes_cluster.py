@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -28,7 +29,12 @@ from dataclasses import dataclass
 import pytest
 
 from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.kubernetes import KubernetesRuntime, job_manifest, job_name
+from executions.runtimes.kubernetes import (
+    KubernetesRuntime,
+    job_manifest,
+    job_name,
+    request_secret,
+)
 from executions.runtimes.protocol import runner_request
 
 CONTRACT_SOURCE = b"""\
@@ -202,11 +208,15 @@ def test_redelivery_adopts_the_first_attempts_job(target, runtime):
     first, _ = runner_request(function, {"attempt": 1}, execution)
     name = job_name(function.function_name, execution.execution_id)
     created = runtime.batch.create_namespaced_job(
-        target.namespace, job_manifest(function, name, first, execution), _request_timeout=10)
+        target.namespace, job_manifest(function, name, execution), _preload_content=False,
+        _request_timeout=10)
+    job = json.loads(created.data)
+    runtime.core.create_namespaced_secret(target.namespace, request_secret(job, first),
+                                          _request_timeout=10)
     outcome = runtime.invoke(function, {"attempt": 2}, execution)
     assert outcome.status == "succeeded" and outcome.output == {"attempt": 1}, outcome
     # A second Job would have answered {"attempt": 2}: the first one's, adopted, answered.
-    assert created.metadata.uid and jobs_left(runtime, target) == []
+    assert job["metadata"]["uid"] and jobs_left(runtime, target) == []
 
 
 def test_skipped_without_a_cluster_says_how_to_enable_it(tmp_path):

@@ -71,7 +71,7 @@ def test_registered_and_named():
 
 def test_manifest_is_hardened():
     spec = make_spec(env={"KUBEFUNCTION_REQUEST": "forged", "A": "1"})
-    job = job_manifest(spec, "kf-hello-x", b'{"nonce": "n"}\n', context())
+    job = job_manifest(spec, "kf-hello-x", context())
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 5
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
     pod = job["spec"]["template"]["spec"]
@@ -84,13 +84,18 @@ def test_manifest_is_hardened():
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "request", "mountPath": "/var/run/kubefunction/request", "readOnly": True}]
     assert pod["volumes"][0]["emptyDir"]
+    # the request comes from the Job's own Secret, never from the spec
+    assert pod["volumes"][1]["secret"]["secretName"] == "kf-hello-x"
+    assert pod["terminationGracePeriodSeconds"] == 2
     assert container["resources"]["limits"]["memory"] == "128Mi"
     assert container["resources"]["requests"]["memory"] == "128Mi"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["KUBEFUNCTION_REQUEST"] == '{"nonce": "n"}' and env["A"] == "1"
-    assert "--request-env" in container["command"]
+    assert env["KUBEFUNCTION_REQUEST"] == "forged" and env["A"] == "1"  # the function's own
+    assert "--request-file" in container["command"]
     labels = job["metadata"]["labels"]
     assert labels["kubefunction.io/function"] == "hello"
     assert labels["kubefunction.io/version"] == "3"
@@ -360,6 +365,23 @@ def test_the_runtime_stays_within_its_declared_permissions(fake_kube, runtime): 
     fake_kube.fail("watch", "pods", code=410)
     fake_kube.script("succeed")
     runtime.invoke(make_spec(), {}, context())
+    # past the deadline: a pod that ignores SIGTERM is deleted at once; a pod gone without a
+    # status leaves the Job to watch; an earlier Job's Secret is replaced; a Job adopted
+    fake_kube.cluster.deadline_order = "failed-first"
+    fake_kube.script("hang", on_sigterm="ignore")
+    runtime.invoke(make_spec(timeout_seconds=1), {}, context(seconds=1))
+    fake_kube.cluster.deadline_order = "without-pod-status"
+    fake_kube.script("hang")
+    runtime.invoke(make_spec(timeout_seconds=1), {}, context(seconds=1))
+    execution = context()
+    fake_kube.cluster.create("secrets", fake_kube.namespace, {"metadata": {
+        "name": job_name("hello", execution.execution_id), "ownerReferences": [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": "old", "uid": "gone"}]}})
+    fake_kube.script("succeed", delay=0.3)
+    fake_kube.fail("watch", "pods")
+    with contextlib.suppress(RuntimeUnavailable):
+        runtime.invoke(make_spec(), {}, execution)
+    runtime.invoke(make_spec(), {}, execution)  # adopts the Job and reads its Secret
     used = {call for call in fake_kube.api_calls}
     assert used <= PERMISSIONS, used - PERMISSIONS
     assert COLD_PERMISSIONS - used == set()

@@ -60,10 +60,18 @@ def _described(reason: str, message: str) -> str:
     return f"{reason}: {message}" if message else reason
 
 
+def job_settled(job: dict | None) -> bool:
+    """The Job has said how it ends: Complete, Failed, or FailureTarget (Kubernetes 1.31+ sets
+    it at once, and Failed only after the pods have terminated)."""
+    return bool({"Complete", "Failed", "FailureTarget"} & set(_conditions(job)))
+
+
 def classify(job: dict | None, pod: dict | None) -> Verdict:
-    """The state of an invocation from its Job and (newest) pod; either may be None (gone)."""
+    """The state of an invocation from its Job and (newest) pod; either may be None (gone).
+    The Job's deadline (Failed or FailureTarget with reason DeadlineExceeded) wins over
+    whatever the pod says: a pod killed at the deadline exits 137 or 143 without a result."""
     job_conditions = _conditions(job)
-    failed = job_conditions.get("Failed")
+    failed = job_conditions.get("Failed") or job_conditions.get("FailureTarget")
     if failed and failed.get("reason") == "DeadlineExceeded":
         deadline = ((job or {}).get("spec") or {}).get("activeDeadlineSeconds")
         return Verdict(TIMED_OUT, "Timeout",

@@ -99,18 +99,15 @@ def warm_name(spec: FunctionSpec) -> str:
 
 def manifests(spec: FunctionSpec, name: str, replicas: int) -> tuple[dict, dict]:
     """The Deployment and the Service of a warm version."""
-    from .kubernetes import job_manifest, labels
+    from .kubernetes import labels, pod_template
 
     port = settings.KUBEFUNCTION_KUBE_WARM_PORT
-    context = InvocationContext(execution_id="warm", task_id="", deadline=0)
-    pod = job_manifest(spec, name, b"{}", context)["spec"]["template"]
     pod_labels = {**labels(spec, "warm"), WARM_LABEL: name}
     del pod_labels["kubefunction.io/execution"]
-    pod["metadata"] = {"labels": pod_labels}
+    # Requests travel in POST /invoke bodies: nothing of a payload is in these specs.
+    pod = pod_template(spec, pod_labels, runner_command(spec, "--http", f"0.0.0.0:{port}"))
     pod["spec"]["restartPolicy"] = "Always"
     container = pod["spec"]["containers"][0]
-    container["command"] = runner_command(spec, "--http", f"0.0.0.0:{port}")
-    container["env"] = [e for e in container["env"] if e["name"] != "KUBEFUNCTION_REQUEST"]
     container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     container["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": port},
                                    "periodSeconds": 2, "failureThreshold": 1}

@@ -6,17 +6,24 @@ the Job its first attempt created instead of running the function twice. The pod
 (non-root user 10001, read-only root with an emptyDir /tmp, no privilege escalation, no
 capabilities, RuntimeDefault seccomp, no service-account token, no service links) and limited
 (memory from the function, CPU from settings, activeDeadlineSeconds from the timeout,
-backoffLimit 0). The request travels in the pod's environment (`runner --request-env`); the
-result comes back framed in the pod's log. Completion is followed with watches that keep their
-resourceVersion (a 410 Gone is answered by a fresh list), never by polling. The Job is deleted
-with propagationPolicy=Background once its outcome is read; ttlSecondsAfterFinished is the
-backstop.
+backoffLimit 0, a short terminationGracePeriodSeconds). The request (the payload) never enters
+the Job or pod spec, which `kubectl get job` shows and etcd keeps: it travels in a Secret named
+like the Job, created right after it with an ownerReference to the Job's uid (so the garbage
+collector removes it with the Job), mounted read-only as a file (`runner --request-file`); the
+pod stays ContainerCreating until the Secret exists. The result comes back framed in the pod's
+log. Completion is followed with watches that keep their resourceVersion (a 410 Gone is
+answered by a fresh list), never by polling; the Job is read again whenever its pod ends, so its
+conditions (DeadlineExceeded, as FailureTarget or Failed) win over the pod's exit code. Once the
+pod runs, the runtime waits at most DEADLINE_MARGIN past the deadline, then deletes the pod
+itself (gracePeriodSeconds 0). The Job is deleted with propagationPolicy=Background once its
+outcome is read; ttlSecondsAfterFinished is the backstop.
 
 Only the official `kubernetes` client is used; every call has a timeout.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -51,8 +58,15 @@ from .protocol import runner_request
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-REQUEST_ENV = "KUBEFUNCTION_REQUEST"
 CONTAINER = "function"
+# The request Secret's volume in the function's container (read-only, the runner reads the file).
+REQUEST_VOLUME = "request"
+REQUEST_DIR = "/var/run/kubefunction/request"
+REQUEST_KEY = "request.json"
+# Once the pod runs, the runtime waits at most this long past the function's deadline for the
+# Job to say how it ended; then it deletes the pod itself (gracePeriodSeconds 0) and reports
+# timed_out. A Job's conditions may lag its pod's end by about this much on a busy cluster.
+DEADLINE_MARGIN = 3.0
 LABEL = "kubefunction.io"
 # The functions namespace's default-deny NetworkPolicy (k8s/base) selects pods on
 # io.kubefunction.managed=true: every function pod must carry it.
@@ -61,7 +75,9 @@ _UNSAFE = re.compile(r"[^a-z0-9-]+")
 # Every (verb, resource) the runtime calls in its namespace: what its Role must grant.
 COLD_PERMISSIONS = frozenset({
     ("create", "jobs"), ("get", "jobs"), ("list", "jobs"), ("watch", "jobs"), ("delete", "jobs"),
-    ("list", "pods"), ("watch", "pods"), ("get", "pods/log"),
+    ("list", "pods"), ("watch", "pods"), ("get", "pods/log"), ("delete", "pods"),
+    # the request Secret: created per Job, read when adopting, a stale one replaced
+    ("create", "secrets"), ("get", "secrets"), ("delete", "secrets"),
 })
 WARM_PERMISSIONS = frozenset({
     ("create", "deployments"), ("get", "deployments"), ("patch", "deployments"),
@@ -97,15 +113,60 @@ def labels(spec: FunctionSpec, execution_id: str) -> dict[str, str]:
             f"{LABEL}/network": "egress" if spec.network else "none"}
 
 
-def job_manifest(spec: FunctionSpec, name: str, request: bytes,
-                 context: InvocationContext) -> dict[str, Any]:
-    """The Job that runs the function once on `request`."""
+def pod_template(spec: FunctionSpec, pod_labels: dict[str, str],
+                 command: list[str]) -> dict[str, Any]:
+    """The hardened pod template every function pod (a Job's, a warm Deployment's) runs."""
     memory = f"{max(6, int(spec.memory_mb))}Mi"
     env = [{"name": str(key), "value": str(value)} for key, value in sorted(spec.env.items())
-           if key not in (REQUEST_ENV, "LANG")]
-    env += [{"name": "LANG", "value": "C.UTF-8"},
-            {"name": REQUEST_ENV, "value": request.decode("utf-8").rstrip("\n")}]
+           if key != "LANG"]
+    env += [{"name": "LANG", "value": "C.UTF-8"}]
+    return {
+        "metadata": {"labels": pod_labels},
+        "spec": {
+            "restartPolicy": "Never",
+            # The runner as PID 1 exits on SIGTERM; this bounds a function that keeps it from
+            # doing so (the default, 30 s, is what made a timed-out pod linger).
+            "terminationGracePeriodSeconds": settings.KUBEFUNCTION_KUBE_GRACE_SECONDS,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": FUNCTION_UID,
+                "runAsGroup": FUNCTION_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+            "imagePullSecrets": [{"name": secret} for secret in
+                                 settings.KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS],
+            "containers": [{
+                "name": CONTAINER, "image": spec.image,
+                "command": command,
+                "workingDir": "/opt/kubefunction/src",
+                "env": env,
+                "resources": {
+                    "requests": {"memory": memory,
+                                 "cpu": settings.KUBEFUNCTION_KUBE_CPU_REQUEST},
+                    "limits": {"memory": memory,
+                               "cpu": settings.KUBEFUNCTION_KUBE_CPU_LIMIT}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False, "privileged": False,
+                    "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                    "runAsUser": FUNCTION_UID, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        },
+    }
+
+
+def job_manifest(spec: FunctionSpec, name: str, context: InvocationContext) -> dict[str, Any]:
+    """The Job that runs the function once on the request its Secret (`request_secret`, of the
+    same name) holds: the Job itself carries no payload."""
     pod_labels = labels(spec, context.execution_id)
+    template = pod_template(spec, pod_labels, runner_command(
+        spec, "--request-file", f"{REQUEST_DIR}/{REQUEST_KEY}"))
+    pod = template["spec"]
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": REQUEST_VOLUME, "mountPath": REQUEST_DIR, "readOnly": True})
+    pod["volumes"].append({"name": REQUEST_VOLUME, "secret": {
+        "secretName": name, "defaultMode": 0o444,
+        "items": [{"key": REQUEST_KEY, "path": REQUEST_KEY}]}})
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "labels": pod_labels,
@@ -115,37 +176,21 @@ def job_manifest(spec: FunctionSpec, name: str, request: bytes,
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, math.ceil(spec.timeout_seconds)),
             "ttlSecondsAfterFinished": settings.KUBEFUNCTION_KUBE_JOB_TTL,
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True, "runAsUser": FUNCTION_UID,
-                        "runAsGroup": FUNCTION_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "imagePullSecrets": [{"name": secret} for secret in
-                                         settings.KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS],
-                    "containers": [{
-                        "name": CONTAINER, "image": spec.image,
-                        "command": runner_command(spec, "--request-env", REQUEST_ENV),
-                        "workingDir": "/opt/kubefunction/src",
-                        "env": env,
-                        "resources": {
-                            "requests": {"memory": memory,
-                                         "cpu": settings.KUBEFUNCTION_KUBE_CPU_REQUEST},
-                            "limits": {"memory": memory,
-                                       "cpu": settings.KUBEFUNCTION_KUBE_CPU_LIMIT}},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False, "privileged": False,
-                            "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                            "runAsUser": FUNCTION_UID, "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                    }],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-                },
-            },
+            "template": template,
         },
+    }
+
+
+def request_secret(job: dict, request: bytes) -> dict[str, Any]:
+    """The Secret that carries a Job's request, owned by the Job (garbage-collected with it).
+    No blockOwnerDeletion: that would need update on jobs/finalizers."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": meta["name"], "labels": dict(meta.get("labels") or {}),
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                          "name": meta["name"], "uid": meta["uid"]}]},
+        "data": {REQUEST_KEY: base64.b64encode(request).decode("ascii")},
     }
 
 
@@ -288,19 +333,28 @@ class KubernetesRuntime(Runtime):
                            error="the deadline passed before the function started")
         request, nonce = runner_request(spec, payload, context)
         name = job_name(spec.function_name, context.execution_id, context.attempt)
-        job = self._create_or_adopt(job_manifest(spec, name, request, context), context)
+        job = self._create_or_adopt(job_manifest(spec, name, context), context)
         uid = job["metadata"]["uid"]
-        end = time.monotonic() + budget + settings.KUBEFUNCTION_KUBE_START_GRACE
+        try:
+            nonce = self._deliver(job, request, nonce)
+        except RuntimeFailure:  # refused for good: the Job would wait for its Secret forever
+            self._delete_job(name, uid)
+            raise
+        now = time.monotonic()
+        deadline = now + budget
         # When the API fails on the way (RuntimeUnavailable), the Job is left running: the
         # retried task adopts it and reads its answer. Its deadline and TTL bound it otherwise.
-        verdict, pod = self._follow(name, uid, job, end)
+        verdict, pod = self._follow(name, uid, job, now + budget + settings.
+                                    KUBEFUNCTION_KUBE_START_GRACE, deadline)
         if verdict.state == kube_outcomes.UNAVAILABLE:  # the retry needs a new Job
             self._delete_job(name, uid)
             raise RuntimeUnavailable(verdict.error)
         log = self._read_log(pod) if pod is not None and verdict.read_log else None
+        if verdict.state == kube_outcomes.TIMED_OUT:  # what outlives the deadline goes now
+            self._kill_pods(uid)
         self._delete_job(name, uid)
-        return kube_outcomes.outcome(verdict, log, self._nonce_of(job, nonce),
-                                     memory_mb=spec.memory_mb, max_frame_bytes=self._max_frame())
+        return kube_outcomes.outcome(verdict, log, nonce, memory_mb=spec.memory_mb,
+                                     max_frame_bytes=self._max_frame())
 
     # --- cold mode ---------------------------------------------------------------------------
 
@@ -310,15 +364,39 @@ class KubernetesRuntime(Runtime):
         return 8 * (settings.KUBEFUNCTION_MAX_OUTPUT_BYTES
                     + 2 * settings.KUBEFUNCTION_MAX_LOG_BYTES) + MIB
 
-    @staticmethod
-    def _nonce_of(job: dict, nonce: str) -> str:
-        """The nonce the Job's pod answers with: ours, or that of the attempt that created it."""
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        for item in container.get("env") or []:
-            if item.get("name") == REQUEST_ENV:
+    def _deliver(self, job: dict, request: bytes, nonce: str) -> str:
+        """Create the Job's request Secret; returns the nonce its pod answers with: ours, or
+        that of the earlier attempt whose Secret this adopted Job already has."""
+        name, uid = job["metadata"]["name"], job["metadata"]["uid"]
+        body = request_secret(job, request)
+        for _ in range(2):
+            with api_errors("create the function's request Secret"):
+                try:
+                    self.core.create_namespaced_secret(self.namespace, body,
+                                                       _preload_content=False,
+                                                       _request_timeout=self._timeout())
+                    return nonce
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                existing = _json(self.core.read_namespaced_secret(
+                    name, self.namespace, _preload_content=False,
+                    _request_timeout=self._timeout()))
+            owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []}
+            if uid in owners:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
-                    return str(json.loads(item["value"])["nonce"])
-        return nonce
+                    data = base64.b64decode(existing["data"][REQUEST_KEY])
+                    return str(json.loads(data)["nonce"])
+                raise RuntimeFailure(f"the request Secret {name} of the Job holds no request")
+            # A Secret of an earlier Job of this name, not yet garbage-collected: replace it.
+            with api_errors("replace a stale request Secret"):
+                with contextlib.suppress(ApiException):
+                    self.core.delete_namespaced_secret(
+                        name, self.namespace, body=client.V1DeleteOptions(
+                            preconditions=client.V1Preconditions(
+                                uid=existing["metadata"]["uid"])),
+                        _preload_content=False, _request_timeout=self._timeout())
+        raise RuntimeUnavailable(f"the request Secret {name} is held by another Job")
 
     def _create_or_adopt(self, manifest: dict, context: InvocationContext) -> dict:
         name = manifest["metadata"]["name"]
@@ -367,15 +445,24 @@ class KubernetesRuntime(Runtime):
                 _request_timeout=self._timeout()))
         return _newest(listed["items"]), listed["metadata"]["resourceVersion"]
 
-    def _follow(self, name: str, uid: str, job: dict | None,
-                end: float) -> tuple[kube_outcomes.Verdict, dict | None]:
-        """Watch the Job's pods (and, once its pod is gone, the Job) until a final verdict or
-        until `end` (monotonic)."""
+    def _follow(self, name: str, uid: str, job: dict | None, end: float,
+                deadline: float) -> tuple[kube_outcomes.Verdict, dict | None]:
+        """Watch the Job's pods (and, once its pod is gone, the Job) until a final verdict, or
+        until `end` (monotonic) — which becomes `deadline` + DEADLINE_MARGIN once the pod has
+        started: pulling and scheduling may take START_GRACE, the function may not."""
         selector = f"batch.kubernetes.io/controller-uid={uid}"
         pod, rv = self._list_pods(selector)
         pod_gone = False
         while True:
+            if _started(pod):
+                end = min(end, deadline + DEADLINE_MARGIN)
             verdict = kube_outcomes.classify(job, pod)
+            if verdict.state not in (kube_outcomes.PENDING, kube_outcomes.TIMED_OUT) and \
+                    _killed(pod, deadline) and not kube_outcomes.job_settled(job):
+                # The pod was ended from outside (the deadline, most likely): the Job's
+                # conditions say why, and may trail the pod's status by a moment.
+                job = self._settle(name, uid, job, min(end, time.monotonic() + DEADLINE_MARGIN))
+                verdict = kube_outcomes.classify(job, pod)
             if verdict.state != kube_outcomes.PENDING:
                 return verdict, pod
             remaining = end - time.monotonic()
@@ -384,11 +471,12 @@ class KubernetesRuntime(Runtime):
                     kube_outcomes.TIMED_OUT, "Timeout",
                     "the function's Job did not finish in time (its pod did not start or "
                     "end before the deadline)", read_log=pod is not None), pod
-            seconds = max(1, min(int(remaining), settings.KUBEFUNCTION_KUBE_WATCH_SECONDS))
+            seconds = max(1, min(math.ceil(remaining), settings.KUBEFUNCTION_KUBE_WATCH_SECONDS))
             if pod_gone:  # the pod was deleted (e.g. the deadline): the Job tells the rest
                 job, rv = self._watch_job(name, uid, job, seconds)
                 continue
             expired = False
+            was_started = _started(pod)
             try:
                 for event in self._watch("pods", selector, rv, seconds):
                     if event["type"] == "ERROR":  # 410 Gone (history compacted) or worse
@@ -403,9 +491,11 @@ class KubernetesRuntime(Runtime):
                             rv = job["metadata"]["resourceVersion"]
                         break
                     pod = obj
-                    verdict = kube_outcomes.classify(job, pod)
-                    if verdict.state != kube_outcomes.PENDING:
+                    if kube_outcomes.classify(job, pod).state != kube_outcomes.PENDING:
+                        job = self._read_job(name, uid)  # the Job's word comes first
                         break
+                    if _started(pod) and not was_started:
+                        break  # the wait just got shorter: watch again with its timeout
                 else:  # the watch timed out: refresh the Job (a deadline may pass quietly)
                     job = self._read_job(name, uid)
             except RuntimeFailure as exc:  # some servers answer a too old watch with HTTP 410
@@ -415,6 +505,35 @@ class KubernetesRuntime(Runtime):
             if expired:  # start again from a fresh list
                 pod, rv = self._list_pods(selector)
                 job = self._read_job(name, uid)
+
+    def _settle(self, name: str, uid: str, job: dict | None, until: float) -> dict | None:
+        """The Job once it carries a final condition (or FailureTarget), or at `until`."""
+        while job is not None and not kube_outcomes.job_settled(job):
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            job, _ = self._watch_job(name, uid, job, max(1, math.ceil(remaining)))
+        return job
+
+    def _kill_pods(self, uid: str) -> None:
+        """Delete the Job's pods at once (gracePeriodSeconds 0): past its deadline a function
+        gets no grace period, whatever it does with SIGTERM."""
+        try:
+            with api_errors("list the function's pods"):
+                listed = _json(self.core.list_namespaced_pod(
+                    self.namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}",
+                    _preload_content=False, _request_timeout=self._timeout()))
+            for pod in listed["items"]:
+                with api_errors("delete the function's pod"):
+                    try:
+                        self.core.delete_namespaced_pod(
+                            pod["metadata"]["name"], self.namespace, grace_period_seconds=0,
+                            _preload_content=False, _request_timeout=self._timeout())
+                    except ApiException as exc:
+                        if exc.status != 404:
+                            raise
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            logger.warning("could not delete the pods of the timed-out Job %s: %s", uid, exc)
 
     def _watch_job(self, name: str, uid: str, job: dict | None,
                    seconds: int) -> tuple[dict | None, str]:
@@ -483,6 +602,21 @@ class KubernetesRuntime(Runtime):
                 logger.warning("could not delete the Job %s: %s", name, exc)
         except RuntimeUnavailable as exc:
             logger.warning("could not delete the Job %s (its TTL will): %s", name, exc)
+
+
+def _started(pod: dict | None) -> bool:
+    """The pod's container has started (it runs or has run): the function's clock is on."""
+    if pod is None:
+        return False
+    state = (((pod.get("status") or {}).get("containerStatuses") or [{}])[0].get("state") or {})
+    return "running" in state or "terminated" in state
+
+
+def _killed(pod: dict | None, deadline: float) -> bool:
+    """The pod ended because something ended it: it is being deleted, or it is past the
+    deadline (the Job controller's doing)."""
+    return pod is not None and (bool(pod["metadata"].get("deletionTimestamp"))
+                                or time.monotonic() >= deadline)
 
 
 def _newest(pods: list[dict]) -> dict | None:

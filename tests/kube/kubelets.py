@@ -9,10 +9,12 @@ and the pod turns Ready once its readinessProbe answers through it.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import itertools
 import json
+import os
 import re
 import secrets
 import shutil
@@ -86,11 +88,55 @@ def set_terminated(pod: dict, exit_code: int, reason: str = "") -> None:
     pod["status"]["conditions"] = _conditions(False)
 
 
-def pod_request(pod: dict) -> dict | None:
-    """The runner request a pod carries (in an env var or an argument), if any."""
+def secret_volumes(cluster: Cluster, pod: dict) -> dict[str, dict[str, bytes]] | None:
+    """{mountPath: {file name: content}} of the pod's Secret volumes, or None while one of the
+    Secrets does not exist (a kubelet keeps such a pod ContainerCreating and retries)."""
+    ns = pod["metadata"]["namespace"]
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    found: dict[str, dict[str, bytes]] = {}
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        source = (volumes.get(mount["name"]) or {}).get("secret")
+        if source is None:
+            continue
+        secret = cluster.find("secrets", ns, source["secretName"])
+        if secret is None:
+            if source.get("optional"):
+                continue
+            return None
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        items = source.get("items")
+        found[mount["mountPath"]] = ({item["path"]: data[item["key"]] for item in items
+                                      if item["key"] in data} if items else data)
+    return found
+
+
+def pod_env(cluster: Cluster | None, pod: dict) -> dict[str, str] | None:
+    """The container's environment, secretKeyRef values resolved (None while one is missing)."""
+    env: dict[str, str] = {}
+    ns = pod["metadata"]["namespace"]
+    for item in pod["spec"]["containers"][0].get("env") or []:
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            env[item["name"]] = item.get("value", "")
+            continue
+        secret = cluster.find("secrets", ns, ref["name"]) if cluster is not None else None
+        data = (secret or {}).get("data") or {}
+        if ref["key"] not in data:
+            if ref.get("optional"):
+                continue
+            return None
+        env[item["name"]] = base64.b64decode(data[ref["key"]]).decode("utf-8", "replace")
+    return env
+
+
+def pod_request(pod: dict, cluster: Cluster | None = None) -> dict | None:
+    """The runner request a pod carries (env, an argument, or a file of a Secret volume)."""
     container = pod["spec"]["containers"][0]
-    candidates = [e.get("value") or "" for e in container.get("env") or []]
+    candidates = list((pod_env(cluster, pod) or {}).values())
     candidates += list(container.get("args") or []) + list(container.get("command") or [])
+    if cluster is not None:
+        for files in (secret_volumes(cluster, pod) or {}).values():
+            candidates += [data.decode("utf-8", "replace") for data in files.values()]
     for text in candidates:
         if text.lstrip().startswith("{"):
             with contextlib.suppress(ValueError):
@@ -114,7 +160,9 @@ class Script:
     "oom" (OOMKilled, exit 137), "waiting" (stays waiting with `reason`: ErrImagePull,
     ImagePullBackOff, ...), "crashloop" (restarts, waiting CrashLoopBackOff), "evict" (pod
     Failed, reason Evicted), "hang" or "serve" (runs, Ready, until deleted; the default for
-    pods with restartPolicy Always). `delay`: seconds spent running.
+    pods with restartPolicy Always). `delay`: seconds spent running. `on_sigterm`: what the
+    pod's main process does when the pod is deleted: "exit" (at once, code 143) or "ignore"
+    (as a busy PID 1 without a handler: it runs on until SIGKILL at the grace period, 137).
     """
 
     kind: str = "succeed"
@@ -127,6 +175,7 @@ class Script:
     error: str = "scripted failure"
     delay: float = 0.02
     creating: float = 0.01
+    on_sigterm: str = "exit"
 
 
 class ScriptedKubelet:
@@ -145,6 +194,7 @@ class ScriptedKubelet:
         self.serve_root: str | None = None
         self.processes: dict[str, subprocess.Popen] = {}
         self.threads: list[threading.Thread] = []
+        self.scripts: dict[str, Script] = {}  # pod uid -> what it plays
 
     def attach(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -170,9 +220,57 @@ class ScriptedKubelet:
         uid = pod["metadata"]["uid"]
         with self.lock:
             self.pods.discard(uid)
+            self.scripts.pop(uid, None)
             process = self.processes.pop(uid, None)
         if process is not None:
             _stop(process)
+
+    def terminate(self, pod: dict, grace: int, done: Any) -> None:
+        """SIGTERM the pod's process; SIGKILL it after `grace` s; `done()` once it has ended."""
+        cluster = self.cluster
+        assert cluster is not None
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        with self.lock:
+            running = uid in self.pods
+            script = self.scripts.get(uid) or Script()
+            process = self.processes.get(uid)
+        if not running:
+            cluster.schedule(0, done)
+            return
+
+        def ended(code: int) -> None:
+            with self.lock:
+                alive = uid in self.pods
+                self.pods.discard(uid)
+                self.processes.pop(uid, None)
+            if not alive:
+                done()
+                return
+
+            def end(p: dict) -> None:
+                if "terminated" not in p["status"]["containerStatuses"][0]["state"]:
+                    set_terminated(p, code)
+            cluster.mutate("pods", ns, name, end)
+            done()
+        if process is None:
+            ignore = script.on_sigterm == "ignore"
+            cluster.schedule(float(grace) if ignore else 0.01,
+                             lambda: ended(137 if ignore else 143))
+            return
+
+        def stop() -> None:  # a local runner (a serving pod): the real signals
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 15)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+            ended(128 - process.returncode if process.returncode < 0 else process.returncode)
+        thread = threading.Thread(target=stop, daemon=True, name=f"fake-stop-{name}")
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
 
     def _serve(self, pod: dict) -> None:
         """Run the pod's runner locally on the pod's IP and port; Ready once it answers."""
@@ -189,7 +287,7 @@ class ScriptedKubelet:
                    "/opt/kubefunction/deps": str(Path(self.serve_root) / ".deps")}
         command = [mapping.get(part, part) for part in container["command"]]
         command[command.index("--http") + 1] = f"{ip}:{port}"
-        env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        env = pod_env(cluster, pod) or {}
         with self.lock:
             if uid not in self.pods:
                 return
@@ -234,7 +332,28 @@ class ScriptedKubelet:
         assert cluster is not None
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        self.pods.add(uid)
+        with self.lock:
+            self.pods.add(uid)
+            self.scripts[uid] = script
+        cluster.mutate("pods", ns, name, set_creating)
+        self._when_mounted(pod, lambda: self._play(pod, script))
+
+    def _when_mounted(self, pod: dict, then: Any) -> None:
+        """`then()` once the pod's Secrets exist (until then it stays ContainerCreating)."""
+        cluster = self.cluster
+        assert cluster is not None
+        if pod["metadata"]["uid"] not in self.pods:
+            return
+        if secret_volumes(cluster, pod) is None or pod_env(cluster, pod) is None:
+            cluster.schedule(0.05, lambda: self._when_mounted(pod, then))
+            return
+        then()
+
+    def _play(self, pod: dict, script: Script) -> None:
+        cluster = self.cluster
+        assert cluster is not None
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
 
         def step(delay: float, change: Any, logs: bytes = b"") -> None:
             def apply() -> None:
@@ -245,7 +364,6 @@ class ScriptedKubelet:
                 cluster.mutate("pods", ns, name, change)
             cluster.schedule(delay, apply)
 
-        step(0, set_creating)
         start = script.creating
         kind = script.kind
         if kind == "serve" and self.serve_root and pod["spec"]["containers"][0].get("ports"):
@@ -262,7 +380,7 @@ class ScriptedKubelet:
         if kind in ("hang", "serve"):  # running (and Ready) until deleted
             return
         if kind == "succeed" or kind == "fail":
-            request = pod_request(pod) or {"nonce": "none", "event": None}
+            request = pod_request(pod, cluster) or {"nonce": "none", "event": None}
             ok = kind == "succeed"
             answer = {"ok": ok, "output": (request.get("event") if script.output is None
                                            else script.output) if ok else None,
@@ -336,6 +454,7 @@ class DockerKubelet:
         self.cluster: Cluster | None = None
         self.containers: dict[str, str] = {}  # pod uid -> container id
         self.tunnels: dict[str, PodTunnel] = {}  # pod uid -> its tunnel (serving pods)
+        self.terminating: dict[str, Any] = {}  # pod uid -> done() once its container ended
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.closed = False
@@ -369,6 +488,52 @@ class DockerKubelet:
     def _remove(self, container_id: str) -> None:
         with contextlib.suppress(Exception):
             self.client.api.remove_container(container_id, force=True)
+
+    def terminate(self, pod: dict, grace: int, done: Any) -> None:
+        """What a kubelet does to a deleted pod: SIGTERM to the container's PID 1 (the pod's
+        command: no init is added, as with containerd), SIGKILL after `grace` seconds (the
+        engine's stop does both), the terminated status, then `done()`."""
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            container_id = self.containers.get(uid)
+            if container_id is not None:
+                self.terminating[uid] = done
+        if container_id is None:  # not started yet (or already ended): nothing to stop
+            assert self.cluster is not None
+            self.cluster.schedule(0, done)
+            return
+
+        def stop() -> None:
+            with contextlib.suppress(Exception):
+                self.client.api.stop(container_id, timeout=grace)
+        threading.Thread(target=stop, daemon=True, name=f"fake-kubelet-stop-{uid}").start()
+
+    def _ended(self, uid: str) -> None:
+        with self.lock:
+            done = self.terminating.pop(uid, None)
+        if done is not None:
+            done()
+
+    def _secret_mounts(self, pod: dict) -> list | None:
+        """Bind mounts (read-only) of the pod's Secret volumes, written to a host folder of the
+        pod's own; None while a Secret is missing."""
+        from docker.types import Mount
+
+        assert self.cluster is not None
+        volumes = secret_volumes(self.cluster, pod)
+        if volumes is None:
+            return None
+        mounts = []
+        for number, (path, files) in enumerate(sorted(volumes.items())):
+            folder = self.folder / "secrets" / pod["metadata"]["uid"] / str(number)
+            folder.mkdir(parents=True, exist_ok=True)
+            for file_name, data in files.items():
+                target = folder / file_name
+                target.write_bytes(data)
+                target.chmod(0o444)
+            folder.chmod(0o555)
+            mounts.append(Mount(target=path, source=str(folder), type="bind", read_only=True))
+        return mounts
 
     def _serve(self, pod: dict, container_id: str, tunnel: PodTunnel) -> None:
         """Start the tunnel's agent in the started container, report the pod Running (not
@@ -469,8 +634,18 @@ class DockerKubelet:
                     **(container.get("securityContext") or {})}
         limits = (container.get("resources") or {}).get("limits") or {}
         memory = memory_bytes(limits.get("memory"))
-        mounts = {m["mountPath"]: "rw,nosuid,size=64m" for m in container.get("volumeMounts") or []}
-        env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        mounts = {m["mountPath"]: "rw,nosuid,size=64m" for m in container.get("volumeMounts") or []
+                  if "emptyDir" in (volumes.get(m["name"]) or {"emptyDir": {}})}
+        while True:  # as a kubelet: ContainerCreating until the pod's Secrets exist
+            secret_mounts, env = self._secret_mounts(pod), pod_env(cluster, pod)
+            if secret_mounts is not None and env is not None:
+                break
+            current = cluster.find("pods", ns, name)
+            if self.closed or current is None or current["metadata"]["uid"] != uid or \
+                    current["metadata"].get("deletionTimestamp"):
+                return
+            time.sleep(0.05)
         user = security.get("runAsUser")
         group = security.get("runAsGroup", user)
         tunnel = None
@@ -490,9 +665,9 @@ class DockerKubelet:
                     (security.get("capabilities") or {}).get("drop") or []) else None,
                 security_opt=["no-new-privileges"] if security.get(
                     "allowPrivilegeEscalation") is False else None,
-                mem_limit=memory, memswap_limit=memory, init=True,
-                mounts=[Mount(target=TUNNEL_MOUNT, source=str(tunnel.folder), type="bind",
-                              read_only=True)] if tunnel else None)
+                mem_limit=memory, memswap_limit=memory,
+                mounts=secret_mounts + ([Mount(target=TUNNEL_MOUNT, source=str(tunnel.folder),
+                                               type="bind", read_only=True)] if tunnel else []))
             current = cluster.find("pods", ns, name)
             if self.closed or current is None or current["metadata"]["uid"] != uid:
                 return  # stopped, or the pod was deleted while its image was pulled
@@ -516,8 +691,10 @@ class DockerKubelet:
                 if tunnel is not None:
                     self.tunnels[uid] = tunnel
             current = cluster.find("pods", ns, name)
-            if current is None or current["metadata"]["uid"] != uid:  # deleted meanwhile
+            if current is None or current["metadata"]["uid"] != uid or \
+                    current["metadata"].get("deletionTimestamp"):  # deleted meanwhile
                 self.forget(pod)
+                self._ended(uid)
                 return
             try:
                 api.start(container_id)
@@ -529,6 +706,7 @@ class DockerKubelet:
                 state = api.inspect_container(container_id)["State"]
                 logs = api.logs(container_id, stdout=True, stderr=True)
             except (APIError, NotFound, Exception):  # killed (deleted pod) or the engine failed
+                self._ended(uid)
                 return
             finally:
                 with self.lock:
@@ -542,3 +720,4 @@ class DockerKubelet:
         code = int(state.get("ExitCode") or 0)
         reason = "OOMKilled" if state.get("OOMKilled") else ""
         cluster.mutate("pods", ns, name, lambda p: set_terminated(p, code, reason))
+        self._ended(uid)

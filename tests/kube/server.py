@@ -9,6 +9,8 @@ honours deletion propagation, and runs a minimal Job controller and a swappable 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import contextlib
 import copy
@@ -33,6 +35,18 @@ from .selectors import SelectorError, matches, parse_fields, parse_labels
 TOKEN = "fake-kube-token"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+SECRET_MAX_BYTES = 1024 * 1024  # the API server's limit on a Secret's data
+DEFAULT_GRACE_SECONDS = 30  # a pod's terminationGracePeriodSeconds when its spec sets none
+# How the Job controller reports activeDeadlineSeconds passing, relative to the pod's end:
+#   failure-target      FailureTarget at once, the pods terminated (gracefully), then Failed
+#                       once they are gone (Kubernetes 1.31 and later)
+#   failed-first        Failed at once, then the pods terminated (older controllers)
+#   pod-first           the pods terminated first; FailureTarget and Failed only once they
+#                       are gone (a controller whose status write lags behind the kubelet)
+#   without-pod-status  the pods removed at once, no terminated status ever reported, then
+#                       Failed (a pod force-deleted, its node gone)
+DEADLINE_ORDERS = ("failure-target", "failed-first", "pod-first", "without-pod-status")
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,7 @@ KINDS = {k.plural: k for k in (
     Kind("/api/v1", "namespaces", "Namespace", namespaced=False),
     Kind("/api/v1", "pods", "Pod"),
     Kind("/api/v1", "services", "Service"),
+    Kind("/api/v1", "secrets", "Secret"),
     Kind("/apis/batch/v1", "jobs", "Job"),
     Kind("/apis/apps/v1", "deployments", "Deployment"),
     Kind("/apis/discovery.k8s.io/v1", "endpointslices", "EndpointSlice"),
@@ -116,6 +131,10 @@ class Cluster:
         self.logs: dict[tuple[str, str], bytearray] = {}
         self.api_calls: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
+        # (plural, name, gracePeriodSeconds, propagationPolicy) of every DELETE served
+        self.deletions: list[tuple[str, str, int | None, str | None]] = []
+        self.deadline_order = "failure-target"
+        self._deadline_passed: set[str] = set()  # Job uids whose deadline the controller saw
         self.stopping = False
         self.kubelet = kubelet
         self._tasks: list[tuple[float, int, Callable[[], None]]] = []
@@ -190,6 +209,19 @@ class Cluster:
                                                                               "OnFailure"):
                 causes.append(("spec.template.spec.restartPolicy",
                                'Unsupported value: must be "OnFailure" or "Never"'))
+        if kind.plural == "secrets":
+            size = 0
+            for key, value in (obj.get("data") or {}).items():
+                if not _SECRET_KEY.match(str(key)):
+                    causes.append((f"data[{key}]", "Invalid value: a valid config key must "
+                                                   "consist of alphanumeric characters, '-', "
+                                                   "'_' or '.'"))
+                try:
+                    size += len(base64.b64decode(str(value), validate=True))
+                except (binascii.Error, ValueError):
+                    causes.append((f"data[{key}]", "Invalid value: illegal base64 data"))
+            if size > SECRET_MAX_BYTES:
+                causes.append(("data", f"Too long: must have at most {SECRET_MAX_BYTES} bytes"))
         if causes:
             message = "; ".join(f"{field}: {text}" for field, text in causes)
             raise ApiError(422, "Invalid", f'{kind.kind} "{name}" is invalid: {message}',
@@ -233,6 +265,9 @@ class Cluster:
             obj.setdefault("status", {"loadBalancer": {}})
         if kind.plural == "namespaces":
             obj.setdefault("status", {"phase": "Active"})
+        if kind.plural == "secrets":
+            obj.pop("spec", None)
+            obj.setdefault("type", "Opaque")
 
     @staticmethod
     def _pod_defaults(spec: dict) -> None:
@@ -275,6 +310,10 @@ class Cluster:
                                    {"name": ns, "kind": "namespaces"})
                 meta["namespace"] = ns
             key = (ns or "", meta["name"])
+            if plural == "secrets" and obj.get("stringData"):  # write-only, merged into data
+                obj["data"] = {**(obj.get("data") or {}), **{
+                    k: base64.b64encode(str(v).encode()).decode()
+                    for k, v in obj.pop("stringData").items()}}
             self._validate(kind, obj)
             if key in self.objects[plural]:
                 group = kind.api_version.split("/")[0] if "/" in kind.api_version else ""
@@ -364,10 +403,19 @@ class Cluster:
             return self.update(plural, ns, name, merged, status=status)
 
     def delete(self, plural: str, ns: str | None, name: str,
-               propagation: str | None = None) -> dict:
+               propagation: str | None = None, grace: int | None = None) -> dict:
+        """Delete an object; a pod is deleted gracefully (see `terminate_pod`)."""
         kind = KINDS[plural]
         if propagation not in (None, "Orphan", "Background", "Foreground"):
             raise ApiError(400, "BadRequest", f"unsupported propagationPolicy {propagation!r}")
+        if grace is not None and grace < 0:
+            raise ApiError(422, "Invalid", "gracePeriodSeconds: Invalid value: must be >= 0")
+        if plural == "pods":
+            with self.lock:
+                pod = self.terminate_pod(ns, name, grace)
+            if pod is None:
+                raise not_found(kind, name)
+            return pod
         # batch/v1 Jobs orphan their pods unless told otherwise (kept for compatibility).
         policy = propagation or ("Orphan" if plural == "jobs" else "Background")
         with self.lock:
@@ -409,17 +457,61 @@ class Cluster:
                 if any(ref.get("uid") == uid for ref in refs):
                     yield plural, obj
 
+    def terminate_pod(self, ns: str | None, name: str, grace: int | None = None) -> dict | None:
+        """Graceful pod deletion, as the API server and kubelet do it: the pod gets a
+        deletionTimestamp and stays while its kubelet sends SIGTERM and, after `grace` seconds
+        (the pod's terminationGracePeriodSeconds unless given; 30 when unset), SIGKILL; it is
+        removed once its container is gone. A pod already ended, or `grace` 0, goes at once.
+        A shorter grace than the one in force shortens it. Returns the pod, None if absent."""
+        with self.lock:
+            pod = self.objects["pods"].get((ns or "", name))
+            if pod is None:
+                return None
+            meta = pod["metadata"]
+            if grace is None:
+                grace = pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
+            grace = max(0, int(grace))
+            if grace == 0 or pod["status"].get("phase") in ("Succeeded", "Failed"):
+                self._remove("pods", ns, name)
+                return copy.deepcopy(pod)
+            current = meta.get("deletionGracePeriodSeconds")
+            if meta.get("deletionTimestamp") and current is not None and grace >= current:
+                return copy.deepcopy(pod)
+            before, pod = pod, copy.deepcopy(pod)
+            pod["metadata"]["deletionTimestamp"] = datetime.fromtimestamp(
+                time.time() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            pod["metadata"]["deletionGracePeriodSeconds"] = grace
+            self._bump(pod)
+            self.objects["pods"][(ns or "", name)] = pod
+            self._record("pods", "MODIFIED", pod, before)
+            uid = pod["metadata"]["uid"]
+
+            def gone() -> None:  # the kubelet saw the container end
+                with self.lock:
+                    left = self.objects["pods"].get((ns or "", name))
+                    if left is not None and left["metadata"]["uid"] == uid:
+                        self._remove("pods", ns, name)
+            self.kubelet.terminate(copy.deepcopy(pod), grace, gone)
+            return copy.deepcopy(pod)
+
     def _delete_dependents(self, uid: str) -> None:
         with self.lock:
             for plural, obj in list(self._dependents(uid)):
                 meta = obj["metadata"]
                 if (meta.get("namespace", ""), meta["name"]) in self.objects[plural]:
-                    self._remove(plural, meta.get("namespace"), meta["name"])
+                    if plural == "pods":  # the garbage collector deletes pods gracefully
+                        self.terminate_pod(meta.get("namespace"), meta["name"])
+                    else:
+                        self._remove(plural, meta.get("namespace"), meta["name"])
                     self._delete_dependents(meta["uid"])
 
     def _foreground(self, plural: str, ns: str | None, name: str, uid: str) -> None:
+        """The owner goes once its dependents are gone (terminating pods included)."""
         with self.lock:
             self._delete_dependents(uid)
+            if any(True for _ in self._dependents(uid)):
+                self.schedule(0.05, lambda: self._foreground(plural, ns, name, uid))
+                return
             current = self.objects[plural].get((ns or "", name))
             if current is not None and current["metadata"]["uid"] == uid:
                 self._remove(plural, ns, name)
@@ -509,7 +601,8 @@ class Cluster:
                 return
             uid = deployment["metadata"]["uid"]
             pods = sorted((p for _, p in self._dependents(uid) if p["kind"] == "Pod"
-                           and p["status"].get("phase") not in ("Succeeded", "Failed")),
+                           and p["status"].get("phase") not in ("Succeeded", "Failed")
+                           and not p["metadata"].get("deletionTimestamp")),
                           key=lambda p: p["metadata"]["creationTimestamp"])
             for pod in [p for _, p in self._dependents(uid) if p["kind"] == "Pod"
                         and p["status"].get("phase") in ("Succeeded", "Failed")]:
@@ -526,7 +619,7 @@ class Cluster:
                        "spec": copy.deepcopy(template.get("spec") or {})}
                 pods.append(self.create("pods", ns, pod))
             for pod in pods[want:][::-1] if len(pods) > want else []:
-                self._remove("pods", ns, pod["metadata"]["name"])
+                self.terminate_pod(ns, pod["metadata"]["name"])
             pods = pods[:want]
             ready = sum(1 for p in pods if "Ready" in _ready_conditions(p))
             generation = deployment["metadata"].get("generation", 1)
@@ -571,8 +664,10 @@ class Cluster:
                                          "blockOwnerDeletion": True}]},
                 "addressType": "IPv4",
                 "endpoints": [{"addresses": [p["status"]["podIP"]], "conditions": {
-                    "ready": "Ready" in _ready_conditions(p),
-                    "serving": "Ready" in _ready_conditions(p), "terminating": False},
+                    "ready": "Ready" in _ready_conditions(p)
+                    and not p["metadata"].get("deletionTimestamp"),
+                    "serving": "Ready" in _ready_conditions(p),
+                    "terminating": bool(p["metadata"].get("deletionTimestamp"))},
                     "targetRef": {"kind": "Pod", "name": p["metadata"]["name"],
                                   "namespace": ns, "uid": p["metadata"]["uid"]}}
                     for p in pods],
@@ -647,8 +742,8 @@ class Cluster:
 
     def _job_pod_finished(self, ns: str, job_name: str, pod: dict) -> None:
         job = self.find("jobs", ns, job_name)
-        if job is None or _job_finished(job):
-            return
+        if job is None or _job_finished(job) or job["metadata"]["uid"] in self._deadline_passed:
+            return  # the deadline decides this Job's end
         succeeded = pod["status"]["phase"] == "Succeeded"
 
         def count(o: dict) -> None:
@@ -671,22 +766,56 @@ class Cluster:
             self._job_pod(self.get("jobs", ns, job_name))
 
     def _job_deadline(self, ns: str, name: str, uid: str) -> None:
+        """activeDeadlineSeconds passed: end the Job's pods and fail it with DeadlineExceeded,
+        in the order `deadline_order` says."""
         job = self.find("jobs", ns, name)
         if job is None or job["metadata"]["uid"] != uid or _job_finished(job):
             return
-        with self.lock:
-            for _, pod in list(self._dependents(uid)):
-                if pod["kind"] == "Pod" and pod["status"].get("phase") not in ("Succeeded",
-                                                                               "Failed"):
-                    self._remove("pods", ns, pod["metadata"]["name"])
+        order = self.deadline_order
+        assert order in DEADLINE_ORDERS, order
+        reason, message = "DeadlineExceeded", "Job was active longer than specified deadline"
+        self._deadline_passed.add(uid)
 
         def count(o: dict) -> None:
             o["status"].pop("active", None)
             o["status"]["failed"] = o["status"].get("failed", 0) + 1
-        # As on a real cluster, the Job is marked Failed a moment after its pods are gone.
-        self.schedule(0.05, lambda: self._finish_job(
-            ns, name, "Failed", "DeadlineExceeded",
-            "Job was active longer than specified deadline", count))
+
+        def fail() -> None:
+            if order == "pod-first":
+                self._add_condition(ns, name, "FailureTarget", reason, message)
+            self._finish_job(ns, name, "Failed", reason, message, count)
+        if order == "failure-target":
+            self._add_condition(ns, name, "FailureTarget", reason, message)
+        elif order == "failed-first":
+            fail()
+        with self.lock:
+            for _, pod in list(self._dependents(uid)):
+                if pod["kind"] == "Pod" and pod["status"].get("phase") not in ("Succeeded",
+                                                                               "Failed"):
+                    if order == "without-pod-status":
+                        self._remove("pods", ns, pod["metadata"]["name"])
+                    else:
+                        self.terminate_pod(ns, pod["metadata"]["name"])
+        if order != "failed-first":  # as on a cluster: the status write trails a moment
+            self._when_pods_gone(uid, lambda: self.schedule(0.05, fail))
+
+    def _when_pods_gone(self, uid: str, then: Callable[[], None]) -> None:
+        with self.lock:
+            if any(obj["kind"] == "Pod" for _, obj in self._dependents(uid)):
+                self.schedule(0.05, lambda: self._when_pods_gone(uid, then))
+                return
+        then()
+
+    def _add_condition(self, ns: str, name: str, type_: str, reason: str, message: str) -> None:
+        def add(o: dict) -> None:
+            conditions = o["status"].get("conditions") or []
+            if any(c["type"] == type_ for c in conditions):
+                return
+            stamp = now()
+            o["status"]["conditions"] = [*conditions, {
+                "type": type_, "status": "True", "reason": reason, "message": message,
+                "lastProbeTime": stamp, "lastTransitionTime": stamp}]
+        self.mutate("jobs", ns, name, add)
 
     def _job_ttl(self, ns: str, name: str, uid: str) -> None:
         job = self.find("jobs", ns, name)
@@ -875,7 +1004,14 @@ class Handler(BaseHTTPRequestHandler):
             policy = body.get("propagationPolicy") or query.get("propagationPolicy")
             if body.get("orphanDependents") is True:
                 policy = "Orphan"
-            obj = cluster.delete(plural, ns, name or "", policy)
+            grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+            try:
+                grace = None if grace is None else int(grace)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(400, "BadRequest", f"bad gracePeriodSeconds: {exc}") from exc
+            with cluster.lock:
+                cluster.deletions.append((plural, name or "", grace, policy))
+            obj = cluster.delete(plural, ns, name or "", policy, grace)
             if obj["metadata"].get("deletionTimestamp"):
                 self._send_json(202, obj)
             else:
