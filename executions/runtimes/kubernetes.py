@@ -490,10 +490,18 @@ class KubernetesRuntime(Runtime):
                         if job is not None:
                             rv = job["metadata"]["resourceVersion"]
                         break
+                    terminating = pod is not None and bool(
+                        pod["metadata"].get("deletionTimestamp"))
                     pod = obj
                     if kube_outcomes.classify(job, pod).state != kube_outcomes.PENDING:
                         job = self._read_job(name, uid)  # the Job's word comes first
                         break
+                    if obj["metadata"].get("deletionTimestamp") and not terminating:
+                        # Being deleted (the deadline?): a pod that ignores SIGTERM would
+                        # keep us waiting for its grace period; the Job may already say why.
+                        job = self._read_job(name, uid)
+                        if kube_outcomes.job_settled(job):
+                            break
                     if _started(pod) and not was_started:
                         break  # the wait just got shorter: watch again with its timeout
                 else:  # the watch timed out: refresh the Job (a deadline may pass quietly)
