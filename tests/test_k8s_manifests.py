@@ -37,7 +37,7 @@ WORKER_SERVICE_ACCOUNT = "kubefunction-worker"
 # must match executions/runtimes/kubernetes.py: add a line here when the runtime makes a new
 # kind of call, and the test below makes sure the worker's Role allows it.
 API_GROUPS = {"jobs": "batch", "pods": "", "pods/log": "", "deployments": "apps",
-              "services": "", "endpointslices": "discovery.k8s.io"}
+              "services": "", "endpointslices": "discovery.k8s.io", "secrets": ""}
 # Every (group, resource, verb) the Kubernetes runtime calls, from the runtime itself.
 RUNTIME_API_CALLS = {(API_GROUPS[resource], resource, verb) for verb, resource in PERMISSIONS}
 
@@ -272,9 +272,11 @@ def test_worker_role_covers_every_runtime_call(kustomization):
         allowed |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"]
                     for v in rule["verbs"]}
     assert RUNTIME_API_CALLS - allowed == set()
-    # Nothing beyond the objects the runtime manages: no secrets, no RBAC, no exec into pods.
+    # Nothing beyond the objects the runtime manages: no RBAC, no exec into pods; Secrets only
+    # by name (the Jobs' request Secrets), never listed or watched.
     assert {r for _, r, _ in allowed} <= {r for _, r, _ in RUNTIME_API_CALLS} | {
         "deployments/scale"}
+    assert {v for _, r, v in allowed if r == "secrets"} == {"create", "get", "delete"}
 
 
 @parametrized
