@@ -12,8 +12,11 @@ Every test here runs once per target of the `target` fixture:
   to KUBEFUNCTION_REGISTRY is used.
 
 The contract: a Job of a trivial image runs and its output comes back; a missing image fails
-fast with ErrImagePull; a deadline ends `timed_out`; a redelivered invocation that meets 409
-adopts the Job of the first attempt instead of running the function again.
+fast with ErrImagePull; a deadline ends `timed_out`, a busy loop (even one that ignores SIGTERM)
+within deadline + MARGIN, cold and warm, its pod deleted without waiting for the grace period;
+a memory hog ends OOMKilled (MemoryError); a redelivered invocation that meets 409 adopts the Job
+of the first attempt instead of running the function again; a warm Deployment scales up from
+zero and back, its idle pods gone at once.
 """
 
 from __future__ import annotations
@@ -38,13 +41,21 @@ from executions.runtimes.kubernetes import (
 from executions.runtimes.protocol import runner_request
 
 CONTRACT_SOURCE = b"""\
-import time
+import signal, time
 
 def handle(event):
     if event.get("sleep"):
         time.sleep(event["sleep"])
+    if event.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while event.get("busy"):
+        pass
+    if event.get("hog"):
+        held = [bytearray(1024 * 1024) for _ in range(event["hog"])]
     return event
 """
+# The documented bound: past its deadline a function ends timed_out within this many seconds.
+MARGIN = 5.0
 LOCAL_TAG = "kubefunction-test/contract:v1"
 HOW_TO = ("set KUBEFUNCTION_TEST_KUBECONFIG (or KUBECONFIG) to a cluster's kubeconfig to run "
           "the Kubernetes contract against it (docs/kubernetes.md, 'The real-cluster suite')")
@@ -198,6 +209,84 @@ def test_deadline_ends_timed_out(target, runtime):
     assert (outcome.status, outcome.error_type) == ("timed_out", "Timeout"), outcome
     assert time.monotonic() - started < 3 + target.start_seconds + 15
     assert jobs_left(runtime, target) == []
+
+
+def pods_left(runtime: KubernetesRuntime, target: Target) -> list[str]:
+    return [pod.metadata.name for pod in runtime.core.list_namespaced_pod(
+        target.namespace, label_selector="kubefunction.io/function=contract",
+        _request_timeout=10).items]
+
+
+@pytest.mark.parametrize("ignore_sigterm", [False, True])
+def test_busy_loop_past_its_deadline_is_timed_out_on_time(target, runtime, settings,
+                                                          ignore_sigterm):
+    """`while True: pass` with a 3 s timeout: timed_out at the deadline, not after the grace
+    period (30 s here, as the default; it must not be waited for)."""
+    settings.KUBEFUNCTION_KUBE_GRACE_SECONDS = 30
+    function = spec(target.image, timeout_seconds=3)
+    started = time.monotonic()
+    outcome = runtime.invoke(function, {"busy": True, "ignore_sigterm": ignore_sigterm},
+                             context(3))
+    took = time.monotonic() - started
+    assert (outcome.status, outcome.error_type) == ("timed_out", "Timeout"), outcome
+    assert took < 3 + MARGIN, took
+    ended = time.monotonic()
+    assert jobs_left(runtime, target) == [] and wait_until(
+        lambda: pods_left(runtime, target) == [], 5)
+    assert time.monotonic() - ended < 5  # the pod did not linger for its 30 s
+
+
+def test_memory_hog_is_oomkilled(target, runtime):
+    outcome = runtime.invoke(spec(target.image, memory_mb=64), {"hog": 512},
+                             context(60 + target.start_seconds))
+    assert (outcome.status, outcome.error_type) == ("failed", "MemoryError"), outcome
+    assert "64 MiB" in outcome.error
+    assert jobs_left(runtime, target) == []
+
+
+def wait_until(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_warm_scales_up_from_zero_and_back(target, runtime, settings):
+    """Warm mode: the first invocation scales the Deployment up from zero (cold), the next is
+    served warm, a busy loop past its deadline is timed_out on time and its pod replaced, and
+    an idle Deployment scales back to zero with its pods gone at once (the idle runner exits
+    on SIGTERM, a 30 s grace period is not waited for)."""
+    from executions.runtimes.kube_warm import LAST_USED, timestamp, warm_name
+
+    settings.KUBEFUNCTION_KUBE_MODE = "warm"
+    settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS = 0
+    settings.KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS = 1
+    settings.KUBEFUNCTION_KUBE_GRACE_SECONDS = 30
+    function = spec(target.image, timeout_seconds=3)
+    name = warm_name(function)
+    try:
+        first = runtime.invoke(function, {"n": 1}, context(3 + target.start_seconds))
+        assert first.status == "succeeded" and first.cold and first.output == {"n": 1}, first
+        second = runtime.invoke(function, {"n": 2}, context(3))
+        assert second.status == "succeeded" and not second.cold, second
+        started = time.monotonic()
+        busy = runtime.invoke(function, {"busy": True, "ignore_sigterm": True}, context(3))
+        assert (busy.status, busy.error_type) == ("timed_out", "Timeout"), busy
+        assert time.monotonic() - started < 3 + MARGIN
+        again = runtime.invoke(function, {"n": 3}, context(3 + target.start_seconds))
+        assert again.status == "succeeded", again  # a new pod serves
+        runtime.apps.patch_namespaced_deployment(name, target.namespace, {"metadata": {
+            "annotations": {LAST_USED: timestamp(time.time() - 3600)}}}, _request_timeout=10)
+        started = time.monotonic()
+        assert runtime.warm.scale_idle() == [name]
+        assert wait_until(lambda: pods_left(runtime, target) == [], 10)
+        assert time.monotonic() - started < 10  # not the 30 s grace period
+        assert runtime.apps.read_namespaced_deployment(
+            name, target.namespace, _request_timeout=10).spec.replicas == 0
+    finally:
+        runtime.release(function)
 
 
 def test_redelivery_adopts_the_first_attempts_job(target, runtime):
