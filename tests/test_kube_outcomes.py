@@ -56,6 +56,14 @@ CASES = [
      "Timeout", None, False),
     ("deadline, pod still there", job(("Failed", "DeadlineExceeded")),
      pod("Failed", terminated(137)), ko.TIMED_OUT, "Timeout", None, True),
+    # Kubernetes 1.31+: FailureTarget at once, Failed only once the pods are gone
+    ("deadline as FailureTarget, pod killed", job(("FailureTarget", "DeadlineExceeded")),
+     pod("Failed", terminated(143)), ko.TIMED_OUT, "Timeout", None, True),
+    ("deadline as FailureTarget, pod still terminating",
+     job(("FailureTarget", "DeadlineExceeded")), pod(), ko.TIMED_OUT, "Timeout", None, True),
+    ("FailureTarget for another reason: the pod says why", job(("FailureTarget",
+                                                                "BackoffLimitExceeded")),
+     pod("Failed", terminated(3)), ko.RAN, "", 3, True),
     ("ErrImagePull", job(), pod("Pending", waiting("ErrImagePull", "not found")), ko.FAILED,
      "ImagePullError", None, False),
     ("ImagePullBackOff", job(), pod("Pending", waiting("ImagePullBackOff")), ko.FAILED,
@@ -92,6 +100,12 @@ def test_classify(label, job_json, pod_json, state, error_type, exit_code, read_
     verdict = ko.classify(job_json, pod_json)
     assert (verdict.state, verdict.error_type, verdict.exit_code, verdict.read_log) == (
         state, error_type, exit_code, read_log)
+
+
+def test_job_settled():
+    assert not ko.job_settled(None) and not ko.job_settled(job())
+    for kind in ("Complete", "Failed", "FailureTarget"):
+        assert ko.job_settled(job((kind, "X")))
 
 
 def test_reasons_are_in_the_error():
