@@ -52,8 +52,9 @@ def alice_objects(api):
     Execution.objects.filter(pk=finished.pk).update(
         status=ExecutionStatus.SUCCEEDED, output=1, started_at=timezone.now(),
         finished_at=timezone.now())
+    queued = Execution.objects.filter(function__name="alice-fn").exclude(pk=finished.pk).get()
     return {"function": "alice-fn", "trigger": "alice-trigger", "task_id": finished.task_id,
-            "execution": finished, "batch": str(Batch.objects.get().pk)}
+            "execution": finished, "queued": queued, "batch": str(Batch.objects.get().pk)}
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def snapshot() -> tuple:
                                               "active_version__number")),
             FunctionVersion.objects.count(),
             list(Trigger.objects.values_list("name", "enabled", "token_hash", "description")),
-            Execution.objects.count(), Batch.objects.count())
+            sorted(Execution.objects.values_list("task_id", "status")), Batch.objects.count())
 
 
 def reads(objects) -> list[str]:
@@ -105,6 +106,7 @@ def changes(objects) -> list[tuple[str, str, dict, str]]:
         ("post", "/api/triggers/alice-trigger/token/", {}, "json"),
         ("delete", "/api/triggers/alice-trigger/", {}, "json"),
         ("post", f"/api/executions/{objects['task_id']}/rerun/", {"version": "same"}, "json"),
+        ("post", f"/api/executions/{objects['queued'].task_id}/cancel/", {}, "json"),
     ]
 
 
@@ -191,6 +193,9 @@ def test_admin_refuses_a_view_only_staff_users_actions(alice_objects, viewer):
     # Posted anyway: refused.
     for action in ("rerun_same", "rerun_current", "redispatch"):
         admin.post(changelist, {"action": action, "_selected_action": [execution.pk]})
+    assert 'value="cancel"' not in page.content.decode()
+    admin.post(changelist, {"action": "cancel",
+                            "_selected_action": [alice_objects["queued"].pk]})
     assert admin.post(reverse("admin:executions_execution_rerun",
                               args=[execution.pk, "same"])).status_code == 403
     trigger = Trigger.objects.get(name="alice-trigger")
