@@ -310,3 +310,41 @@ def test_a_schedule_fire_over_the_rate_is_skipped_with_its_reason(api, settings)
     # The fires used the owner's rate: their own dispatch is refused too.
     assert api.post("/api/triggers/hourly/dispatch/", {"payload": {}},
                     format="json").status_code == 429
+
+
+def test_lying_figures_in_a_result_frame_are_dropped_not_fatal():
+    """The function runs in the runner's process and can write a frame of its own: figures of
+    the wrong type, not finite or negative are dropped where the frame is read, and the
+    outcome is built from what is left."""
+    import json
+
+    from executions.runtimes.framing import FrameReader
+    from executions.runtimes.protocol import frame_outcome
+    from functions.runner import FRAME_MARKER
+
+    answer = {"ok": False, "error_type": "SystemExit", "error": "", "exit_code": "2**31",
+              "cpu_seconds": -1e308, "max_rss_bytes": [1], "init_seconds": float("inf")}
+    payload = json.dumps(answer).encode()  # json writes inf as Infinity, which loads back
+    reader = FrameReader("n0nce", 1024)
+    reader.feed(b"\n" + FRAME_MARKER + b"n0nce " + str(len(payload)).encode() + b"\n"
+                + payload + b"\n")
+    frame = reader.result()
+    assert not {"exit_code", "cpu_seconds", "max_rss_bytes", "init_seconds"} & set(frame)
+    outcome = frame_outcome(frame, "", False, cold=True)
+    assert outcome.status == "failed" and outcome.exit_code == 1
+    assert outcome.cpu_seconds == 0.0 and outcome.peak_memory_bytes is None
+
+
+@pytest.mark.django_db
+def test_create_trigger_command_refuses_unbounded_retries(api):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    create_function(api)
+    with pytest.raises(CommandError, match="0 to 10 retries"):
+        call_command("create_trigger", "cmd-retrying", "bounded", "--max-retries", "32767",
+                     "--owner", "alice")
+    with pytest.raises(CommandError, match="seconds"):
+        call_command("create_trigger", "cmd-retrying", "bounded", "--retry-backoff", "0",
+                     "--owner", "alice")
+    assert not Trigger.objects.filter(name="cmd-retrying").exists()
