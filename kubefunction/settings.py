@@ -371,6 +371,18 @@ KUBEFUNCTION_PUBLIC_URL = (env.str("KUBEFUNCTION_PUBLIC_URL", default="")
 KUBEFUNCTION_WARM_POOL_SIZE = env.int("KUBEFUNCTION_WARM_POOL_SIZE", default=8)
 KUBEFUNCTION_WARM_POOL_PER_VERSION = env.int("KUBEFUNCTION_WARM_POOL_PER_VERSION", default=2)
 KUBEFUNCTION_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_WARM_IDLE_SECONDS", default=300)
+# Local runtime sandbox (docs/security.md): bubblewrap's path, the unprivileged uid/gid runners
+# run as (as the host sees them, when the worker is root), the size of their private /tmp (also
+# the largest file they may write), and the process limit of the sandbox uid (all runners
+# together). Without a working bubblewrap only staff users' functions run, unless the machine
+# is declared a trusted single-user one (then every function runs unboxed as the worker).
+KUBEFUNCTION_SANDBOX_BWRAP = env.str("KUBEFUNCTION_SANDBOX_BWRAP", default="/usr/bin/bwrap")
+KUBEFUNCTION_SANDBOX_UID = env.int("KUBEFUNCTION_SANDBOX_UID", default=65534)
+KUBEFUNCTION_SANDBOX_GID = env.int("KUBEFUNCTION_SANDBOX_GID", default=65534)
+KUBEFUNCTION_SANDBOX_TMP_MB = env.int("KUBEFUNCTION_SANDBOX_TMP_MB", default=64)
+KUBEFUNCTION_SANDBOX_NPROC = env.int("KUBEFUNCTION_SANDBOX_NPROC", default=512)
+KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED = env.bool("KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED",
+                                                  default=False)
 
 # --- Images ----------------------------------------------------------------------------------
 # Base of every function image; `make services` builds the default locally (no public registry

@@ -36,6 +36,8 @@ class FunctionSpec:
     network: bool = False  # the function asked for network access (containers have none otherwise)
     # What the run keeps of the payload: "keep", "days" or "hash" (executions.retention).
     payload_retention: str = "keep"
+    # The owner is staff: the local runtime without a sandbox runs only such functions.
+    owner_trusted: bool = False
 
 
 @dataclass(frozen=True)

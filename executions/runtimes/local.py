@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from django.conf import settings
 from functions.artifacts import SourceRejected, unpack
 from functions.requirements import install_for_local
 
+from . import sandbox as sandboxing
 from .base import (
     FunctionSpec,
     InvocationContext,
@@ -87,15 +89,25 @@ def _pool_limits() -> PoolLimits:
     )
 
 
+def _sandbox_limits(spec: FunctionSpec) -> tuple[tuple[int, int], ...]:
+    """Rlimits of a boxed runner besides RLIMIT_AS. RLIMIT_NPROC counts every process of the
+    sandbox uid on the host (root, which starts bubblewrap, is exempt), so it stops a fork bomb
+    but is shared by all boxed runners; RLIMIT_FSIZE caps one file at the size of /tmp."""
+    return ((resource.RLIMIT_NPROC, settings.KUBEFUNCTION_SANDBOX_NPROC),
+            (resource.RLIMIT_FSIZE, settings.KUBEFUNCTION_SANDBOX_TMP_MB * 1024 * 1024))
+
+
 class LocalRuntime(PooledRuntime):
     """Runs each function in a child process of the worker: the embedded default.
 
-    NOT A SECURITY BOUNDARY. The function runs as the worker's user, on the worker's file system
-    and network. It gets an isolated interpreter (no platform packages importable), a minimal
-    environment (never the worker's, which holds secrets), its own process group, an address-space
-    limit (RLIMIT_AS, which counts virtual memory, so thread-heavy libraries need more) and a
-    deadline enforced by killing the group. Use the docker or kubernetes runtime for code you do
-    not trust.
+    Each runner starts inside bubblewrap (see `sandbox`): its own uid, PID, mount, IPC, UTS and
+    network namespaces, a root holding only the interpreter, the runner, the version's code and
+    its dependencies (read-only), a private size-limited /tmp; plus an isolated interpreter, a
+    minimal environment (never the worker's, which holds secrets), an address-space limit
+    (RLIMIT_AS, which counts virtual memory, so thread-heavy libraries need more), a process
+    limit, and a deadline enforced by killing the sandbox. Where no sandbox can be had, only
+    staff users' functions run, unboxed, unless the operator declared the machine trusted
+    (KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED); `health()` says which mode is in force.
 
     Sources are unpacked into KUBEFUNCTION_WORK_DIR/sources/<sha256>/, requirements installed into
     KUBEFUNCTION_WORK_DIR/deps/<digest>/; both are content addressed and safe to share between
@@ -185,15 +197,16 @@ class LocalRuntime(PooledRuntime):
             return Outcome(status="timed_out", error_type="Timeout",
                            error="the deadline passed before the function started")
         deadline = time.monotonic() + budget
-        key = pool_key(spec)
+        sandbox = self._sandbox_for(spec)
+        key = (*pool_key(spec), sandbox)
         process = self._pool.acquire(key)
         cold = process is None
         if process is None:
-            process = self._spawn(spec)
+            process = self._spawn(spec, sandbox)
         try:
             exchange = self._call(process, spec, payload, context, deadline)
             if not exchange.sent and not cold:  # it died idle; the function never saw the call
-                process = self._spawn(spec)
+                process = self._spawn(spec, sandbox)
                 cold = True
                 exchange = self._call(process, spec, payload, context, deadline)
         except BaseException:
@@ -205,8 +218,23 @@ class LocalRuntime(PooledRuntime):
             process.kill()
         return _outcome(exchange, spec, cold, budget, process.cold_start_seconds)
 
-    def _spawn(self, spec: FunctionSpec) -> RunnerProcess:
+    def _sandbox_for(self, spec: FunctionSpec) -> sandboxing.Sandbox | None:
+        """The sandbox to run `spec` in, None to run it unboxed; raises RuntimeFailure when it
+        may not run here at all."""
+        mode, detail, sandbox = sandboxing.state()
+        if mode == sandboxing.SANDBOXED:
+            return sandbox
+        if mode == sandboxing.UNSANDBOXED_TRUSTED or spec.owner_trusted:
+            return None
+        raise RuntimeFailure(f"the local runtime refuses to run this function (its owner is not "
+                             f"staff) without a sandbox: {detail}")
+
+    def _spawn(self, spec: FunctionSpec, sandbox: sandboxing.Sandbox | None) -> RunnerProcess:
         source, deps = self._ensure_ready(spec)
+        if sandbox is not None:
+            for path in (source, deps):
+                if path is not None:
+                    _readable_by_sandbox(path)
         homes = work_dir() / "homes"
         if homes not in self._tidied:
             self._tidied.add(homes)
@@ -215,6 +243,7 @@ class LocalRuntime(PooledRuntime):
             process = RunnerProcess.spawn(
                 source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
                 mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb, homes=homes,
+                sandbox=sandbox, limits=_sandbox_limits(spec) if sandbox else (),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeUnavailable(f"could not start the function's process: {exc}") from exc
@@ -242,9 +271,26 @@ class LocalRuntime(PooledRuntime):
                 pass
         except OSError as exc:
             return False, f"local runtime: the work dir {work_dir()} is not writable: {exc}"
-        return True, (f"local runtime: python {platform.python_version()} at {sys.executable}, "
-                      f"{self.warm_count} warm processes")
+        _, detail, _ = sandboxing.state()
+        return True, (f"local runtime: {detail}; python {platform.python_version()} at "
+                      f"{sys.executable}, {self.warm_count} warm processes")
 
+
+
+def _readable_by_sandbox(path: Path) -> None:
+    """Let the sandbox uid read a folder it gets bound (unpacking and pip leave 0700 folders).
+
+    Only the folder's own tree opens: it is bound into the box by root, so its parents (the
+    work dir) may stay closed to other users of the host."""
+    if path.stat().st_mode & 0o005 == 0o005:
+        return
+    for folder, _, files in os.walk(path):
+        os.chmod(folder, os.stat(folder).st_mode | 0o755)
+        for name in files:
+            file = os.path.join(folder, name)
+            if not os.path.islink(file):
+                os.chmod(file, os.stat(file).st_mode | 0o444)
+    os.chmod(path, path.stat().st_mode | 0o755)
 
 
 def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float,

@@ -33,6 +33,8 @@ from typing import Any
 from functions import runner as runner_module
 
 from .framing import FrameError, FrameReader, LogBuffer
+from .sandbox import HOME as SANDBOX_HOME
+from .sandbox import Sandbox, interpreter, materialize, sandbox_paths
 
 RUNNER_PATH = Path(runner_module.__file__).resolve()
 # -I: no user site, no PYTHON* variables, no script folder on sys.path; -S: no site-packages at
@@ -137,22 +139,27 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(memory_limit: int | None, parent: int, die_with_parent: bool) -> None:
-    """Runs in the forked child before exec: die with the parent, cap the address space."""
+def _child_setup(memory_limit: int | None, parent: int, die_with_parent: bool,
+                 limits: tuple[tuple[int, int], ...] = ()) -> None:
+    """Runs in the forked child before exec: die with the parent, cap the address space (and,
+    boxed, the other `limits`, which bind once the launcher has dropped root)."""
     if _LIBC is not None and die_with_parent:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    for which, value in limits:
+        resource.setrlimit(which, (value, value))
 
 
 class RunnerProcess:
     """A live runner child. Not thread-safe: one request at a time, by whoever holds it."""
 
-    def __init__(self, popen: subprocess.Popen, home: str,
-                 spawned_at: float | None = None) -> None:
+    def __init__(self, popen: subprocess.Popen, home: str | None,
+                 spawned_at: float | None = None, boxed: bool = False) -> None:
         self.popen = popen
+        self.boxed = boxed  # started inside bubblewrap, which reports a signal as 128 + n
         self.pid = popen.pid
         self.home = home
         self.started_at = time.monotonic()
@@ -176,17 +183,22 @@ class RunnerProcess:
 
     @classmethod
     def spawn(cls, *, source_dir: Path, extra_paths: list[Path], handler: str, mode: str,
-              env: dict[str, str], memory_mb: int, homes: Path) -> RunnerProcess:
-        """Start a runner for the function in `source_dir`, its HOME a new folder in `homes`;
-        raises OSError if it cannot start."""
+              env: dict[str, str], memory_mb: int, homes: Path,
+              sandbox: Sandbox | None = None, limits: tuple[tuple[int, int], ...] = (),
+              ) -> RunnerProcess:
+        """Start a runner for the function in `source_dir`, its HOME a new folder in `homes`
+        (or, in `sandbox`, the sandbox's private /tmp); raises OSError if it cannot start."""
+        # No Python-level locks or imports between fork and exec: a partial of a function
+        # that only calls into C.
+        preexec = functools.partial(_child_setup, _address_space_limit(memory_mb), os.getpid(),
+                                    threading.current_thread() is threading.main_thread(),
+                                    limits)
+        if sandbox is not None:
+            return cls._spawn_boxed(sandbox, source_dir, extra_paths, handler, mode, env, preexec)
         argv = [sys.executable, *PYTHON_FLAGS, str(RUNNER_PATH), "--serve",
                 "--root", str(source_dir), "--handler", handler, "--mode", mode]
         for path in extra_paths:
             argv += ["--path", str(path)]
-        # No Python-level locks or imports between fork and exec: a partial of a function
-        # that only calls into C.
-        preexec = functools.partial(_child_setup, _address_space_limit(memory_mb), os.getpid(),
-                                    threading.current_thread() is threading.main_thread())
         homes.mkdir(parents=True, exist_ok=True)
         home = tempfile.mkdtemp(prefix=_home_prefix(), dir=homes)
         spawned_at = time.monotonic()
@@ -200,6 +212,31 @@ class RunnerProcess:
             shutil.rmtree(home, ignore_errors=True)
             raise
         return cls(popen, home, spawned_at)
+
+    @classmethod
+    def _spawn_boxed(cls, sandbox: Sandbox, source_dir: Path, extra_paths: list[Path],
+                     handler: str, mode: str, env: dict[str, str], preexec) -> RunnerProcess:
+        code, deps = sandbox_paths(extra_paths)
+        runner_args = ["--serve", "--root", code, "--handler", handler, "--mode", mode]
+        for path in deps:
+            runner_args += ["--path", path]
+        argv, data = sandbox.command(python=interpreter(), python_flags=PYTHON_FLAGS,
+                                     runner=str(RUNNER_PATH), code=source_dir, deps=extra_paths,
+                                     runner_args=runner_args, env=runner_env(SANDBOX_HOME, env))
+        argv, fds = materialize(argv, data)
+        spawned_at = time.monotonic()
+        try:
+            # bubblewrap itself gets no environment at all: the runner's is in a file of the box.
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env={},
+                start_new_session=True, preexec_fn=preexec, close_fds=True,
+                pass_fds=fds, bufsize=0,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return cls(popen, None, spawned_at, boxed=True)
 
     @property
     def cold_start_seconds(self) -> float | None:
@@ -366,7 +403,12 @@ class RunnerProcess:
                 pass
         try:
             _, status, self._rusage = os.wait4(self.pid, 0)
-            self.popen.returncode = os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(status)
+            if self.boxed and 128 < code < 128 + signal.NSIG:
+                # bubblewrap exits 128 + n when its child died of signal n (a runner exiting
+                # with such a code on its own reads the same: the outcome says "killed").
+                code = 128 - code
+            self.popen.returncode = code
         except ChildProcessError:
             self.popen.returncode = -signal.SIGKILL
         if drain_into is not None:
@@ -378,4 +420,5 @@ class RunnerProcess:
                     stream.close()
                 except OSError:
                     pass
-        shutil.rmtree(self.home, ignore_errors=True)
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
