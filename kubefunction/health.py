@@ -19,7 +19,7 @@ from .celery import app
 
 # Seconds /readyz waits for all its checks together; a check still running then counts as failed.
 READINESS_TIMEOUT = 5.0
-READINESS_CHECKS = ("database", "broker", "runtime")
+READINESS_CHECKS = ("database", "broker", "runtime", "sandbox")
 
 
 def check_database() -> tuple[bool, str]:
@@ -61,8 +61,21 @@ def check_runtime() -> tuple[bool, str]:
         return False, f"runtime '{settings.KUBEFUNCTION_RUNTIME}': {exc}"
 
 
+def check_sandbox() -> tuple[bool, str]:
+    """The local runtime's mode: sandboxed, unsandboxed-trusted or refusing (non-staff users'
+    functions). Refusing is not a failure: staff users' functions still run, and a probe must
+    not take the web process out of service for it; the detail names the fix."""
+    from executions.runtimes import sandbox
+
+    try:
+        _, detail, _ = sandbox.state()
+    except Exception as exc:
+        return False, f"local runtime sandbox: {exc}"
+    return True, f"local runtime: {detail}"
+
+
 CHECKS = {"database": check_database, "broker": check_broker, "worker": check_worker,
-          "runtime": check_runtime}
+          "runtime": check_runtime, "sandbox": check_sandbox}
 
 
 def _in_own_thread(check) -> tuple[bool, str]:

@@ -147,19 +147,31 @@ def _allowed_mounts(python: str, code: Path, deps: list[Path]) -> list[str]:
             args += ["--symlink", os.readlink(host), str(host)]
         elif host.is_dir():
             args += ["--ro-bind", str(host), str(host)]
-    for prefix in sorted({sys.base_prefix, sys.base_exec_prefix}):
-        if not _under(prefix, "/usr"):
-            args += ["--ro-bind", prefix, prefix]
-    if not any(_under(python, prefix) for prefix in ("/usr", sys.base_prefix,
-                                                     sys.base_exec_prefix)):
-        args += ["--ro-bind", python, python]
+    binds = [prefix for prefix in sorted({sys.base_prefix, sys.base_exec_prefix})
+             if not _under(prefix, "/usr")]
+    if not any(_under(python, prefix) for prefix in ("/usr", *binds)):
+        binds.append(python)
+    made: set[str] = {"/", "/usr"}
+    for path in binds:
+        args += [*_parents(path, made), "--ro-bind", path, path]
     for path in ETC_ALLOWED:
-        args += ["--ro-bind-try", path, path]
-    # Folders bubblewrap creates for a bind are 0700 (root's): the sandbox uid must enter them.
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "0755", "--dir", "/function",
-             "--perms", "0755", "--dir", DEPS_DIR, "--ro-bind", str(code), CODE_DIR]
+        if os.path.exists(path):
+            args += [*_parents(path, made), "--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", *_parents(f"{DEPS_DIR}/0", made),
+             "--ro-bind", str(code), CODE_DIR]
     for index, path in enumerate(deps):
         args += ["--ro-bind", str(path), f"{DEPS_DIR}/{index}"]
+    return args
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """Folders leading to a bind, made 0755: bubblewrap would make them 0700 (root's), which
+    the sandbox uid could not enter (e.g. /root, parent of a pyenv interpreter)."""
+    args = []
+    for parent in reversed(Path(path).parents):
+        if str(parent) not in made:
+            made.add(str(parent))
+            args += ["--perms", "0755", "--dir", str(parent)]
     return args
 
 
