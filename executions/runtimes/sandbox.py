@@ -21,7 +21,6 @@ namespace, and the host sees the worker's own uid (doctor says so).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -46,15 +45,24 @@ ETC_ALLOWED = ("/etc/ssl/certs", "/etc/ca-certificates", "/etc/localtime")
 # Runs first in the box, as the sandbox uid: the function's environment is applied only here, so
 # nothing it sets (LD_PRELOAD, locale paths, …) reaches bubblewrap or setpriv while they hold
 # privileges, and it never appears on a command line other users of the host can read.
-# It reads the environment from an inherited memfd ({env}), then closes every descriptor past
-# stdio, bubblewrap's options included.
+# It reads the environment ("KEY=VALUE\0"…) from an inherited memfd ({env}), closes every
+# descriptor past stdio (bubblewrap's options included), then runs the runner as `python
+# runner.py` would, in this same __main__: no module imported that the runner does not need.
 BOOTSTRAP = (
-    "import json, os, runpy, sys\n"
-    "with open({env}, encoding='utf-8') as env:\n"
-    "    os.environ.clear(); os.environ.update(json.load(env))\n"
+    "import os, sys\n"
+    "with open({env}, 'rb') as _f:\n"
+    "    _env = _f.read()\n"
+    "os.environ.clear()\n"
+    "_item = _key = _value = b''\n"
+    "for _item in filter(None, _env.split(b'\\0')):\n"
+    "    _key, _, _value = _item.partition(b'=')\n"
+    "    os.environb[_key] = _value\n"
     "os.closerange(3, 1 << 16)\n"
-    f"sys.argv[0] = {RUNNER!r}\n"
-    f"runpy.run_path({RUNNER!r}, run_name='__main__')\n"
+    f"sys.argv[0] = __file__ = {RUNNER!r}\n"
+    f"with open({RUNNER!r}, 'rb') as _f:\n"
+    f"    _code = compile(_f.read(), {RUNNER!r}, 'exec')\n"
+    "del _f, _env, _item, _key, _value\n"
+    "exec(_code)\n"
 )
 FIX = ("install bubblewrap (apt-get install bubblewrap, or scripts/sandbox.sh), or on a trusted "
        "single-user machine set KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED=true")
@@ -104,7 +112,8 @@ class Sandbox:
                        "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--",
                        *command]
         data = {"args": b"".join(arg.encode() + b"\0" for arg in args),
-                "env": json.dumps(env).encode()}
+                "env": b"".join(f"{key}={value}".encode("utf-8", "surrogateescape") + b"\0"
+                                for key, value in env.items())}
         # The command itself stays on the command line: bubblewrap reads only options from FD.
         return [self.bwrap, "--args", "{args}", "--", *command], data
 
