@@ -5,6 +5,10 @@ also kills whatever it started), with a minimal environment and an address-space
 is killed by the kernel if the worker process that started it dies (PR_SET_PDEATHSIG). Its
 stdout carries only result frames; its stderr carries everything else the function wrote at the
 file-descriptor level, read as stray logs. Everything read is bounded.
+
+Boxed (the default: `sandbox`), the child is bubblewrap instead, with the runner inside it as
+pid 2: killing bubblewrap's group kills the box's PID namespace, hence everything in it, and
+bubblewrap reports a runner killed by signal n as exit code 128 + n (read back as -n).
 """
 
 from __future__ import annotations
