@@ -3,8 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 ENV := set -a; . scripts/env.sh; set +a;
+# `make up` decides afresh, records the choice in var/platform.env and exports it to its processes
+# (kubefunction/state_backends.py); every other target, like any manage.py, reads it through settings.
+RECORD := eval "$$($(PY) kubefunction/state_backends.py record)";
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export DJANGO_DEBUG ?= true
 
 .PHONY: up install migrate bootstrap test lint bench bench-docker bench-kube worker examples clean \
         services services-stop
@@ -20,23 +22,30 @@ install: $(VENV)/.installed
 
 migrate: install
 	@mkdir -p var
-	@$(ENV) $(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput
+	@$(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput
 
 bootstrap: migrate
-	@$(ENV) $(PY) manage.py bootstrap
+	@$(PY) manage.py bootstrap
 
-## up: install, migrate, create admin + examples, run web + worker + beat in the foreground.
-up: bootstrap
-	@echo "KubeFunction is starting:"
-	@echo "  admin   http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/admin/   (user admin)"
-	@echo "  API     http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/api/"
-	@echo "  docs    http://127.0.0.1:$${KUBEFUNCTION_PORT:-8000}/api/docs/"
-	@echo "  try     .venv/bin/python manage.py dispatch hello --payload '{\"name\": \"you\"}' --wait"
-	@$(ENV) exec $(VENV)/bin/honcho start -f Procfile
+## up: install, choose and record the state, migrate, collect static files, create admin +
+## examples, run web + worker + beat in the foreground. DEBUG stays off unless asked for
+## (`make up DJANGO_DEBUG=true`); loopback callbacks are on for the README's example.
+up: install
+	@mkdir -p var
+	@$(RECORD) export KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK=$${KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK:-true}; \
+	  $(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput \
+	  && $(PY) manage.py collectstatic --noinput -v0 && $(PY) manage.py bootstrap \
+	  && port=$${KUBEFUNCTION_PORT:-8000} \
+	  && echo "KubeFunction is starting:" \
+	  && echo "  admin   http://127.0.0.1:$$port/admin/   (user admin)" \
+	  && echo "  API     http://127.0.0.1:$$port/api/" \
+	  && echo "  docs    http://127.0.0.1:$$port/api/docs/" \
+	  && echo "  try     .venv/bin/python manage.py dispatch hello --payload '{\"name\": \"you\"}' --wait" \
+	  && exec $(VENV)/bin/honcho start -f Procfile -e /dev/null
 
 ## worker: a Celery worker alone (for a second terminal).
 worker: install
-	@$(ENV) exec $(VENV)/bin/celery -A kubefunction worker --loglevel=INFO
+	@exec $(VENV)/bin/celery -A kubefunction worker --loglevel=INFO
 
 ## test: the whole suite against the real Postgres, Redis and a real Celery worker.
 test: install
@@ -49,11 +58,11 @@ lint: install
 
 ## bench: the Celery floor vs the platform on the warm local runtime.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(ENV) $(PY) manage.py bench && $(PY) manage.py bench_admin
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_admin
 
 ## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.
 bench-docker: migrate
-	@$(ENV) $(PY) manage.py bench_docker
+	@$(PY) manage.py bench_docker
 
 examples:
 	python3 scripts/build_examples.py
@@ -71,4 +80,4 @@ services-stop:
 ## bench-kube: `docker run` of a function image vs Job (cold) and Deployment (warm) invocations
 ## on the fake Kubernetes API server (needs the test tree: tests/kube/).
 bench-kube: migrate
-	@$(ENV) $(PY) manage.py bench_kube
+	@$(PY) manage.py bench_kube

@@ -47,10 +47,11 @@ class CallbackRefused(Exception):
 # -- the allow-list ------------------------------------------------------------------------------
 
 def allowed_patterns() -> list[str]:
-    """The host patterns in force: the setting, plus loopback while DEBUG is on."""
+    """The host patterns in force: the setting, plus loopback when the operator allows it
+    (KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK, which `make up` sets for its README example)."""
     patterns = [p.strip().lower() for p in settings.KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS
                 if p.strip()]
-    if settings.DEBUG:
+    if settings.KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK:
         patterns.extend(LOOPBACK_HOSTS)
     return patterns
 

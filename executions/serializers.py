@@ -6,6 +6,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 
+from kubefunction.api_input import StrictInput
 from kubefunction.errors import InvalidInput
 
 from .models import Execution
@@ -45,7 +46,7 @@ class AttemptSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField()
 
 
-class RerunSerializer(serializers.Serializer):
+class RerunSerializer(StrictInput, serializers.Serializer):
     version = serializers.ChoiceField(
         choices=[("same", "The version it ran"), ("current", "The function's active version")],
         default="same", help_text="Run the same version again, or the current one.")

@@ -2,7 +2,8 @@
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -10,6 +11,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from executions.serializers import wait_seconds
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.errors import PayloadTooLarge
 from kubefunction.middleware import declared_length
@@ -25,6 +27,10 @@ from .serializers import (
     SourceUploadSerializer,
     VersionSerializer,
 )
+
+BUILD_WAIT_PARAMETER = OpenApiParameter(
+    "wait", OpenApiTypes.FLOAT, description="Seconds to wait for the version's build to end "
+                                            "(bounded by KUBEFUNCTION_MAX_WAIT).")
 
 # Room in a multipart body for the form fields besides the source (name, env_vars, ...).
 FORM_ALLOWANCE_BYTES = 1024 * 1024
@@ -68,8 +74,12 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
     def owner_id_of(function: Function) -> int:
         return function.owner_id
 
-    @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer})
+    @extend_schema(request=FunctionCreateSerializer, responses={201: FunctionSerializer},
+                   parameters=[BUILD_WAIT_PARAMETER])
     def create(self, request, *args, **kwargs):
+        """Register a function from a multipart upload. `?wait=S` waits up to S seconds for the
+        first version's build to end (its `status` is then ready or failed, with `build_log`)."""
+        wait = wait_seconds(request)  # before anything is stored
         form = FunctionCreateSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)
         data = dict(form.validated_data)
@@ -77,6 +87,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         version = services.function_register(
             owner=request.user, filename=upload.name, data=upload.read(),
             handler=data.pop("handler", None), mode=data.pop("mode", None), **data)
+        if wait:
+            version = builds.version_wait(version=version, timeout=wait)
         body = FunctionSerializer(version.function, context=self.get_serializer_context()).data
         body["version"] = VersionSerializer(version).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -87,7 +99,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
 
     @extend_schema(methods=["get"], responses=VersionSerializer(many=True))
     @extend_schema(methods=["post"], request=SourceUploadSerializer,
-                   responses={201: VersionSerializer})
+                   responses={201: VersionSerializer}, parameters=[BUILD_WAIT_PARAMETER])
     # A plain list (no pages, no filters): the schema says so too.
     @action(detail=True, methods=["get", "post"], pagination_class=None, filter_backends=[])
     def versions(self, request, name=None):
@@ -96,6 +108,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         if request.method == "GET":
             versions = function.versions.select_related("function").order_by("-number")
             return Response(VersionSerializer(versions, many=True).data)
+        wait = wait_seconds(request)  # before anything is stored
         form = SourceUploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["source"]
@@ -103,6 +116,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             function=function, filename=upload.name, data=upload.read(), user=request.user,
             handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"))
         version.refresh_from_db()
+        if wait:
+            version = builds.version_wait(version=version, timeout=wait)
         return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildSerializer, responses={202: VersionSerializer})

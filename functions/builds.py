@@ -8,6 +8,7 @@ ready or failed; a failed build never becomes active and can be retried.
 from __future__ import annotations
 
 import logging
+import time
 
 from django.db import transaction
 from django.utils import timezone
@@ -131,3 +132,23 @@ def version_request_build(*, version: FunctionVersion) -> None:
     FunctionVersion.objects.filter(pk=version.pk, status=VersionStatus.FAILED).update(
         status=VersionStatus.PENDING)
     transaction.on_commit(lambda: _send_build(version.pk))
+
+
+def version_is_built(version: FunctionVersion) -> bool:
+    """Whether the version's build has ended: failed, or ready with what its runtime needs."""
+    if version.status == VersionStatus.FAILED:
+        return True
+    return version.status == VersionStatus.READY and (
+        bool(version.image) or not builds_image(version.function))
+
+
+def version_wait(*, version: FunctionVersion, timeout: float) -> FunctionVersion:
+    """Re-read the version until its build ends or `timeout` seconds pass (bounded polling, for
+    a command or a request; a worker never waits for a build)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while not version_is_built(version) and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+        version.refresh_from_db()
+    return version

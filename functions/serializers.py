@@ -5,6 +5,7 @@ from rest_framework import serializers
 
 from executions.selectors import waiting_counts
 from kubefunction.access import runtime_check
+from kubefunction.api_input import StrictInput
 from kubefunction.errors import InvalidInput
 
 from .models import Function, FunctionVersion, Mode, PayloadRetention, Runtime
@@ -36,7 +37,7 @@ class VersionSerializer(serializers.ModelSerializer):
         return version.function.active_version_id == version.pk
 
 
-class FunctionSerializer(serializers.ModelSerializer):
+class FunctionSerializer(StrictInput, serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     active_version = serializers.SlugRelatedField(slug_field="number", read_only=True)
     url = serializers.HyperlinkedIdentityField(view_name="function-detail", lookup_field="name")
@@ -68,7 +69,7 @@ class FunctionSerializer(serializers.ModelSerializer):
         return counts.get(function.pk, 0)
 
 
-class SourceUploadSerializer(serializers.Serializer):
+class SourceUploadSerializer(StrictInput, serializers.Serializer):
     """A new version: the source file and, optionally, the handler and mode to validate against."""
 
     source = serializers.FileField(help_text="A .py file, or a .zip/.tar.gz with the code and an "
@@ -110,10 +111,10 @@ class FunctionCreateSerializer(SourceUploadSerializer):
         return _allowed_runtime(self, value, None)
 
 
-class ActivateSerializer(serializers.Serializer):
+class ActivateSerializer(StrictInput, serializers.Serializer):
     version = serializers.IntegerField(min_value=1, help_text="Number of a ready version.")
 
 
-class BuildSerializer(serializers.Serializer):
+class BuildSerializer(StrictInput, serializers.Serializer):
     version = serializers.IntegerField(min_value=1, required=False,
                                        help_text="Version number; default: the latest.")

@@ -1,18 +1,29 @@
 """Settings, all read from the environment (see `.env.example` for every variable).
 
-With neither `DATABASE_URL` nor `CELERY_BROKER_URL` set, the platform runs embedded: SQLite and
-Kombu's file-system broker under `var/`, so a newcomer's machine needs no server at all.
+The database and broker are chosen by `kubefunction.state_backends` (explicit URLs, else
+KUBEFUNCTION_EMBEDDED, else Postgres + Redis when they answer on 127.0.0.1, else embedded SQLite
+and Kombu's file-system broker under `var/`, so a newcomer's machine needs no server at all).
+The environment wins over `.env`, which wins over the choice `make up` recorded in
+`var/platform.env`: every process of a checkout agrees, and tests keep their own names.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 
+from kubefunction import state_backends
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+environ.Env.read_env(state_backends.RECORD, overwrite=False)
+try:
+    _STATE = state_backends.choose(os.environ)
+except ValueError as _exc:
+    raise environ.ImproperlyConfigured(str(_exc)) from None
 
 VAR_DIR = Path(env.str("KUBEFUNCTION_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -148,8 +159,9 @@ TEMPLATES = [
     },
 ]
 
-# Database: Postgres when DATABASE_URL is set, SQLite under var/ otherwise.
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Database: Postgres as chosen above, SQLite under var/ when embedded.
+DATABASES = {"default": env.db_url_config(
+    _STATE.database_url or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -242,11 +254,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Request bodies take only the fields they list (kubefunction.api_input): the schema says so.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "kubefunction.api_input.forbid_additional_request_properties",
+    ],
 }
 
 # --- Celery ----------------------------------------------------------------------------------
 _BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost/")
+CELERY_BROKER_URL = _STATE.broker_url or "filesystem://localhost/"
 EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
 # The longest a function may run. The broker's visibility timeout stays above it, so a message
 # for a function still running is never handed to a second worker.
@@ -472,9 +489,13 @@ KUBEFUNCTION_METRICS_PUBLIC = env.bool("KUBEFUNCTION_METRICS_PUBLIC", default=Fa
 
 # --- Callbacks, batches and the dispatch rate limit (docs/callbacks.md, docs/batches.md) -------
 # Hosts a callback URL may name: comma-separated `host` or `host:port` patterns with shell-style
-# wildcards (`*.example.com`, `10.0.0.*:8080`). Empty: none, except loopback while DJANGO_DEBUG is
-# on. A name that resolves to a private or loopback address needs that address listed too.
+# wildcards (`*.example.com`, `10.0.0.*:8080`). Empty: none. A name that resolves to a private or
+# loopback address needs that address listed too.
 KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS = env.list("KUBEFUNCTION_CALLBACK_ALLOWED_HOSTS", default=[])
+# Also allow loopback (127.0.0.1, localhost, ::1): a receiver on this machine, for development.
+# `make up` turns it on (its README example calls back to 127.0.0.1); DEBUG no longer implies it.
+KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK = env.bool("KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK",
+                                                default=False)
 # Key of the callbacks' HMAC-SHA256 signature; empty: derived from DJANGO_SECRET_KEY.
 KUBEFUNCTION_CALLBACK_SECRET = env.str("KUBEFUNCTION_CALLBACK_SECRET", default="")
 # Delivery attempts, the delay before the second (doubled for each next one), and the seconds one

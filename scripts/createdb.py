@@ -1,17 +1,21 @@
-"""Create the Postgres database named in DATABASE_URL when it does not exist yet."""
+"""Create the Postgres database settings chose (kubefunction.state_backends) if it is missing."""
 
 import os
 import sys
+from pathlib import Path
 
-import environ
 import psycopg2
 
-url = os.environ.get("DATABASE_URL", "")
-if not url.startswith(("postgres://", "postgresql://")):
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kubefunction.settings")
+from django.conf import settings  # noqa: E402
+
+config = settings.DATABASES["default"]
+if config["ENGINE"] != "django.db.backends.postgresql":
     sys.exit(0)
-config = environ.Env.db_url_config(url)
 connection = psycopg2.connect(dbname="postgres", user=config["USER"], host=config["HOST"],
-                              port=config["PORT"] or 5432, password=config["PASSWORD"] or None)
+                              port=config["PORT"] or 5432, password=config["PASSWORD"] or None,
+                              connect_timeout=5)
 connection.autocommit = True
 with connection.cursor() as cursor:
     cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]])

@@ -12,7 +12,8 @@ from rest_framework.response import Response
 from executions import services as execution_services
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
-from kubefunction.errors import PayloadTooLarge
+from kubefunction.api_input import refuse_unknown
+from kubefunction.errors import InvalidInput, PayloadTooLarge
 from kubefunction.throttles import dispatch_throttles
 
 from . import services
@@ -64,6 +65,7 @@ class TriggerViewSet(viewsets.ModelViewSet):
     def regenerate_token(self, request, name=None):
         """Issue a new webhook token for an HTTP trigger (shown once); the old one stops
         working at once."""
+        refuse_unknown(request.data)  # it takes no fields
         trigger = self.get_object()
         token = services.trigger_token_regenerate(trigger=trigger)
         return Response({"name": trigger.name, "token": token,
@@ -82,6 +84,9 @@ class TriggerViewSet(viewsets.ModelViewSet):
 
         `?wait=S` waits up to S seconds and answers 200 with the execution when it finished.
         """
+        # Every query parameter is checked before anything is queued: a bad one runs nothing.
+        refuse_unknown(request.query_params, accepted=("wait", "format"), what="query parameter")
+        wait = wait_seconds(request)
         trigger = self.get_object()
         limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES * settings.KUBEFUNCTION_MAX_BATCH
         if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
@@ -90,6 +95,9 @@ class TriggerViewSet(viewsets.ModelViewSet):
         form.is_valid(raise_exception=True)
         payloads = form.validated_data.get("payloads") or [
             form.validated_data.get("payload", execution_services.USE_DEFAULT)]
+        if wait and "payloads" in form.validated_data:
+            raise InvalidInput("wait works with one `payload`; a batch answers at once (follow "
+                               "it at /api/batches/<id>/).", field="wait")
         executions = execution_services.execution_dispatch_many(
             trigger=trigger, payloads=payloads, user=request.user, source="api",
             callback_url=form.validated_data.get("callback_url", ""))
@@ -101,7 +109,6 @@ class TriggerViewSet(viewsets.ModelViewSet):
                 "executions": [self._dispatched(e) for e in executions]},
                 status=status.HTTP_202_ACCEPTED)
         execution = executions[0]
-        wait = wait_seconds(request)
         if wait:
             execution = execution_services.execution_wait(execution=execution, timeout=wait)
             if execution.is_finished:

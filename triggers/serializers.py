@@ -5,6 +5,7 @@ from rest_framework import serializers
 
 from functions.models import Function
 from kubefunction.access import scope_to_actor
+from kubefunction.api_input import StrictInput
 
 from .models import Trigger, TriggerKind
 from .services import webhook_url
@@ -20,7 +21,7 @@ class OwnedFunctionField(serializers.SlugRelatedField):
         return scope_to_actor(Function.objects.all(), getattr(request, "user", None), "owner")
 
 
-class TriggerSerializer(serializers.ModelSerializer):
+class TriggerSerializer(StrictInput, serializers.ModelSerializer):
     """A trigger; `webhook_url` for HTTP triggers, `token` only in the answer that created it
     (the token is shown once; POST .../token/ issues a new one)."""
 
@@ -73,8 +74,11 @@ class TokenSerializer(serializers.Serializer):
     webhook_url = serializers.URLField()
 
 
-class DispatchSerializer(serializers.Serializer):
+class DispatchSerializer(StrictInput, serializers.Serializer):
     """Either one `payload`, or a list of `payloads`; neither sends the trigger's default."""
+
+    unknown_field_hint = ('the event goes in `payload` (e.g. {"payload": {"text": "hi"}}), '
+                          "a batch in `payloads`")
 
     payload = serializers.JSONField(required=False,
                                     help_text="The event for one execution (any JSON).")

@@ -1,14 +1,17 @@
-"""manage.py register_function NAME PATH: upload a function (or a new version of it)."""
+"""manage.py register_function NAME PATH: upload a function (or a new version of it);
+--wait waits for its build and fails (exit 1, with the log's tail) when the build failed."""
 
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from functions import services
-from functions.models import Function
+from functions import builds, services
+from functions.models import Function, VersionStatus
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from triggers.models import Trigger
 from triggers.services import trigger_create
+
+LOG_TAIL_LINES = 20
 
 
 class Command(BaseCommand):
@@ -29,9 +32,14 @@ class Command(BaseCommand):
                                  "(days), or store only their SHA-256 hashes (hash).")
         parser.add_argument("--retention-days", type=int,
                             help="With --payload-retention days: days payloads are kept.")
+        parser.add_argument("--wait", action="store_true",
+                            help="Wait until the version is built (ready or failed) and report "
+                                 "the outcome; a failed build exits non-zero with the log's tail.")
+        parser.add_argument("--wait-timeout", type=float, default=900,
+                            help="Seconds --wait waits at most (default 900).")
 
     def handle(self, *args, name, path, handler, mode, trigger, timeout, memory, owner,
-               payload_retention, retention_days, **options):
+               payload_retention, retention_days, wait, wait_timeout, **options):
         if not path.is_file():
             raise CommandError(f"{path}: no such file.")
         user = command_user(owner)
@@ -57,6 +65,18 @@ class Command(BaseCommand):
             if trigger and not Trigger.objects.filter(name=trigger).exists():
                 trigger_create(name=trigger, function=function, user=user)
         version.refresh_from_db()
-        self.stdout.write(self.style.SUCCESS(
-            f"{function.name} v{version.number} ({version.mode} {version.handler}): "
-            f"{version.status}" + (f"; trigger '{trigger}'" if trigger else "")))
+        if wait:
+            version = builds.version_wait(version=version, timeout=wait_timeout)
+        line = (f"{function.name} v{version.number} ({version.mode} {version.handler}): "
+                f"{version.status}" + (f" {version.image}" if version.image else "")
+                + (f"; trigger '{trigger}'" if trigger else ""))
+        if not wait:
+            self.stdout.write(self.style.SUCCESS(line))
+        elif version.status == VersionStatus.FAILED:
+            tail = "\n".join(version.build_log.rstrip().splitlines()[-LOG_TAIL_LINES:])
+            raise CommandError(f"{line}: the build failed.\n{tail}")
+        elif not builds.version_is_built(version):
+            raise CommandError(f"{line}: the build did not end within {wait_timeout:g} s; it goes "
+                               f"on in the worker (manage.py build_function {name} --wait).")
+        else:
+            self.stdout.write(self.style.SUCCESS(line))

@@ -1,0 +1,63 @@
+"""Strict API input: a request body naming a field the endpoint does not take is a 400.
+
+DRF drops unknown keys silently, so `{"text": "hi"}` sent to dispatch would run the function with
+the trigger's default payload and the caller's data would be lost without a word. Every input
+serializer of the API derives from `StrictInput` (one place, so fields later issues add are
+covered too); the OpenAPI schema says the same (`additionalProperties: false` on request bodies,
+`forbid_additional_request_properties`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from rest_framework import serializers
+
+# Keys the framework itself puts in a body: the browsable API's CSRF token and its content
+# override form (`_content`, `_content_type`, `_method`).
+FRAMEWORK_FIELDS = frozenset({"csrfmiddlewaretoken", "_content", "_content_type", "_method"})
+
+
+def unknown_fields(data: Mapping, *, accepted: Iterable[str]) -> list[str]:
+    """The keys of `data` that are neither `accepted` nor the framework's own, sorted."""
+    return sorted(set(data) - set(accepted) - FRAMEWORK_FIELDS)
+
+
+def refuse_unknown(data, *, accepted: Iterable[str] = (), read_only: Iterable[str] = (),
+                   hint: str = "", what: str = "field") -> None:
+    """Raise a 400 ValidationError naming each key of `data` the endpoint does not take
+    (`what`: "field" of a body, "query parameter")."""
+    if not isinstance(data, Mapping):
+        return  # not an object: the serializer itself says so
+    accepted, read_only = set(accepted), set(read_only)
+    errors = {}
+    for key in unknown_fields(data, accepted=accepted):
+        errors[key] = [f"'{key}' is read-only." if key in read_only else
+                       f"unknown {what} '{key}'{'; ' + hint if hint else ''}. Accepted: "
+                       f"{', '.join(sorted(accepted)) or 'none'}."]
+    if errors:
+        raise serializers.ValidationError(errors)
+
+
+class StrictInput:
+    """Serializer mixin (put it first): unknown and read-only keys in the input are refused,
+    each named in the 400 body. `unknown_field_hint` tells where such data belongs."""
+
+    unknown_field_hint: str = ""
+
+    def to_internal_value(self, data):
+        fields = self.fields
+        refuse_unknown(data, accepted=[name for name, field in fields.items()
+                                       if not field.read_only],
+                       read_only=[name for name, field in fields.items() if field.read_only],
+                       hint=self.unknown_field_hint)
+        return super().to_internal_value(data)
+
+
+def forbid_additional_request_properties(result, generator, request, public):
+    """drf-spectacular postprocessing hook: request bodies (components `…Request`, split from the
+    answers by COMPONENT_SPLIT_REQUEST) accept only the properties they list."""
+    for name, schema in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request") and schema.get("type") == "object":
+            schema["additionalProperties"] = False
+    return result
