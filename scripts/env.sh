@@ -4,6 +4,6 @@
 # var/platform.env, and the environment wins: the tests keep KUBEFUNCTION_DB_NAME,
 # KUBEFUNCTION_REDIS_DB and KUBEFUNCTION_QUEUE as given. Nothing else needs it: plain
 # `manage.py`, celery and shells find the choice through settings.
-_kf_exports="$("${KUBEFUNCTION_PYTHON:-.venv/bin/python}" kubefunction/state_backends.py shell)" \
+_kf_exports="$(.venv/bin/python kubefunction/state_backends.py shell)" \
   && eval "$_kf_exports"
 unset _kf_exports

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.worker
 def test_register_dispatch_and_wait_without_servers(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "KUBEFUNCTION_QUEUE")}
-    env.update(KUBEFUNCTION_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="kubefunction.settings")
+    # Postgres and Redis answer here: without the flag, settings would choose them.
+    env.update(KUBEFUNCTION_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="kubefunction.settings",
+               KUBEFUNCTION_EMBEDDED="true")
 
     def manage(*args: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
