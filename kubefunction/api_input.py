@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
 
 # Keys the framework itself puts in a body: the browsable API's CSRF token and its content
 # override form (`_content`, `_content_type`, `_method`).
@@ -61,3 +62,31 @@ def forbid_additional_request_properties(result, generator, request, public):
         if name.endswith("Request") and schema.get("type") == "object":
             schema["additionalProperties"] = False
     return result
+
+
+class StrictLimitOffsetPagination(LimitOffsetPagination):
+    """`?limit=` and `?offset=` as DRF takes them, but a value that is not a whole number in
+    range is a 400 naming it: DRF would ignore it, or pass a number beyond the database's bigint
+    into the query (a 500)."""
+
+    max_limit = 500
+    max_offset = 1_000_000_000
+
+    def _bounded(self, request, name: str, *, low: int, high: int) -> int | None:
+        raw = request.query_params.get(name)
+        if raw in (None, ""):
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise serializers.ValidationError({name: [f"'{raw}' is not a whole number."]}) from None
+        if not low <= value <= high:
+            raise serializers.ValidationError({name: [f"must be between {low} and {high}."]})
+        return value
+
+    def get_limit(self, request):
+        limit = self._bounded(request, self.limit_query_param, low=1, high=self.max_limit)
+        return self.default_limit if limit is None else limit
+
+    def get_offset(self, request):
+        return self._bounded(request, self.offset_query_param, low=0, high=self.max_offset) or 0

@@ -190,3 +190,15 @@ def test_register_function_wait_reports_a_failed_build(django_user_model, tmp_pa
     assert "broken v1" in message and "failed" in message
     assert "kubefunction-no-such-package-xyz" in message  # the log's tail says why
     assert FunctionVersion.objects.get(function__name="broken").status == "failed"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query, field", [
+    ("limit=8377544730374477709312", "limit"), ("limit=abc", "limit"), ("limit=0", "limit"),
+    ("offset=-1817", "offset"), ("offset=99999999999999999999", "offset"),
+])
+def test_pagination_parameters_out_of_range_are_a_400(client, echo, query, field):
+    for path in ("/api/functions/", "/api/triggers/"):
+        response = client.get(f"{path}?{query}")
+        assert response.status_code == 400, (path, response.content)
+        assert list(response.json()) == [field]
