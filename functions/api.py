@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from executions.serializers import wait_seconds
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
+from kubefunction.api_input import refuse_unknown
 from kubefunction.errors import PayloadTooLarge
 from kubefunction.middleware import declared_length
 
@@ -79,7 +80,9 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
     def create(self, request, *args, **kwargs):
         """Register a function from a multipart upload. `?wait=S` waits up to S seconds for the
         first version's build to end (its `status` is then ready or failed, with `build_log`)."""
-        wait = wait_seconds(request)  # before anything is stored
+        # Query parameters are checked before anything is stored.
+        refuse_unknown(request.query_params, accepted=("wait", "format"), what="query parameter")
+        wait = wait_seconds(request)
         form = FunctionCreateSerializer(data=request.data, context=self.get_serializer_context())
         form.is_valid(raise_exception=True)
         data = dict(form.validated_data)
@@ -108,7 +111,9 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         if request.method == "GET":
             versions = function.versions.select_related("function").order_by("-number")
             return Response(VersionSerializer(versions, many=True).data)
-        wait = wait_seconds(request)  # before anything is stored
+        # Query parameters are checked before anything is stored.
+        refuse_unknown(request.query_params, accepted=("wait", "format"), what="query parameter")
+        wait = wait_seconds(request)
         form = SourceUploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["source"]

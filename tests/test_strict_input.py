@@ -161,6 +161,10 @@ def test_function_create_wait_is_checked_first_and_reports_the_build(client):
                       format="multipart")
     assert bad.status_code == 400 and list(bad.json()) == ["wait"]
     assert not Function.objects.exists()
+    typo = client.post("/api/functions/?wiat=5", {"name": "w", "source": upload()},
+                       format="multipart")
+    assert typo.status_code == 400 and list(typo.json()) == ["wiat"]
+    assert not Function.objects.exists()
     # The local runtime needs no build for a plain handler: ready at once, said in the answer.
     ok = client.post("/api/functions/?wait=5", {"name": "w", "source": upload()},
                      format="multipart")
