@@ -206,3 +206,18 @@ def test_pagination_parameters_out_of_range_are_a_400(client, echo, query, field
         response = client.get(f"{path}?{query}")
         assert response.status_code == 400, (path, response.content)
         assert list(response.json()) == [field]
+
+
+@pytest.mark.django_db
+def test_dispatch_to_a_version_still_building_names_its_state(client):
+    archive = make_zip({"handler.py": HANDLER.decode(), "requirements.txt": "six\n"})
+    created = client.post("/api/functions/", {"name": "slow",
+                                              "source": upload("slow.zip", archive)},
+                          format="multipart")
+    assert created.status_code == 201 and created.json()["version"]["status"] == "pending"
+    assert client.post("/api/triggers/", {"name": "slow", "function": "slow"},
+                       format="json").status_code == 201
+    response = client.post("/api/triggers/slow/dispatch/", {"payload": {}}, format="json")
+    assert response.status_code == 409, response.content
+    assert "version 1 is pending" in response.json()["trigger"][0]
+    assert not Execution.objects.exists()
