@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ENV := set -a; . scripts/env.sh; set +a;
 # `make up` decides afresh, records the choice in var/platform.env and exports it to its processes
 # (kubefunction/state_backends.py); every other target, like any manage.py, reads it through settings.
-RECORD := eval "$$($(PY) kubefunction/state_backends.py record)";
+RECORD := exports="$$($(PY) kubefunction/state_backends.py record)" || exit 1; eval "$$exports";
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: up install migrate bootstrap test lint bench bench-docker bench-kube worker examples clean \
