@@ -29,8 +29,8 @@ class BatchAdmin(admin.ModelAdmin):
     paginator = CappedCountPaginator
     list_per_page = 25
     fields = ["id", "trigger", "created_by", "source", "size", "progress_bar", "succeeded",
-              "failed", "timed_out", "in_flight", "p50", "p95", "created_at", "finished_at",
-              "executions_link"]
+              "failed", "timed_out", "cancelled", "in_flight", "p50", "p95", "created_at",
+              "finished_at", "executions_link"]
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -59,13 +59,15 @@ class BatchAdmin(admin.ModelAdmin):
         progress = self._progress(batch)
         ok = 100.0 * progress.succeeded / progress.size if progress.size else 0
         bad = 100.0 * progress.failed / progress.size if progress.size else 0
+        cut = 100.0 * progress.cancelled / progress.size if progress.size else 0
         return format_html(
             '<div title="{} of {} done" style="width:160px;height:12px;background:#e0e0e0;'
             'border-radius:3px;overflow:hidden;display:inline-block;vertical-align:middle">'
             '<div style="width:{}%;height:100%;background:#2e7d32;float:left"></div>'
-            '<div style="width:{}%;height:100%;background:#c62828;float:left"></div></div>'
+            '<div style="width:{}%;height:100%;background:#c62828;float:left"></div>'
+            '<div style="width:{}%;height:100%;background:#6d4c41;float:left"></div></div>'
             ' <span>{} / {} ({}%)</span>',
-            progress.done, progress.size, f"{ok:.2f}", f"{bad:.2f}", progress.done,
+            progress.done, progress.size, f"{ok:.2f}", f"{bad:.2f}", f"{cut:.2f}", progress.done,
             progress.size, f"{progress.percent:.0f}")
 
     @admin.display(description="succeeded")
@@ -79,6 +81,10 @@ class BatchAdmin(admin.ModelAdmin):
     @admin.display(description="of which timed out")
     def timed_out(self, batch):
         return self._progress(batch).timed_out
+
+    @admin.display(description="cancelled")
+    def cancelled(self, batch):
+        return self._progress(batch).cancelled
 
     @admin.display(description="queued / running")
     def in_flight(self, batch):

@@ -15,6 +15,7 @@ class BatchSerializer(serializers.ModelSerializer):
     succeeded = serializers.SerializerMethodField()
     failed = serializers.SerializerMethodField(help_text="Failed or timed out.")
     timed_out = serializers.SerializerMethodField()
+    cancelled = serializers.SerializerMethodField(help_text="Cancelled before or while running.")
     queued = serializers.SerializerMethodField()
     running = serializers.SerializerMethodField()
     p50_seconds = serializers.SerializerMethodField(
@@ -24,8 +25,8 @@ class BatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = Batch
         fields = ["url", "id", "trigger", "source", "size", "done", "succeeded", "failed",
-                  "timed_out", "queued", "running", "p50_seconds", "p95_seconds", "created_at",
-                  "finished_at"]
+                  "timed_out", "cancelled", "queued", "running", "p50_seconds", "p95_seconds",
+                  "created_at", "finished_at"]
 
     def _progress(self, batch):
         if getattr(batch, "_progress", None) is None:
@@ -43,6 +44,9 @@ class BatchSerializer(serializers.ModelSerializer):
 
     def get_timed_out(self, batch) -> int:
         return self._progress(batch).timed_out
+
+    def get_cancelled(self, batch) -> int:
+        return self._progress(batch).cancelled
 
     def get_queued(self, batch) -> int:
         return self._progress(batch).queued

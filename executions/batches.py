@@ -25,7 +25,7 @@ ACTIVE = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 _COUNTED = {
     "n_succeeded": ExecutionStatus.SUCCEEDED, "n_failed": ExecutionStatus.FAILED,
     "n_timed_out": ExecutionStatus.TIMED_OUT, "n_queued": ExecutionStatus.QUEUED,
-    "n_running": ExecutionStatus.RUNNING,
+    "n_running": ExecutionStatus.RUNNING, "n_cancelled": ExecutionStatus.CANCELLED,
 }
 
 
@@ -37,12 +37,13 @@ class BatchProgress:
     timed_out: int = 0
     queued: int = 0
     running: int = 0
+    cancelled: int = 0  # finished without a result: counted in `done`, not in `failed`
     p50_seconds: float | None = None  # retrieval time: dispatched → finished
     p95_seconds: float | None = None
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed
+        return self.succeeded + self.failed + self.cancelled
 
     @property
     def percent(self) -> float:
@@ -91,6 +92,7 @@ def progress_of(batch: Batch) -> BatchProgress:
     return BatchProgress(size=batch.size, succeeded=batch.n_succeeded,
                          failed=batch.n_failed + batch.n_timed_out, timed_out=batch.n_timed_out,
                          queued=batch.n_queued, running=batch.n_running,
+                         cancelled=batch.n_cancelled,
                          p50_seconds=p50, p95_seconds=p95)
 
 

@@ -55,7 +55,8 @@ def headline(summary: Summary) -> list[Figure]:
                " / ".join(_secs(summary.p("init", f)) for f in (0.5, 0.95)),
                "process/container start → handler imported"),
         Figure("CPU", f"{summary.cpu_seconds:,.1f} s",
-               f"{summary.queued:,} queued, {summary.running:,} running"),
+               f"{summary.queued:,} queued, {summary.running:,} running, "
+               f"{summary.cancelled:,} cancelled"),
     ]
 
 

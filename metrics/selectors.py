@@ -61,7 +61,7 @@ def scope_for(window: str = DEFAULT_WINDOW, *, function_id: int | None = None,
 
 _STATUS_FIELDS = {ExecutionStatus.SUCCEEDED: "succeeded", ExecutionStatus.FAILED: "failed",
                   ExecutionStatus.TIMED_OUT: "timed_out", ExecutionStatus.QUEUED: "queued",
-                  ExecutionStatus.RUNNING: "running"}
+                  ExecutionStatus.RUNNING: "running", ExecutionStatus.CANCELLED: "cancelled"}
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Summary:
     timed_out: int = 0
     queued: int = 0
     running: int = 0
+    cancelled: int = 0
     cold: int = 0
     warm: int = 0
     cpu_seconds: float = 0.0
@@ -92,7 +93,7 @@ class Summary:
 
     @property
     def finished(self) -> int:
-        return self.succeeded + self.failed + self.timed_out
+        return self.succeeded + self.failed + self.timed_out + self.cancelled
 
     def _rate(self, count: int) -> float | None:
         return count / self.finished if self.finished else None
