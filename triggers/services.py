@@ -60,8 +60,16 @@ def token_matches(trigger: Trigger, token: str | None) -> bool:
 
 
 def webhook_url(trigger: Trigger, *, base: str | None = None) -> str:
-    """The address of an HTTP trigger: `base` (else KUBEFUNCTION_PUBLIC_URL) + /t/<name>."""
-    root = settings.KUBEFUNCTION_PUBLIC_URL if base is None else base.rstrip("/")
+    """The address of an HTTP trigger: KUBEFUNCTION_WEBHOOK_ORIGIN when set, else `base` (else
+    KUBEFUNCTION_PUBLIC_URL), + /t/<name>.
+
+    The separate origin wins over the caller's `base`: a link on the main origin would be served
+    the sandboxed way (no cookies, CSP sandbox), which is not what an operator who set it wants
+    callers to use."""
+    if settings.KUBEFUNCTION_WEBHOOK_ORIGIN:
+        root = settings.KUBEFUNCTION_WEBHOOK_ORIGIN
+    else:
+        root = settings.KUBEFUNCTION_PUBLIC_URL if base is None else base.rstrip("/")
     return root + reverse("trigger-webhook", kwargs={"name": trigger.name})
 
 
