@@ -2,7 +2,7 @@
 
 import django_filters
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -21,6 +21,19 @@ from .serializers import (
     RerunSerializer,
     wait_seconds,
 )
+
+# The error bodies of the verbs (kubefunction/api_errors.py): `detail`, or the field the error
+# names with its messages. Built once: spectacular warns about two components of one name.
+_DETAIL = inline_serializer("ErrorDetail", {"detail": serializers.CharField()})
+_STATUS_CONFLICT = inline_serializer(
+    "StatusConflict", {"status": serializers.ListField(child=serializers.CharField())})
+_FIELD_ERRORS = {"type": "object", "description": "The field the error names, with its messages.",
+                 "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+_NOT_YOURS = {
+    403: OpenApiResponse(_DETAIL, description="Not authenticated, or you may see this execution "
+                         "but not change it (executions.change_execution)."),
+    404: OpenApiResponse(_DETAIL, description="No such execution among those you may see."),
+}
 
 
 class ExecutionFilter(django_filters.FilterSet):
@@ -80,7 +93,15 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(request=RerunSerializer, responses={202: inline_serializer(
         "Rerun", {"task_id": serializers.CharField(), "execution_id": serializers.UUIDField(),
                   "status": serializers.CharField(), "rerun_of": serializers.CharField(),
-                  "version": serializers.IntegerField(), "result_url": serializers.URLField()})})
+                  "version": serializers.IntegerField(), "result_url": serializers.URLField()}),
+        400: OpenApiResponse(_FIELD_ERRORS, description="A field of the body is wrong or "
+                             "unknown; the body names it."),
+        **_NOT_YOURS,
+        409: OpenApiResponse(_FIELD_ERRORS, description="`execution`: it has not finished, or "
+                             "kept only a hash of its input; `version`: that version cannot run "
+                             "now (not built, no image for the runtime)."),
+        429: OpenApiResponse(_DETAIL, description="Over the dispatch rate (`Retry-After`)."),
+    })
     @action(detail=True, methods=["post"], throttle_classes=dispatch_throttles())
     def rerun(self, request, task_id=None):
         """Run a finished execution again with the same input: on the `same` version (default)
@@ -96,7 +117,10 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
                          "result_url": request.build_absolute_uri(url)},
                         status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @extend_schema(request=None, responses={
+        200: ExecutionSerializer, **_NOT_YOURS,
+        409: OpenApiResponse(_STATUS_CONFLICT, description="It already ended: `status` names "
+                             "its status.")})
     @action(detail=True, methods=["post"])
     def cancel(self, request, task_id=None):
         """Cancel a queued or retrying execution, or kill a running one: 200 with it, now
