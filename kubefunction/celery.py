@@ -21,6 +21,17 @@ def _recycle_database_connections(**kwargs) -> None:
     close_old_connections()
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _mask_secrets_in_worker_logs(logger=None, **kwargs) -> None:
+    """Celery replaces the root logger's handlers (and gives its task logger its own), so the
+    masking filter LOGGING puts on the console handler never sees a worker's lines: put it on
+    the handlers Celery installed."""
+    from kubefunction.log_redaction import install_secret_filter
+
+    install_secret_filter(logger)
+
+
 @signals.worker_process_shutdown.connect
 def _release_runtimes(**kwargs) -> None:
     """A prefork child skips atexit hooks: stop its warm function processes explicitly."""

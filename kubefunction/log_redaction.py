@@ -96,3 +96,10 @@ def _redact_markup(text: str) -> str:
     secrets = platform_secrets()
     return redact(text, sorted({*secrets, *(str(escape(s)) for s in secrets)}, key=len,
                                reverse=True))
+
+
+def install_secret_filter(logger: logging.Logger | None) -> None:
+    """Put a SecretRedactionFilter on every handler of `logger` that has none (idempotent)."""
+    for handler in getattr(logger, "handlers", ()):
+        if not any(isinstance(f, SecretRedactionFilter) for f in handler.filters):
+            handler.addFilter(SecretRedactionFilter())

@@ -127,3 +127,49 @@ def test_cancel_and_rerun_declare_their_error_answers_and_give_them(api, other_u
     for verb in ("cancel", "rerun"):
         hidden = bob.post(f"/api/executions/{finished.task_id}/{verb}/", {}, format="json")
         assert hidden.status_code == 404 and "detail" in hidden.json(), hidden.content
+
+
+# --- 4. worker log lines are masked -------------------------------------------------------------
+
+@pytest.mark.worker
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+def test_worker_log_lines_mask_the_database_password(tmp_path):
+    """A real worker whose DATABASE_URL carries a password (Postgres here trusts local TCP, so
+    any password connects) logs two errors quoting it: an unregistered task's name (the
+    consumer's logger) and a task called with a keyword named after it (the task's failure
+    line and its traceback). Neither shows the password; both show the mask."""
+    import time
+
+    from kubefunction.celery import app as celery_app
+    from kubefunction.log_redaction import MASK
+    from tests.processes import celery_env, start_worker, stop, worker_database_url
+
+    password = "pwFollowupsDb" + uuid.uuid4().hex[:12]
+    url = worker_database_url()
+    if "@" not in url or "://" not in url:
+        pytest.skip("the worker's database has no URL with credentials (embedded SQLite)")
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    with_password = f"{scheme}://{user.split(':', 1)[0]}:{password}@{host}"
+    queue = f"kf-followups-logs-{uuid.uuid4().hex[:6]}"
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(f"logs-{uuid.uuid4().hex[:6]}@localhost", log_path,
+                          celery_env(DATABASE_URL=with_password, KUBEFUNCTION_QUEUE=queue),
+                          concurrency=1, queue=queue)
+    try:
+        celery_app.send_task(f"no.such.task.{password}", queue=queue)
+        celery_app.send_task("executions.scale_idle_warm", kwargs={password: 1}, queue=queue)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            if "unregistered task" in text and "raised unexpected" in text:
+                break
+            time.sleep(0.3)
+    finally:
+        stop(worker)
+    text = log_path.read_text(errors="replace")
+    assert "unregistered task" in text and "raised unexpected" in text, text[-3000:]
+    assert "Traceback" in text, text[-3000:]
+    assert password not in text, [line for line in text.splitlines() if password in line]
+    assert f"no.such.task.{MASK}" in text and MASK in text.split("raised unexpected", 1)[1]
