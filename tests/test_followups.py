@@ -15,6 +15,9 @@ from executions.models import Batch, Execution, ExecutionStatus
 from executions.services import execution_dispatch_many
 from functions import services as function_services
 from metrics import dashboard, selectors
+from tests.kube.fixtures import fake_kube  # noqa: F401 - a fixture
+from tests.test_kubernetes_runtime import context, make_spec, runtime  # noqa: F401 - fixtures
+from tests.test_kubernetes_warm_docker import containers, docker_warm, warm_image  # noqa: F401
 from triggers.models import TriggerKind
 from triggers.services import trigger_create, webhook_url
 
@@ -173,3 +176,151 @@ def test_worker_log_lines_mask_the_database_password(tmp_path):
     assert "Traceback" in text, text[-3000:]
     assert password not in text, [line for line in text.splitlines() if password in line]
     assert f"no.such.task.{MASK}" in text and MASK in text.split("raised unexpected", 1)[1]
+
+
+# --- 2. a cancel stops the kubernetes Job -------------------------------------------------------
+
+BUSY = b"def handle(event, context):\n    while True:\n        pass\n"
+
+
+def _ready_kube_function(api, name: str, source: bytes) -> None:
+    import time
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from functions.models import FunctionVersion
+
+    created = api.post("/api/functions/", {
+        "name": name, "runtime": "kubernetes", "timeout_seconds": 60,
+        "source": SimpleUploadedFile("fn.py", source)}, format="multipart")
+    assert created.status_code == 201, created.content
+    made = api.post("/api/triggers/", {"name": name, "function": name}, format="json")
+    assert made.status_code == 201, made.content
+    version = FunctionVersion.objects.get(function__name=name)
+    deadline = time.monotonic() + 300
+    while version.status in ("pending", "building") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version.refresh_from_db()
+    assert version.status == "ready" and version.image, version.build_log
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(400)
+@pytest.mark.django_db(transaction=True)
+def test_cancel_a_running_cold_kubernetes_job_stops_it(api, celery_worker_process, worker_kube):
+    """A `while True` in a cold Job on the fake API server (docker kubelet), cancelled through
+    the API as its non-staff owner: within a few seconds its pod's container no longer runs and
+    its Job, pod and request Secret are gone (before: it ran on until its 60 s deadline), and
+    the execution is `cancelled`, once."""
+    import time
+
+    from celery.result import AsyncResult
+    from django_celery_results.models import TaskResult
+
+    from executions.runtimes.kubernetes import label_value
+    from tests.docker_engine import engine_problem
+
+    if engine_problem():
+        pytest.skip(engine_problem())
+    import docker
+
+    name = f"busy-kube-{uuid.uuid4().hex[:6]}"
+    _ready_kube_function(api, name, BUSY)
+    answer = api.post(f"/api/triggers/{name}/dispatch/", {"payload": {}}, format="json")
+    assert answer.status_code == 202, answer.content
+    task_id = answer.json()["task_id"]
+    execution = Execution.objects.get(task_id=task_id)
+    selector = f"kubefunction.io/execution={label_value(str(execution.pk))}"
+    engine = docker.from_env(timeout=30)
+
+    def running_containers() -> list[str]:
+        found = []
+        for pod in worker_kube.objects("pods", selector):
+            container = worker_kube.kubelet.containers.get(pod["metadata"]["uid"])
+            if container:
+                try:
+                    if engine.api.inspect_container(container)["State"]["Running"]:
+                        found.append(container)
+                except docker.errors.NotFound:
+                    pass
+        return found
+
+    deadline = time.monotonic() + 120
+    while not running_containers():
+        assert time.monotonic() < deadline, "the function's pod never ran"
+        time.sleep(0.1)
+    time.sleep(1.0)  # the function is really in its loop
+    assert Execution.objects.get(pk=execution.pk).status == "running"
+    started = time.monotonic()
+    cancelled = api.post(f"/api/executions/{task_id}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+    def left() -> dict[str, int]:
+        return {"running containers": len(running_containers()),
+                "jobs": len(worker_kube.objects("jobs", selector)),
+                "pods": len(worker_kube.objects("pods", selector)),
+                "secrets": len(worker_kube.objects("secrets", selector))}
+
+    while any(left().values()) and time.monotonic() - started < 20:
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    assert not any(left().values()), f"{elapsed:.1f} s after the cancel: {left()}"
+    assert elapsed < 5, f"the Job was stopped only {elapsed:.1f} s after the cancel"
+    assert ("delete", "jobs") in worker_kube.api_calls
+    time.sleep(2)  # a redelivery would have made a new Job by now
+    execution.refresh_from_db()
+    assert execution.status == "cancelled" and execution.attempt == 1, execution.error
+    assert not worker_kube.objects("jobs", selector)
+    assert Execution.objects.filter(task_id=task_id).count() == 1
+    assert TaskResult.objects.get(task_id=task_id).status == "REVOKED"
+    assert AsyncResult(task_id).state == "REVOKED"
+
+
+@pytest.mark.parametrize("fake_kube", ["docker"], indirect=True)
+def test_cancel_a_warm_kubernetes_request_recycles_its_pod(
+        fake_kube, docker_warm, warm_image):  # noqa: F811 - fixtures
+    """Warm mode, in this process on the fake's docker kubelet: the busy request is stopped the
+    way a cancel stops it in a prefork child (SIGUSR1, whose handler raises
+    SoftTimeLimitExceeded, as billiard installs it); the pod that was busy with it is deleted
+    at once (its container goes) and the Deployment's next pod serves the next request."""
+    import signal
+    import threading
+    import time
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    spec = make_spec(function_name="kube-warm-docker", image=warm_image, timeout_seconds=60,
+                     memory_mb=64)
+    assert docker_warm.invoke(spec, {}, context(seconds=60)).status == "succeeded"
+    [busy_pod] = fake_kube.objects("pods")
+    [busy_container] = containers(fake_kube)
+
+    def soft_limit(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGUSR1, soft_limit)
+    main = threading.get_ident()
+    timer = threading.Timer(2.0, lambda: signal.pthread_kill(main, signal.SIGUSR1))
+    timer.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SoftTimeLimitExceeded):
+            docker_warm.invoke(spec, {"sleep": 60}, context(seconds=60))
+        stopped = time.monotonic()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert stopped - started < 4, f"the invoke ended {stopped - started:.1f} s in"
+    uid = busy_pod["metadata"]["uid"]
+    assert fake_kube.wait_for(lambda: all(
+        p["metadata"]["uid"] != uid for p in fake_kube.objects("pods")), timeout=5), \
+        "the busy pod was not deleted"
+    end = time.monotonic() + 10
+    while any(c["Id"] == busy_container["Id"] for c in containers(fake_kube)) and \
+            time.monotonic() < end:
+        time.sleep(0.1)
+    assert all(c["Id"] != busy_container["Id"] for c in containers(fake_kube))
+    assert ("delete", "pods") in fake_kube.api_calls
+    after = docker_warm.invoke(spec, {"n": 1}, context(seconds=60))
+    assert after.status == "succeeded" and after.output["event"] == {"n": 1}, after
+    docker_warm.release(spec)

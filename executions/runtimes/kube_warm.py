@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import urllib3
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes.client.rest import ApiException
 
@@ -327,6 +328,11 @@ class WarmDeployments:
                 headers={"Content-Type": "application/json"},
                 timeout=urllib3.Timeout(connect=settings.KUBEFUNCTION_KUBE_TIMEOUT,
                                         read=remaining))
+        except SoftTimeLimitExceeded:
+            # A cancel's kill (or the task's soft time limit): the pod is busy with a request
+            # no one will read; recycle it like a timed-out one.
+            self._delete_pod(pod)
+            raise
         except urllib3.exceptions.ReadTimeoutError:
             self._delete_pod(pod)  # still busy with the function: its Deployment replaces it
             return Outcome(status="timed_out", error_type="Timeout", cold=cold,
@@ -350,7 +356,7 @@ class WarmDeployments:
         if not pod:
             return
         try:
-            with api_errors("delete a timed-out warm pod"):
+            with api_errors("delete a timed-out or cancelled warm pod"):
                 self.runtime.core.delete_namespaced_pod(
                     pod, self.runtime.namespace, grace_period_seconds=0, _preload_content=False,
                     _request_timeout=self.runtime._timeout())

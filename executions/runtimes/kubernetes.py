@@ -16,7 +16,9 @@ answered by a fresh list), never by polling; the Job is read again whenever its 
 conditions (DeadlineExceeded, as FailureTarget or Failed) win over the pod's exit code. Once the
 pod runs, the runtime waits at most DEADLINE_MARGIN past the deadline, then deletes the pod
 itself (gracePeriodSeconds 0). The Job is deleted with propagationPolicy=Background once its
-outcome is read; ttlSecondsAfterFinished is the backstop.
+outcome is read; ttlSecondsAfterFinished is the backstop. A cancel (the pool process raising
+SoftTimeLimitExceeded inside `invoke`) deletes the pods (gracePeriodSeconds 0), the Job and its
+Secret on the way out instead of leaving them to the deadline.
 
 Only the official `kubernetes` client is used; every call has a timeout.
 """
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import urllib3
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -336,16 +339,23 @@ class KubernetesRuntime(Runtime):
         job = self._create_or_adopt(job_manifest(spec, name, context), context)
         uid = job["metadata"]["uid"]
         try:
-            nonce = self._deliver(job, request, nonce)
-        except RuntimeFailure:  # refused for good: the Job would wait for its Secret forever
-            self._delete_job(name, uid)
+            try:
+                nonce = self._deliver(job, request, nonce)
+            except RuntimeFailure:  # refused for good: the Job would wait for its Secret forever
+                self._delete_job(name, uid)
+                raise
+            now = time.monotonic()
+            deadline = now + budget
+            # When the API fails on the way (RuntimeUnavailable), the Job is left running: the
+            # retried task adopts it and reads its answer. Its deadline and TTL bound it
+            # otherwise.
+            verdict, pod = self._follow(name, uid, job, now + budget + settings.
+                                        KUBEFUNCTION_KUBE_START_GRACE, deadline)
+        except SoftTimeLimitExceeded:
+            # A cancel's kill (revoke terminate, SIGUSR1) or the task's soft time limit: no one
+            # will read this Job, so nothing of it may run on until its deadline.
+            self._abandon(name, uid)
             raise
-        now = time.monotonic()
-        deadline = now + budget
-        # When the API fails on the way (RuntimeUnavailable), the Job is left running: the
-        # retried task adopts it and reads its answer. Its deadline and TTL bound it otherwise.
-        verdict, pod = self._follow(name, uid, job, now + budget + settings.
-                                    KUBEFUNCTION_KUBE_START_GRACE, deadline)
         if verdict.state == kube_outcomes.UNAVAILABLE:  # the retry needs a new Job
             self._delete_job(name, uid)
             raise RuntimeUnavailable(verdict.error)
@@ -541,7 +551,24 @@ class KubernetesRuntime(Runtime):
                         if exc.status != 404:
                             raise
         except (RuntimeFailure, RuntimeUnavailable) as exc:
-            logger.warning("could not delete the pods of the timed-out Job %s: %s", uid, exc)
+            logger.warning("could not delete the pods of the Job %s: %s", uid, exc)
+
+    def _abandon(self, name: str, uid: str) -> None:
+        """Stop a Job whose run was given up (cancelled): its pods at once (gracePeriodSeconds
+        0), the Job (Background), and its request Secret now rather than when the garbage
+        collector gets to it."""
+        self._kill_pods(uid)
+        self._delete_job(name, uid)
+        try:
+            with api_errors("delete the function's request Secret"):
+                # By name: it is this execution attempt's (job_name), like the Job.
+                self.core.delete_namespaced_secret(
+                    name, self.namespace, _preload_content=False,
+                    _request_timeout=self._timeout())
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404):
+                logger.warning("could not delete the request Secret %s: %s", name, exc)
+        logger.info("stopped the Job %s of a cancelled run", name)
 
     def _watch_job(self, name: str, uid: str, job: dict | None,
                    seconds: int) -> tuple[dict | None, str]:
