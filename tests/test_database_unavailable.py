@@ -161,7 +161,7 @@ def test_api_answers_503_json_while_the_database_is_away(proxied_server, user):
     assert api.get(f"{base}/api/functions/", timeout=10).status_code == 200
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"database", "broker", "runtime"}
+    assert set(ready.json()["checks"]) == {"database", "broker", "runtime", "sandbox"}
 
     proxy.cut()
     started = time.monotonic()
