@@ -265,6 +265,7 @@ def test_cancel_a_running_cold_kubernetes_job_stops_it(api, celery_worker_proces
         time.sleep(0.1)
     elapsed = time.monotonic() - started
     assert not any(left().values()), f"{elapsed:.1f} s after the cancel: {left()}"
+    print(f"cold kubernetes cancel: Job, pod and Secret gone {elapsed:.2f} s after the cancel")
     assert elapsed < 5, f"the Job was stopped only {elapsed:.1f} s after the cancel"
     assert ("delete", "jobs") in worker_kube.api_calls
     time.sleep(2)  # a redelivery would have made a new Job by now
@@ -311,6 +312,7 @@ def test_cancel_a_warm_kubernetes_request_recycles_its_pod(
         timer.cancel()
         signal.signal(signal.SIGUSR1, previous)
     assert stopped - started < 4, f"the invoke ended {stopped - started:.1f} s in"
+    gone_from = time.monotonic()
     uid = busy_pod["metadata"]["uid"]
     assert fake_kube.wait_for(lambda: all(
         p["metadata"]["uid"] != uid for p in fake_kube.objects("pods")), timeout=5), \
@@ -320,6 +322,8 @@ def test_cancel_a_warm_kubernetes_request_recycles_its_pod(
             time.monotonic() < end:
         time.sleep(0.1)
     assert all(c["Id"] != busy_container["Id"] for c in containers(fake_kube))
+    print(f"warm kubernetes cancel: busy pod's container gone {time.monotonic() - gone_from:.2f}"
+          " s after the invoke stopped")
     assert ("delete", "pods") in fake_kube.api_calls
     after = docker_warm.invoke(spec, {"n": 1}, context(seconds=60))
     assert after.status == "succeeded" and after.output["event"] == {"n": 1}, after
