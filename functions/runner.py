@@ -174,6 +174,10 @@ class Context:
         self.function_version = int(fields.get("function_version") or 0)
         deadline = fields.get("deadline")
         self.deadline = float(deadline) if deadline is not None else None
+        # 1 on the first run; a retry of the same execution counts up (the box keeps no state
+        # between attempts, so this is how a handler knows it is being retried).
+        attempt = fields.get("attempt")
+        self.attempt = attempt if isinstance(attempt, int) and attempt > 0 else 1
 
     def remaining_time_ms(self) -> int:
         """Milliseconds left before the platform stops the function (0 when none are left)."""
@@ -186,7 +190,8 @@ class Context:
     def __repr__(self) -> str:
         return (
             f"Context(execution_id={self.execution_id!r}, function_name={self.function_name!r}, "
-            f"function_version={self.function_version}, deadline={self.deadline})"
+            f"function_version={self.function_version}, deadline={self.deadline}, "
+            f"attempt={self.attempt})"
         )
 
 

@@ -20,15 +20,10 @@ from functions.services import function_register
 from kubefunction.celery import app as celery_app
 from triggers.services import trigger_create
 
-# Appends a byte to a file in the payload's folder on each attempt: state kept across attempts
-# without network. Fails while the count is at most event["fail"].
-FLAKY = b"""import os
-
-def handle(event):
-    path = os.path.join(event["dir"], "attempts")
-    with open(path, "a") as f:
-        f.write("x")
-    n = os.path.getsize(path)
+# Fails while its attempt (context.attempt: the sandboxed box keeps no state between attempts) is
+# at most event["fail"].
+FLAKY = b"""def handle(event, context):
+    n = context.attempt
     if n <= event["fail"]:
         raise RuntimeError(f"attempt {n} fails")
     return {"succeeded_on": n}
@@ -63,9 +58,9 @@ def gaps(execution: Execution) -> list[float]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.worker
-def test_fails_twice_then_succeeds_with_two_retries(user, celery_worker_process, tmp_path):
+def test_fails_twice_then_succeeds_with_two_retries(user, celery_worker_process):
     trigger = register(user, "flaky", FLAKY, max_retries=2, retry_backoff_seconds=1.0)
-    execution = execution_dispatch(trigger=trigger, payload={"dir": str(tmp_path), "fail": 2})
+    execution = execution_dispatch(trigger=trigger, payload={"fail": 2})
     # Between attempts the execution is queued again with no Celery result: only the last
     # attempt writes one.
     deadline = time.monotonic() + 30
@@ -87,7 +82,7 @@ def test_fails_twice_then_succeeds_with_two_retries(user, celery_worker_process,
     assert "attempt 2 fails" in execution.attempts[1]["error"]
     assert all(a["worker"].startswith(f"{celery_worker_process.hostname}/")
                for a in execution.attempts)
-    assert (tmp_path / "attempts").read_text() == "xxx", "three runs, no more"
+    assert [a["attempt"] for a in execution.attempts] == [1, 2], "three runs, no more"
     first, second = gaps(execution)
     assert 1.0 <= first < second and second >= 2.0, (first, second)  # 1 s, then 2 s
     result = AsyncResult(execution.task_id, app=celery_app)
@@ -97,10 +92,9 @@ def test_fails_twice_then_succeeds_with_two_retries(user, celery_worker_process,
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.worker
-def test_always_failing_ends_a_dead_letter(user, api, admin_client, celery_worker_process,
-                                           tmp_path):
+def test_always_failing_ends_a_dead_letter(user, api, admin_client, celery_worker_process):
     trigger = register(user, "hopeless", FLAKY, max_retries=2, retry_backoff_seconds=1.0)
-    execution = execution_dispatch(trigger=trigger, payload={"dir": str(tmp_path), "fail": 99})
+    execution = execution_dispatch(trigger=trigger, payload={"fail": 99})
     fine = execution_dispatch(trigger=register(user, "fine", b"def handle(e):\n    return 1\n"))
     execution = wait_finished(execution)
     assert (execution.status, execution.attempt, execution.dead_letter) == ("failed", 3, True)
@@ -127,12 +121,12 @@ def test_always_failing_ends_a_dead_letter(user, api, admin_client, celery_worke
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.worker
-def test_timeouts_are_retried_and_sync_calls_are_not(user, celery_worker_process, tmp_path):
+def test_timeouts_are_retried_and_sync_calls_are_not(user, celery_worker_process):
     sleepy = register(user, "sleepy", b"import time\ndef handle(e):\n    time.sleep(10)\n",
                       max_retries=1, retry_backoff_seconds=0.2)
     timed_out = execution_dispatch(trigger=sleepy, payload={})
     flaky = register(user, "flaky-sync", FLAKY, max_retries=2, retry_backoff_seconds=0.2)
-    synchronous = execution_dispatch(trigger=flaky, payload={"dir": str(tmp_path), "fail": 1},
+    synchronous = execution_dispatch(trigger=flaky, payload={"fail": 1},
                                      synchronous=True)
     timed_out = wait_finished(timed_out)
     assert (timed_out.status, timed_out.attempt, timed_out.dead_letter) == ("timed_out", 2, True)

@@ -27,7 +27,7 @@ def runner_request(spec: FunctionSpec, payload: Any,
         "context": {
             "execution_id": context.execution_id, "task_id": context.task_id,
             "function_name": spec.function_name, "function_version": spec.version_number,
-            "deadline": context.deadline,
+            "deadline": context.deadline, "attempt": context.attempt,
         },
         "max_output_bytes": settings.KUBEFUNCTION_MAX_OUTPUT_BYTES,
         "max_log_bytes": settings.KUBEFUNCTION_MAX_LOG_BYTES,
