@@ -30,6 +30,7 @@ from django.core.management.base import CommandError
 
 from functions import builds, images
 from functions.build_logs import TRUNCATED, cap_log
+from functions.builds import version_wait
 from functions.models import Function, FunctionVersion
 from functions.requirements import check_requirements
 from functions.services import function_register
@@ -409,10 +410,7 @@ def test_named_requirement_builds_and_runs_through_the_worker(api, user, celery_
         "name": "with-six", "source": SimpleUploadedFile("code.zip", source)}, format="multipart")
     assert created.status_code == 201, created.content
     version = FunctionVersion.objects.get(function__name="with-six")
-    deadline = time.monotonic() + 180
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=180)
     assert version.status == "ready", version.build_log
     assert "six-1.16.0-py2.py3-none-any.whl" in version.build_log
     api.post("/api/triggers/", {"name": "with-six", "function": "with-six"}, format="json")

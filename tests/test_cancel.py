@@ -18,6 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_results.models import TaskResult
 
 from executions.models import Execution
+from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.docker_engine import needs_docker
 
@@ -111,10 +112,7 @@ def test_cancel_a_running_docker_function_kills_its_container_within_2_s(
     name = f"busy-docker-{uuid.uuid4().hex[:6]}"
     create(api, name, BUSY, runtime="docker")
     version = FunctionVersion.objects.get(function__name=name)
-    deadline = time.monotonic() + 300
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=300)
     assert version.status == "ready", version.build_log
     client = images.docker_client()
 

@@ -1,7 +1,6 @@
 """As a new user would, on the Docker runtime: upload with requirements, build, find the image in
 the registry, delete it from the engine, dispatch, and get the output (the runtime pulls it)."""
 
-import time
 import uuid
 from io import StringIO
 
@@ -12,6 +11,7 @@ from django.core.management.base import CommandError
 from docker.errors import ImageNotFound
 
 from functions import images
+from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.archives import make_zip
 from tests.docker_engine import needs_docker, registry_repositories
@@ -36,10 +36,7 @@ def test_build_delete_dispatch_pulls_it_back(api, celery_worker_process):
              format="json")
 
     version = FunctionVersion.objects.get(function__name=f"slug-{marker}")
-    deadline = time.monotonic() + 300
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(1)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=300)
     assert version.status == "ready", version.build_log
     assert "python-slugify==8.0.4" in version.installed_packages
     assert "text-unidecode==" in version.installed_packages  # resolved, not just asked for
@@ -69,10 +66,7 @@ def test_build_function_command_retries_and_reports_a_failed_build(api, celery_w
                                  "source": SimpleUploadedFile("code.zip", source)},
              format="multipart")
     version = FunctionVersion.objects.get(function__name=f"broken-{marker}")
-    deadline = time.monotonic() + 120
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=120)
     assert version.status == "failed"
     out = StringIO()
     with pytest.raises(CommandError, match="the build of v1 failed"):

@@ -16,6 +16,7 @@ from django_celery_results.models import TaskResult
 
 from executions.models import Execution
 from executions.tasks import run_execution
+from functions.builds import version_wait
 from functions.models import FunctionVersion
 from kubefunction.celery import app as celery_app
 from tests.archives import make_zip
@@ -88,10 +89,7 @@ def test_examples_round_trip(api, worker):
 
 def wait_for_build(name: str) -> FunctionVersion:
     version = FunctionVersion.objects.filter(function__name=name).latest("number")
-    deadline = time.monotonic() + 180
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=180)
     return version
 
 

@@ -13,23 +13,16 @@ from django.utils import timezone
 from executions.batches import batch_close_if_done, progress_of
 from executions.models import Batch, Execution, ExecutionStatus
 from executions.services import execution_dispatch_many
-from functions import services as function_services
+from functions.builds import version_wait
 from metrics import dashboard, selectors
+from tests import test_batches
 from tests.kube.fixtures import fake_kube  # noqa: F401 - a fixture
 from tests.test_kubernetes_runtime import context, make_spec, runtime  # noqa: F401 - fixtures
 from tests.test_kubernetes_warm_docker import containers, docker_warm, warm_image  # noqa: F401
 from triggers.models import TriggerKind
 from triggers.services import trigger_create, webhook_url
 
-HANDLER = b"def handle(event, context):\n    return event\n"
-
-
-@pytest.fixture
-def trigger(user):
-    function = function_services.function_register(
-        name="echo", owner=user, filename="echo.py", data=HANDLER).function
-    return trigger_create(name="echo", function=function)
-
+trigger = test_batches.trigger  # the batch tests' echo trigger, as a fixture here too
 
 # --- 1. `cancelled` is a finished state ---------------------------------------------------------
 
@@ -184,7 +177,6 @@ BUSY = b"def handle(event, context):\n    while True:\n        pass\n"
 
 
 def _ready_kube_function(api, name: str, source: bytes) -> None:
-    import time
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -197,10 +189,7 @@ def _ready_kube_function(api, name: str, source: bytes) -> None:
     made = api.post("/api/triggers/", {"name": name, "function": name}, format="json")
     assert made.status_code == 201, made.content
     version = FunctionVersion.objects.get(function__name=name)
-    deadline = time.monotonic() + 300
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=300)
     assert version.status == "ready" and version.image, version.build_log
 
 

@@ -8,6 +8,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from executions.models import Execution
+from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.docker_engine import needs_docker
 
@@ -23,10 +24,7 @@ def test_register_build_dispatch_fifty_read_fifty(api, celery_worker_process, wo
     assert created.status_code == 201, created.content
     api.post("/api/triggers/", {"name": name, "function": name}, format="json")
     version = FunctionVersion.objects.get(function__name=name)
-    deadline = time.monotonic() + 180
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=180)
     assert version.status == "ready" and version.image, version.build_log
 
     response = api.post(f"/api/triggers/{name}/dispatch/",
@@ -65,10 +63,7 @@ def test_worker_killed_mid_job_gives_one_job_and_one_result(api, celery_worker_p
              format="multipart")
     api.post("/api/triggers/", {"name": name, "function": name}, format="json")
     version = FunctionVersion.objects.get(function__name=name)
-    deadline = time.monotonic() + 180
-    while version.status in ("pending", "building") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version.refresh_from_db()
+    version = version_wait(version=version, timeout=180)
     assert version.status == "ready", version.build_log
     created_before = worker_kube.api_calls.count(("create", "jobs"))
     task_id = api.post(f"/api/triggers/{name}/dispatch/", {"payload": {}},
