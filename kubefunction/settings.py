@@ -401,6 +401,11 @@ KUBEFUNCTION_SANDBOX_TMP_MB = env.int("KUBEFUNCTION_SANDBOX_TMP_MB", default=64)
 KUBEFUNCTION_SANDBOX_NPROC = env.int("KUBEFUNCTION_SANDBOX_NPROC", default=512)
 KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED = env.bool("KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED",
                                                   default=False)
+# Host folders bound read-write, at the same path, into every box: only for a trusted shared
+# scratch folder (empty by default). The sandbox refuses (mode "refusing") a relative path, one
+# that is missing, or one that is, holds or lies inside a platform folder (the repository, the
+# work dir, /, /etc, /root, /run, /usr, /var, …).
+KUBEFUNCTION_SANDBOX_WRITABLE_DIRS = env.list("KUBEFUNCTION_SANDBOX_WRITABLE_DIRS", default=[])
 
 # --- Images ----------------------------------------------------------------------------------
 # Base of every function image; `make services` builds the default locally (no public registry

@@ -150,10 +150,14 @@ REAPER_ENV = {"KUBEFUNCTION_REAPER_INTERVAL": "1", "KUBEFUNCTION_REAPER_QUEUED_G
               "KUBEFUNCTION_REAPER_RUNNING_MARGIN": "2"}
 
 
-def platform_env(*, broker: str, database: str, **extra: str) -> dict[str, str]:
+def platform_env(*, broker: str, database: str, marks: Path | None = None,
+                 **extra: str) -> dict[str, str]:
+    """The platform's environment on private services; `marks` is bound read-write into the
+    local runtime's boxes (KUBEFUNCTION_SANDBOX_WRITABLE_DIRS) for `once_only_source`."""
+    shared = {"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS": str(marks)} if marks else {}
     return {**os.environ, "DATABASE_URL": database, "CELERY_BROKER_URL": broker,
             "KUBEFUNCTION_QUEUE": QUEUE, "KUBEFUNCTION_DISPATCH_RATE": "",
-            "DATABASE_CONNECT_TIMEOUT": "2", **REAPER_ENV, **extra}
+            "DATABASE_CONNECT_TIMEOUT": "2", **REAPER_ENV, **shared, **extra}
 
 
 def start_celery(kind: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -202,6 +206,14 @@ def log_tail(process: subprocess.Popen, size: int = 4000) -> str:
 
 # --- functions ---------------------------------------------------------------------------------
 
+def marks_folder(tmp_path: Path) -> Path:
+    """A folder the sandbox uid (65534) can write: `once_only_source`'s markers go there."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    marks.chmod(0o777)
+    return marks
+
+
 def once_only_source(marks: Path, sleep: float = 0.0) -> bytes:
     """A handler that creates one marker file per event and fails if it already exists: a
     second run of the same execution cannot succeed, so 'succeeded' also means 'ran once'."""
@@ -243,8 +255,7 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
         private_redis.appendonly = True
         private_redis.start()
     broker_at(private_redis.url)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = marks_folder(tmp_path)
     trigger = make_trigger(api, "queued-100", once_only_source(marks))
 
     with celery_app.connection_for_write() as connection:  # the queue exists before the restart
@@ -260,7 +271,7 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
     assert private_redis.queue_length(QUEUE) == (100 if appendonly else 0)
     assert Execution.objects.filter(task_id__in=task_ids, status="queued").count() == 100
 
-    env = platform_env(broker=private_redis.url, database=worker_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url(), marks=marks)
     processes.append(start_celery("worker", env, tmp_path / "worker.log"))
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
     try:
@@ -276,11 +287,10 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
 def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at, processes,
                                                   tmp_path):
     broker_at(private_redis.url)
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = marks_folder(tmp_path)
     trigger = make_trigger(api, "consumed-100", once_only_source(marks, sleep=0.1),
                            timeout_seconds=5)
-    env = platform_env(broker=private_redis.url, database=worker_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url(), marks=marks)
     worker = start_celery("worker", env, tmp_path / "worker.log")
     processes.append(worker)
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
@@ -309,8 +319,7 @@ def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at,
 
 def test_dispatch_during_broker_outage_is_sent_by_the_reaper(api, private_redis, broker_at,
                                                              processes, tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = marks_folder(tmp_path)
     make_trigger(api, "outage", once_only_source(marks))
     broker_at(private_redis.url)
     private_redis.kill()
@@ -322,7 +331,7 @@ def test_dispatch_during_broker_outage_is_sent_by_the_reaper(api, private_redis,
     assert execution.task_id in response.json()["detail"]
 
     private_redis.start()
-    env = platform_env(broker=private_redis.url, database=worker_database_url())
+    env = platform_env(broker=private_redis.url, database=worker_database_url(), marks=marks)
     processes.append(start_celery("worker", env, tmp_path / "worker.log"))
     processes.append(start_celery("beat", env, tmp_path / "beat.log"))
     wait_for(lambda: Execution.objects.filter(pk=execution.pk, status__in=TERMINAL).exists(),
@@ -439,11 +448,11 @@ def test_postgres_restarted_during_a_burst(private_redis, processes, tmp_path):
         postgres.init()
         subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U",
                         "postgres", "kf_faults"], check=True, timeout=30)
-        env = platform_env(broker=private_redis.url, database=postgres.url("kf_faults"))
+        marks = marks_folder(tmp_path)
+        env = platform_env(broker=private_redis.url, database=postgres.url("kf_faults"),
+                           marks=marks)
         subprocess.run([sys.executable, "manage.py", "migrate", "--no-input"], cwd=ROOT,
                        env=env, check=True, capture_output=True, timeout=180)
-        marks = tmp_path / "marks"
-        marks.mkdir()
         source = tmp_path / "burst.py"
         source.write_bytes(once_only_source(marks, sleep=0.3))
         seed = SEED.replace("SOURCE_PATH", repr(str(source)))

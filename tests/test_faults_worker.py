@@ -67,7 +67,17 @@ def queue() -> Iterator[str]:
 
 
 @pytest.fixture
-def workers(queue, tmp_path) -> Iterator:
+def marks(tmp_path) -> Path:
+    """The functions' marker folder: the local sandbox binds it read-write into every box
+    (KUBEFUNCTION_SANDBOX_WRITABLE_DIRS), so uid 65534 must be able to write it."""
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    folder.chmod(0o777)
+    return folder
+
+
+@pytest.fixture
+def workers(queue, tmp_path, marks) -> Iterator:
     """start(**env) starts a `celery worker` on the test's queue; all are killed at the end."""
     started: list[subprocess.Popen] = []
 
@@ -76,7 +86,8 @@ def workers(queue, tmp_path) -> Iterator:
         args = [f"--prefetch-multiplier={prefetch}"]
         if beat:
             args += ["--beat", "--schedule", str(tmp_path / "beat-schedule")]
-        env = celery_env(KUBEFUNCTION_QUEUE=queue, KUBEFUNCTION_DISPATCH_RATE="", **extra)
+        env = celery_env(KUBEFUNCTION_QUEUE=queue, KUBEFUNCTION_DISPATCH_RATE="",
+                         KUBEFUNCTION_SANDBOX_WRITABLE_DIRS=str(marks), **extra)
         try:
             process = start_worker(f"faults-{len(started)}-{os.getpid()}@localhost",
                                    tmp_path / f"worker-{len(started)}.log", env,
@@ -116,16 +127,16 @@ def assert_one_terminal_record_each(task_ids: list[str]) -> None:
     assert sorted(rows) == sorted(task_ids), "one Celery result per execution, no more"
 
 
-def test_worker_child_killed_mid_run_is_run_again_once(user, workers, tmp_path):
+def test_worker_child_killed_mid_run_is_run_again_once(user, workers, marks):
     """SIGKILL of the pool process running a 5-second function: the redelivered message finds
     its claimer dead, records the lost attempt and runs it again; the first runner died with
     its worker process (two starts, one completion) and there is one result."""
     worker = workers()
     trigger = register(user, "slow", SLOW, timeout=30)
     execution = execution_dispatch_many(trigger=trigger, payloads=[
-        {"dir": str(tmp_path), "n": 1, "sleep": 5}])[0]
-    marks = tmp_path / "1"
-    wait_until(lambda: marks.exists() and marks.read_text() == "start\n", 30, "the first start")
+        {"dir": str(marks), "n": 1, "sleep": 5}])[0]
+    mark = marks / "1"
+    wait_until(lambda: mark.exists() and mark.read_text() == "start\n", 30, "the first start")
     execution.refresh_from_db()
     node, pid = parse_worker(execution.worker)
     assert node == worker.hostname
@@ -141,12 +152,12 @@ def test_worker_child_killed_mid_run_is_run_again_once(user, workers, tmp_path):
             for a in execution.attempts] == [(1, "WorkerLost", True, f"{node}/{pid}")]
     assert parse_worker(execution.worker)[1] != pid
     time.sleep(1)  # a first runner left alive would have written "done" by now
-    assert marks.read_text() == "start\nstart\ndone\n"
+    assert mark.read_text() == "start\nstart\ndone\n"
     assert_one_terminal_record_each([execution.task_id])
     assert TaskResult.objects.get(task_id=execution.task_id).status == "SUCCESS"
 
 
-def test_whole_worker_killed_with_fifty_executions_all_end_once(user, workers, tmp_path):
+def test_whole_worker_killed_with_fifty_executions_all_end_once(user, workers, marks):
     """SIGKILL of a worker's whole process group while 50 executions are queued, reserved and
     running: a new worker with beat (the reaper every second) ends every one of them once.
     The first worker prefetches (as any worker with a prefetch multiplier above 1 does), so
@@ -155,7 +166,7 @@ def test_whole_worker_killed_with_fifty_executions_all_end_once(user, workers, t
     first = workers(prefetch=4)
     trigger = register(user, "burst", SLOW, timeout=3)
     executions = execution_dispatch_many(trigger=trigger, payloads=[
-        {"dir": str(tmp_path), "n": n, "sleep": 0.3} for n in range(50)])
+        {"dir": str(marks), "n": n, "sleep": 0.3} for n in range(50)])
     task_ids = [e.task_id for e in executions]
     ids = [e.pk for e in executions]
 
@@ -184,7 +195,7 @@ def test_whole_worker_killed_with_fifty_executions_all_end_once(user, workers, t
         "the reserved messages the kill lost were sent again"
 
 
-def test_sigterm_requeues_countdown_retries_for_the_next_worker(user, workers, tmp_path):
+def test_sigterm_requeues_countdown_retries_for_the_next_worker(user, workers, marks):
     """Executions waiting in a retry countdown (ETA messages the worker holds unacknowledged)
     when their worker is told to stop (SIGTERM): it hands them back, and the next worker runs
     each retry once."""
@@ -192,7 +203,7 @@ def test_sigterm_requeues_countdown_retries_for_the_next_worker(user, workers, t
     trigger = register(user, "retried", FAILS_ONCE, timeout=10, max_retries=1,
                        retry_backoff_seconds=8)
     executions = execution_dispatch_many(trigger=trigger, payloads=[
-        {"dir": str(tmp_path), "n": n} for n in range(5)])
+        {"dir": str(marks), "n": n} for n in range(5)])
     ids = [e.pk for e in executions]
     wait_until(lambda: Execution.objects.filter(pk__in=ids, status="queued", attempt=2)
                .count() == 5, 30, "all five to wait for their retry")
@@ -206,20 +217,20 @@ def test_sigterm_requeues_countdown_retries_for_the_next_worker(user, workers, t
     assert_one_terminal_record_each([e.task_id for e in executions])
     for execution in Execution.objects.filter(pk__in=ids):
         assert (execution.status, execution.attempt, execution.resends) == ("succeeded", 2, 0)
-    assert sorted(p.read_text() for p in tmp_path.iterdir() if p.name.isdigit()) == ["xx"] * 5
+    assert sorted(p.read_text() for p in marks.iterdir() if p.name.isdigit()) == ["xx"] * 5
 
 
 def test_soft_shutdown_requeues_a_running_execution_for_the_next_worker(user, workers,
-                                                                        tmp_path):
+                                                                        marks):
     """A cold shutdown (SIGQUIT; SIGTERM too with REMAP_SIGTERM=SIGQUIT) gives running tasks
     the soft shutdown timeout, then cancels them and requeues their messages: the next worker
     finds the claimer gone, records the lost attempt and runs it again, once."""
     first = workers(KUBEFUNCTION_SOFT_SHUTDOWN_TIMEOUT="1")
     trigger = register(user, "cut-short", SLOW, timeout=30)
     execution = execution_dispatch_many(trigger=trigger, payloads=[
-        {"dir": str(tmp_path), "n": 1, "sleep": 6}])[0]
-    marks = tmp_path / "1"
-    wait_until(lambda: marks.exists() and marks.read_text() == "start\n", 30, "the first start")
+        {"dir": str(marks), "n": 1, "sleep": 6}])[0]
+    mark = marks / "1"
+    wait_until(lambda: mark.exists() and mark.read_text() == "start\n", 30, "the first start")
     os.kill(first.pid, signal.SIGQUIT)
     first.wait(timeout=30)
     execution.refresh_from_db()
@@ -231,5 +242,5 @@ def test_soft_shutdown_requeues_a_running_execution_for_the_next_worker(user, wo
     execution.refresh_from_db()
     assert (execution.status, execution.attempt) == ("succeeded", 2), execution.error
     assert [a["error_type"] for a in execution.attempts] == ["WorkerLost"]
-    assert marks.read_text() == "start\nstart\ndone\n"
+    assert mark.read_text() == "start\nstart\ndone\n"
     assert_one_terminal_record_each([execution.task_id])

@@ -517,3 +517,58 @@ def _host_private_address() -> str:
             return probe.getsockname()[0]
         except OSError:
             return socket.gethostbyname(socket.gethostname())
+
+
+# --- KUBEFUNCTION_SANDBOX_WRITABLE_DIRS ----------------------------------------------------------
+
+SCRATCH = """
+import os
+
+
+def handle(event):
+    with open(os.path.join(event["scratch"], "note"), "x") as handle:
+        handle.write("from the box")
+    try:
+        open(os.path.join(event["beside"], "note"), "x").close()
+        beside = "written"
+    except OSError as exc:
+        beside = exc.errno
+    return {"uid": os.getuid(), "beside": beside, "listing": os.listdir(event["scratch"])}
+"""
+
+
+def test_a_writable_dir_is_bound_read_write_and_nothing_beside_it(api, private_worker,
+                                                                   tmp_path):
+    """The operator's scratch folder is writable from the box at its own path (the host sees
+    the sandbox uid own what was written); its sibling folder stays out of reach."""
+    scratch, beside = tmp_path / "scratch", tmp_path / "beside"
+    for folder in (scratch, beside):
+        folder.mkdir()
+        folder.chmod(0o777)
+    (scratch / "from-host").write_text("host")
+    private_worker(KUBEFUNCTION_SANDBOX_WRITABLE_DIRS=str(scratch))
+    register(api, "scratch", SCRATCH)
+    body = succeeded(run(api, "scratch", {"scratch": str(scratch), "beside": str(beside)}))
+    assert body["uid"] == settings.KUBEFUNCTION_SANDBOX_UID
+    assert sorted(body["listing"]) == ["from-host", "note"]
+    assert body["beside"] in (errno.ENOENT, errno.EROFS, errno.EACCES), body
+    assert list(beside.iterdir()) == []
+    assert (scratch / "note").read_text() == "from the box"
+    assert (scratch / "note").stat().st_uid == settings.KUBEFUNCTION_SANDBOX_UID
+
+
+def test_writable_dirs_that_expose_the_platform_are_refused(settings, tmp_path):
+    work = Path(settings.KUBEFUNCTION_WORK_DIR)
+    refused = ["/", "/etc", "/tmp", "/root", "/run", "/usr/lib", "/var/lib", str(ROOT),
+               str(ROOT.parent), str(ROOT / "kubefunction"), str(settings.VAR_DIR), str(work),
+               str(tmp_path / "missing"), "relative/marks"]
+    work.mkdir(parents=True, exist_ok=True)
+    for path in refused:
+        settings.KUBEFUNCTION_SANDBOX_WRITABLE_DIRS = [path]
+        mode, detail, box = sandbox.state()
+        assert (mode, box) == (sandbox.REFUSING, None), (path, detail)
+        assert f"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS: {path!r}" in detail, detail
+    settings.KUBEFUNCTION_SANDBOX_WRITABLE_DIRS = [str(tmp_path)]
+    mode, detail, box = sandbox.state()
+    assert mode == sandbox.SANDBOXED and box.writable == (str(tmp_path),), detail
+    assert f"read-write {tmp_path}" in detail

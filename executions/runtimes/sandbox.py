@@ -78,6 +78,7 @@ class Sandbox:
     tmp_bytes: int
     version: str
     sized_tmp: bool  # it sizes a tmpfs itself (`--size`: bubblewrap ≥ 0.9, some builds before)
+    writable: tuple[str, ...] = ()  # KUBEFUNCTION_SANDBOX_WRITABLE_DIRS, checked
 
     @property
     def privileged(self) -> bool:
@@ -99,11 +100,17 @@ class Sandbox:
         # Always a new, empty network namespace: a function that opted into the network does
         # not get one from this runtime (see docs/security.md).
         args.append("--unshare-net")
-        args += _allowed_mounts(python, code, deps)
+        made: set[str] = {"/", "/usr", HOME}
+        args += _allowed_mounts(python, code, deps, made)
         args += ["--ro-bind", runner, RUNNER, "--dir", HOME]
         if self.sized_tmp:
             args += ["--perms", "1777", "--size", str(self.tmp_bytes)]
-        args += ["--tmpfs", HOME, "--remount-ro", "/", "--chdir", CODE_DIR]
+        args += ["--tmpfs", HOME]
+        # After the private /tmp, which would otherwise hide a folder under /tmp; a bind is its
+        # own mount, so the read-only remount of / below leaves it writable.
+        for path in self.writable:
+            args += [*_parents(path, made), "--bind", path, path]
+        args += ["--remount-ro", "/", "--chdir", CODE_DIR]
         command = [python, *python_flags, "-c", BOOTSTRAP, *runner_args]
         if self.privileged:
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
@@ -147,7 +154,7 @@ def _memfd(name: str, content: bytes) -> int:
     return fd
 
 
-def _allowed_mounts(python: str, code: Path, deps: list[Path]) -> list[str]:
+def _allowed_mounts(python: str, code: Path, deps: list[Path], made: set[str]) -> list[str]:
     """The allow-list the sandbox's root is built from: read-only binds, nothing else."""
     args = ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
@@ -160,7 +167,6 @@ def _allowed_mounts(python: str, code: Path, deps: list[Path]) -> list[str]:
              if not _under(prefix, "/usr")]
     if not any(_under(python, prefix) for prefix in ("/usr", *binds)):
         binds.append(python)
-    made: set[str] = {"/", "/usr"}
     for path in binds:
         args += [*_parents(path, made), "--ro-bind", path, path]
     for path in ETC_ALLOWED:
@@ -207,7 +213,44 @@ def configured() -> Sandbox | None:
     return Sandbox(bwrap=bwrap, uid=settings.KUBEFUNCTION_SANDBOX_UID,
                    gid=settings.KUBEFUNCTION_SANDBOX_GID,
                    tmp_bytes=settings.KUBEFUNCTION_SANDBOX_TMP_MB * 1024 * 1024,
+                   writable=tuple(os.path.realpath(path) for path
+                                  in settings.KUBEFUNCTION_SANDBOX_WRITABLE_DIRS),
                    **_features(bwrap))
+
+
+# Folders a writable bind may neither be nor hold: the host's system and the platform's state.
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64",
+               "/libx32", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp",
+               "/usr", "/var")
+# Folders a writable bind may not lie inside either (/tmp and /home may hold a scratch folder).
+CLOSED_TREES = ("/boot", "/dev", "/etc", "/proc", "/root", "/run", "/sys", "/usr", "/var",
+                "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def writable_problem(paths: list[str]) -> str | None:
+    """Why KUBEFUNCTION_SANDBOX_WRITABLE_DIRS cannot be bound read-write into every box, or None.
+
+    A writable bind is shared by every function of every user, so it must be a scratch folder
+    of its own: never the repository, the work dir (other users' sources), `var/`, the
+    interpreter, a system folder, nor anything holding one of them."""
+    platform = [os.path.realpath(path) for path in (
+        settings.BASE_DIR, settings.KUBEFUNCTION_WORK_DIR, getattr(settings, "VAR_DIR", ""),
+        sys.base_prefix, sys.base_exec_prefix) if str(path)]
+    for path in paths:
+        if not os.path.isabs(path):
+            return f"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS: {path!r} is not an absolute path"
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            return f"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS: {path!r} is not a folder"
+        for guarded in (*platform, *SYSTEM_DIRS):
+            if _under(guarded, real):
+                return (f"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS: {path!r} is or holds {guarded}, "
+                        "a platform or system folder")
+        for guarded in (*platform, *CLOSED_TREES):
+            if _under(real, guarded):
+                return (f"KUBEFUNCTION_SANDBOX_WRITABLE_DIRS: {path!r} lies inside {guarded}, "
+                        "a platform or system folder")
+    return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -262,8 +305,11 @@ def probe(sandbox: Sandbox) -> tuple[bool, str]:
 def state() -> tuple[str, str, Sandbox | None]:
     """(mode, human-readable detail, the sandbox when the mode is `sandboxed`)."""
     sandbox = configured()
+    problem = writable_problem(settings.KUBEFUNCTION_SANDBOX_WRITABLE_DIRS)
     if sandbox is None:
         why = f"bubblewrap not found at {settings.KUBEFUNCTION_SANDBOX_BWRAP}"
+    elif problem:
+        why = problem
     else:
         ok, why = probe(sandbox)
         if ok:
@@ -272,7 +318,9 @@ def state() -> tuple[str, str, Sandbox | None]:
             tmp = (f"/tmp {sandbox.tmp_bytes // (1024 * 1024)} MiB"
                    if sandbox.privileged or sandbox.sized_tmp
                    else "/tmp unsized (bubblewrap < 0.9 without root)")
-            return SANDBOXED, f"{SANDBOXED} ({why}; {uid}; {tmp}; no network)", sandbox
+            shared = (f"; read-write {', '.join(sandbox.writable)}" if sandbox.writable
+                      else "")
+            return SANDBOXED, f"{SANDBOXED} ({why}; {uid}; {tmp}; no network{shared})", sandbox
     if settings.KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED:
         return UNSANDBOXED_TRUSTED, (f"{UNSANDBOXED_TRUSTED}: {why}; every function runs as the "
                                      "worker's user (KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED)"), None
