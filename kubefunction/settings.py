@@ -406,6 +406,10 @@ KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED = env.bool("KUBEFUNCTION_LOCAL_UNSANDBOXE
 # that is missing, or one that is, holds or lies inside a platform folder (the repository, the
 # work dir, /, /etc, /root, /run, /usr, /var, …).
 KUBEFUNCTION_SANDBOX_WRITABLE_DIRS = env.list("KUBEFUNCTION_SANDBOX_WRITABLE_DIRS", default=[])
+# A local function with `network: true` gets a user-mode NAT (slirp4netns; no host loopback, the
+# host's own and private addresses rejected) only when this is true; otherwise it fails, saying
+# so. Needs a root worker, slirp4netns, nsenter and iptables.
+KUBEFUNCTION_LOCAL_ALLOW_NETWORK = env.bool("KUBEFUNCTION_LOCAL_ALLOW_NETWORK", default=False)
 
 # --- Images ----------------------------------------------------------------------------------
 # Base of every function image; `make services` builds the default locally (no public registry

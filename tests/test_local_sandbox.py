@@ -360,14 +360,56 @@ def test_cannot_connect_to_the_platforms_services(api, probe):
     assert failed_with(output[f"{host_address}:5432"], errno.ENETUNREACH)
 
 
-def test_a_network_enabled_function_still_cannot_reach_the_host(api, worker):
+def test_network_is_refused_unless_the_operator_allows_it(api, worker):
     register(api, "wants-net", PROBE, network="true")
-    host_address = _host_private_address()
-    tcp = [("127.0.0.1", 5432), ("127.0.0.1", 6379), (host_address, 5432),
-           (host_address, 6379), ("10.0.2.2", 5432)]
-    output = succeeded(run(api, "wants-net", {"probe": "network", "tcp": tcp, "unix": []}))
-    for host, port in tcp:
-        assert failed_with(output[f"{host}:{port}"]), (host, port, output[f"{host}:{port}"])
+    body = run(api, "wants-net", {"probe": "network", "tcp": [], "unix": []})
+    assert body["status"] == "failed", body
+    assert "KUBEFUNCTION_LOCAL_ALLOW_NETWORK=true" in body["error"], body
+
+
+NETWORKED = """
+import socket
+
+
+def handle(event):
+    reached = {}
+    for host, port in event["tcp"]:
+        with socket.socket() as sock:
+            sock.settimeout(3)
+            try:
+                sock.connect((host, port))
+                reached[f"{host}:{port}"] = "connected"
+            except OSError as exc:
+                reached[f"{host}:{port}"] = exc.errno or str(exc)
+    with open("/proc/net/route") as routes:
+        table = [line.split()[:3] for line in routes.read().splitlines()[1:]]
+    with open("/proc/net/dev") as devices:
+        interfaces = [line.split(":")[0].strip() for line in devices.read().splitlines()[2:]]
+    return {"reached": reached, "routes": table, "interfaces": interfaces}
+"""
+
+
+def test_an_allowed_network_reaches_neither_the_host_nor_private_ranges(api, private_worker):
+    """Operator allowed, function asked: the box has slirp4netns's tap0 and a default route, yet
+    the host's loopback, every address of the host and private ranges are out of reach."""
+    import psutil
+
+    private_worker(KUBEFUNCTION_LOCAL_ALLOW_NETWORK="true")
+    register(api, "net", NETWORKED, network="true", timeout_seconds="60")
+    own = sorted({a.address for addresses in psutil.net_if_addrs().values()
+                  for a in addresses if a.family == socket.AF_INET})
+    # Ports the host listens on at every address: slirp's NAT alone would reach these.
+    wildcard = sorted({c.laddr.port for c in psutil.net_connections("tcp4")
+                       if c.status == psutil.CONN_LISTEN and c.laddr.ip == "0.0.0.0"})
+    tcp = [("127.0.0.1", 5432), ("127.0.0.1", 6379), ("127.0.0.1", 5000), ("10.0.2.2", 5432),
+           ("10.0.2.2", 6379), ("192.168.1.1", 80), ("172.17.0.1", 5000), ("169.254.169.254", 80),
+           ("100.64.0.1", 80),
+           *[(address, port) for address in own for port in (5432, 6379, 5000, *wildcard)]]
+    body = succeeded(run(api, "net", {"tcp": tcp}, wait=60))
+    assert "tap0" in body["interfaces"], body
+    assert ["tap0", "00000000", "0202000A"] in body["routes"], body  # default via 10.0.2.2
+    reached = {target: how for target, how in body["reached"].items() if how == "connected"}
+    assert not reached, reached
 
 
 def test_cannot_write_outside_its_tmp(api, probe):

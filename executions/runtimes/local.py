@@ -78,7 +78,7 @@ def deps_dir(spec: FunctionSpec) -> Path | None:
 def pool_key(spec: FunctionSpec) -> tuple:
     """Processes are interchangeable only if everything that shaped them at start is equal."""
     return (spec.version_id, spec.sha256, spec.handler, spec.mode, spec.memory_mb,
-            spec.requirements.strip(), tuple(sorted(spec.env.items())))
+            spec.network, spec.requirements.strip(), tuple(sorted(spec.env.items())))
 
 
 def _pool_limits() -> PoolLimits:
@@ -101,8 +101,10 @@ class LocalRuntime(PooledRuntime):
     """Runs each function in a child process of the worker: the embedded default.
 
     Each runner starts inside bubblewrap (see `sandbox`): its own uid, PID, mount, IPC, UTS and
-    network namespaces, a root holding only the interpreter, the runner, the version's code and
-    its dependencies (read-only), a private size-limited /tmp; plus an isolated interpreter, a
+    network namespaces (a function asking for network gets slirp4netns's NAT, walled off from
+    the host and private ranges, where KUBEFUNCTION_LOCAL_ALLOW_NETWORK), a root holding only
+    the interpreter, the runner, the version's code and its dependencies (read-only), a
+    private size-limited /tmp; plus an isolated interpreter, a
     minimal environment (never the worker's, which holds secrets), an address-space limit
     (RLIMIT_AS, which counts virtual memory, so thread-heavy libraries need more), a process
     limit, and a deadline enforced by killing the sandbox. Where no sandbox can be had, only
@@ -223,6 +225,9 @@ class LocalRuntime(PooledRuntime):
         may not run here at all."""
         mode, detail, sandbox = sandboxing.state()
         if mode == sandboxing.SANDBOXED:
+            refusal = sandboxing.network_refusal(sandbox) if spec.network else None
+            if refusal:  # failing says why; running it without network would hide it
+                raise RuntimeFailure(refusal)
             return sandbox
         if mode == sandboxing.UNSANDBOXED_TRUSTED or spec.owner_trusted:
             return None
@@ -244,6 +249,7 @@ class LocalRuntime(PooledRuntime):
                 source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
                 mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb, homes=homes,
                 sandbox=sandbox, limits=_sandbox_limits(spec) if sandbox else (),
+                network=spec.network and sandbox is not None,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeUnavailable(f"could not start the function's process: {exc}") from exc

@@ -38,7 +38,7 @@ from functions import runner as runner_module
 
 from .framing import FrameError, FrameReader, LogBuffer
 from .sandbox import HOME as SANDBOX_HOME
-from .sandbox import Sandbox, interpreter, materialize, sandbox_paths
+from .sandbox import Network, Sandbox, interpreter, materialize, sandbox_paths
 
 RUNNER_PATH = Path(runner_module.__file__).resolve()
 # -I: no user site, no PYTHON* variables, no script folder on sys.path; -S: no site-packages at
@@ -161,8 +161,10 @@ class RunnerProcess:
     """A live runner child. Not thread-safe: one request at a time, by whoever holds it."""
 
     def __init__(self, popen: subprocess.Popen, home: str | None,
-                 spawned_at: float | None = None, boxed: bool = False) -> None:
+                 spawned_at: float | None = None, boxed: bool = False,
+                 network: Network | None = None) -> None:
         self.popen = popen
+        self.network = network  # the box's slirp4netns, ended with it
         self.boxed = boxed  # started inside bubblewrap, which reports a signal as 128 + n
         self.pid = popen.pid
         self.home = home
@@ -189,7 +191,7 @@ class RunnerProcess:
     def spawn(cls, *, source_dir: Path, extra_paths: list[Path], handler: str, mode: str,
               env: dict[str, str], memory_mb: int, homes: Path,
               sandbox: Sandbox | None = None, limits: tuple[tuple[int, int], ...] = (),
-              ) -> RunnerProcess:
+              network: bool = False) -> RunnerProcess:
         """Start a runner for the function in `source_dir`, its HOME a new folder in `homes`
         (or, in `sandbox`, the sandbox's private /tmp); raises OSError if it cannot start."""
         # No Python-level locks or imports between fork and exec: a partial of a function
@@ -198,7 +200,8 @@ class RunnerProcess:
                                     threading.current_thread() is threading.main_thread(),
                                     limits)
         if sandbox is not None:
-            return cls._spawn_boxed(sandbox, source_dir, extra_paths, handler, mode, env, preexec)
+            return cls._spawn_boxed(sandbox, source_dir, extra_paths, handler, mode, env, preexec,
+                                    network)
         argv = [sys.executable, *PYTHON_FLAGS, str(RUNNER_PATH), "--serve",
                 "--root", str(source_dir), "--handler", handler, "--mode", mode]
         for path in extra_paths:
@@ -219,15 +222,22 @@ class RunnerProcess:
 
     @classmethod
     def _spawn_boxed(cls, sandbox: Sandbox, source_dir: Path, extra_paths: list[Path],
-                     handler: str, mode: str, env: dict[str, str], preexec) -> RunnerProcess:
+                     handler: str, mode: str, env: dict[str, str], preexec,
+                     network: bool = False) -> RunnerProcess:
         code, deps = sandbox_paths(extra_paths)
         runner_args = ["--serve", "--root", code, "--handler", handler, "--mode", mode]
         for path in deps:
             runner_args += ["--path", path]
         argv, data = sandbox.command(python=interpreter(), python_flags=PYTHON_FLAGS,
                                      runner=str(RUNNER_PATH), code=source_dir, deps=extra_paths,
-                                     runner_args=runner_args, env=runner_env(SANDBOX_HOME, env))
+                                     runner_args=runner_args, env=runner_env(SANDBOX_HOME, env),
+                                     network=network)
         argv, fds = materialize(argv, data)
+        wiring = Network() if network else None
+        if wiring is not None:
+            for name, fd in wiring.child_fds().items():
+                argv = [part.replace(f"{{{name}}}", str(fd)) for part in argv]
+                fds.append(fd)
         spawned_at = time.monotonic()
         try:
             # bubblewrap itself gets no environment at all: the runner's is in a file of the box.
@@ -237,10 +247,22 @@ class RunnerProcess:
                 start_new_session=True, preexec_fn=preexec, close_fds=True,
                 pass_fds=fds, bufsize=0,
             )
+        except BaseException:
+            if wiring is not None:
+                wiring.close()
+            raise
         finally:
             for fd in fds:
-                os.close(fd)
-        return cls(popen, None, spawned_at, boxed=True)
+                if wiring is None or fd not in wiring.child_fds().values():
+                    os.close(fd)
+        process = cls(popen, None, spawned_at, boxed=True, network=wiring)
+        if wiring is not None:
+            try:
+                wiring.start()
+            except BaseException:
+                process.kill()
+                raise
+        return process
 
     @property
     def cold_start_seconds(self) -> float | None:
@@ -426,3 +448,5 @@ class RunnerProcess:
                     pass
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
+        if self.network is not None:
+            self.network.close()

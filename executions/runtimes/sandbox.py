@@ -5,8 +5,10 @@ The sandbox's root is an empty tmpfs holding only what `_allowed_mounts` lists, 
 /usr (and the merged-/usr symlinks), the interpreter's prefix, a few certificate/time-zone files
 of /etc, the runner module, the version's code and its dependencies. /proc is the sandbox's own
 (a new PID namespace: the worker is not visible), /dev a minimal one, /tmp a private
-size-limited tmpfs that is also HOME. The network namespace is always new and empty (loopback
-only): this runtime gives no function a network, whatever it asks for. bubblewrap's options
+size-limited tmpfs that is also HOME. The network namespace is always new: empty (loopback
+only), or, for a function that asks for network where the operator allows it
+(KUBEFUNCTION_LOCAL_ALLOW_NETWORK), given a user-mode NAT by slirp4netns (`Network`), whose
+namespace's firewall rejects the host's own and every private address. bubblewrap's options
 travel in a memfd (`--args`), the function's environment in another one the box reads first.
 
 The uid as the host sees it: bubblewrap started by root without a user namespace does not change
@@ -21,7 +23,10 @@ namespace, and the host sees the worker's own uid (doctor says so).
 from __future__ import annotations
 
 import functools
+import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +69,16 @@ BOOTSTRAP = (
     "del _f, _env, _item, _key, _value\n"
     "exec(_code)\n"
 )
+SLIRP4NETNS = "/usr/bin/slirp4netns"
+NSENTER = "/usr/bin/nsenter"
+IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
+# slirp4netns's own DNS forwarder, the one private address a networked box may reach (port 53).
+SLIRP_DNS = "10.0.2.3"
+# Reached through slirp's NAT these would be the host's and its neighbours' services.
+PRIVATE_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+              "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+              "224.0.0.0/3")
+NETWORK_TIMEOUT = 10.0
 FIX = ("install bubblewrap (apt-get install bubblewrap, or scripts/sandbox.sh), or on a trusted "
        "single-user machine set KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED=true")
 
@@ -87,9 +102,10 @@ class Sandbox:
 
     def command(self, *, python: str, python_flags: tuple[str, ...], runner: str, code: Path,
                 deps: list[Path], runner_args: list[str], env: dict[str, str],
-                ) -> tuple[list[str], dict[str, bytes]]:
+                network: bool = False) -> tuple[list[str], dict[str, bytes]]:
         """(argv, {"args": bubblewrap's options, "env": the runner's environment}) of one boxed
-        runner; `materialize` puts them in memfds and their numbers in place."""
+        runner; `materialize` puts them in memfds and their numbers in place. With `network`
+        the argv has `{info}` and `{block}` for `Network.start`'s pipes."""
         args = ["--die-with-parent", "--new-session", "--clearenv"]
         if self.privileged:
             # No user namespace: it would only map uid 0, so the drop below could not happen.
@@ -97,8 +113,7 @@ class Sandbox:
         else:
             args += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
                      "--unshare-cgroup-try", "--uid", str(self.uid), "--gid", str(self.gid)]
-        # Always a new, empty network namespace: a function that opted into the network does
-        # not get one from this runtime (see docs/security.md).
+        # Always a new network namespace: empty, or with slirp4netns's NAT (`Network`).
         args.append("--unshare-net")
         made: set[str] = {"/", "/usr", HOME}
         args += _allowed_mounts(python, code, deps, made)
@@ -122,7 +137,116 @@ class Sandbox:
                 "env": b"".join(f"{key}={value}".encode("utf-8", "surrogateescape") + b"\0"
                                 for key, value in env.items())}
         # The command itself stays on the command line: bubblewrap reads only options from FD.
-        return [self.bwrap, "--args", "{args}", "--", *command], data
+        # bubblewrap waits on {block} until `Network.start` has wired and walled the namespace.
+        wait = ["--info-fd", "{info}", "--block-fd", "{block}"] if network else []
+        return [self.bwrap, *wait, "--args", "{args}", "--", *command], data
+
+
+def network_refusal(sandbox: Sandbox) -> str | None:
+    """Why a function that asks for network cannot have it in this box, or None."""
+    if not settings.KUBEFUNCTION_LOCAL_ALLOW_NETWORK:
+        return ("the function asks for network, and the local runtime gives none unless the "
+                "operator sets KUBEFUNCTION_LOCAL_ALLOW_NETWORK=true (or use the docker runtime)")
+    if not sandbox.privileged:
+        return ("the function asks for network, which a local box has only when the worker "
+                "runs as root (its firewall is set from outside the box)")
+    for tool in (SLIRP4NETNS, NSENTER, IPTABLES_RESTORE):
+        if not os.access(tool, os.X_OK):
+            return f"the function asks for network, and {tool} is missing (apt-get install " \
+                   "slirp4netns iptables)"
+    return None
+
+
+def firewall_rules(host_addresses: list[str]) -> str:
+    """iptables-restore input for a networked box: the outside only (slirp's NAT), never the
+    host's own addresses nor any private range; DNS through slirp's forwarder."""
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
+             "-A OUTPUT -o lo -j ACCEPT",
+             f"-A OUTPUT -d {SLIRP_DNS}/32 -p udp --dport 53 -j ACCEPT",
+             f"-A OUTPUT -d {SLIRP_DNS}/32 -p tcp --dport 53 -j ACCEPT"]
+    for target in (*PRIVATE_V4, *(f"{address}/32" for address in host_addresses)):
+        lines.append(f"-A OUTPUT -d {target} -j REJECT --reject-with icmp-admin-prohibited")
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def host_ipv4_addresses() -> list[str]:
+    import psutil  # only a networked box needs it
+
+    return sorted({address.address for addresses in psutil.net_if_addrs().values()
+                   for address in addresses if address.family == socket.AF_INET})
+
+
+class Network:
+    """The slirp4netns of one networked box: started once bubblewrap made the namespace, before
+    the box may go on; it ends when `close()` closes its exit pipe (or the worker dies)."""
+
+    def __init__(self) -> None:
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        self.exit_r, self.exit_w = os.pipe()
+        self.slirp: subprocess.Popen | None = None
+
+    def child_fds(self) -> dict[str, int]:
+        return {"info": self.info_w, "block": self.block_r}
+
+    def start(self) -> None:
+        """After bubblewrap started (its ends of the pipes closed here): wire, wall, release.
+        Raises OSError when any step fails (the caller kills the box)."""
+        for fd in (self.info_w, self.block_r):
+            os.close(fd)
+        self.info_w = self.block_r = -1
+        pid = self._child_pid()
+        ready_r, ready_w = os.pipe()
+        try:
+            self.slirp = subprocess.Popen(
+                [SLIRP4NETNS, "--configure", "--mtu=65520", "--disable-host-loopback",
+                 "--enable-sandbox", "--enable-seccomp", "--ready-fd", str(ready_w),
+                 "--exit-fd", str(self.exit_r), str(pid), "tap0"],
+                pass_fds=(ready_w, self.exit_r), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={},
+                start_new_session=True)
+            os.close(ready_w)
+            ready_w = -1
+            if not select.select([ready_r], [], [], NETWORK_TIMEOUT)[0] \
+                    or os.read(ready_r, 1) != b"1":
+                raise OSError("slirp4netns did not get ready")
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+        walled = subprocess.run([NSENTER, "-t", str(pid), "-n", IPTABLES_RESTORE],
+                                input=firewall_rules(host_ipv4_addresses()), text=True,
+                                capture_output=True, timeout=NETWORK_TIMEOUT, env={})
+        if walled.returncode != 0:
+            raise OSError(f"the box's firewall could not be set: {walled.stderr.strip()[-300:]}")
+        os.write(self.block_w, b"1")
+
+    def _child_pid(self) -> int:
+        data = b""
+        deadline = NETWORK_TIMEOUT
+        while select.select([self.info_r], [], [], deadline)[0]:
+            chunk = os.read(self.info_r, 4096)
+            if not chunk:
+                break
+            data += chunk
+            try:
+                return int(json.loads(data)["child-pid"])
+            except (ValueError, KeyError):
+                continue
+        raise OSError(f"bubblewrap did not report its child: {data[:200]!r}")
+
+    def close(self) -> None:
+        for name in ("info_r", "info_w", "block_r", "block_w", "exit_r", "exit_w"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        if self.slirp is not None:
+            try:
+                self.slirp.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.slirp.kill()
+                self.slirp.wait()
 
 
 def materialize(argv: list[str], data: dict[str, bytes]) -> tuple[list[str], list[int]]:
