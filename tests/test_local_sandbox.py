@@ -538,6 +538,11 @@ def test_readyz_and_doctor_say_which_mode_is_in_force(client, settings, worker):
     out = StringIO()
     call_command("doctor", stdout=out)
     assert "sandbox   local runtime: sandboxed (" in out.getvalue()
+    assert "; no network" in out.getvalue()
+    settings.KUBEFUNCTION_LOCAL_ALLOW_NETWORK = True
+    detail = client.get("/readyz?check=sandbox").json()["checks"]["sandbox"]["detail"]
+    assert "network (slirp4netns) for functions asking for it" in detail, detail
+    settings.KUBEFUNCTION_LOCAL_ALLOW_NETWORK = False
 
     settings.KUBEFUNCTION_SANDBOX_BWRAP = "/nonexistent/bwrap"
     response = client.get("/readyz?check=sandbox")

@@ -444,7 +444,9 @@ def state() -> tuple[str, str, Sandbox | None]:
                    else "/tmp unsized (bubblewrap < 0.9 without root)")
             shared = (f"; read-write {', '.join(sandbox.writable)}" if sandbox.writable
                       else "")
-            return SANDBOXED, f"{SANDBOXED} ({why}; {uid}; {tmp}; no network{shared})", sandbox
+            net = ("network (slirp4netns) for functions asking for it"
+                   if settings.KUBEFUNCTION_LOCAL_ALLOW_NETWORK else "no network")
+            return SANDBOXED, f"{SANDBOXED} ({why}; {uid}; {tmp}; {net}{shared})", sandbox
     if settings.KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED:
         return UNSANDBOXED_TRUSTED, (f"{UNSANDBOXED_TRUSTED}: {why}; every function runs as the "
                                      "worker's user (KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED)"), None
