@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local runtime's sandbox (docs/security.md, "Local runtime sandbox"): installs bubblewrap
-# (and util-linux's setpriv) from apt when they are missing, then proves the box works by starting
+# The local runtime's sandbox (docs/security.md, "Local runtime sandbox"): installs bubblewrap,
+# util-linux's setpriv/nsenter, slirp4netns and iptables from apt when they are missing, then proves the box works by starting
 # one the way the runtime does. Idempotent; exits non-zero, saying why, when no sandbox can be had
 # (then the local runtime runs only staff users' functions). `make install` and `.ci/run` run it.
 #
@@ -14,7 +14,11 @@ APT_LOG=var/log/apt-sandbox.log
 
 missing=()
 [ -x "$BWRAP" ] || missing+=(bubblewrap)
-[ -x /usr/bin/setpriv ] || missing+=(util-linux)
+[ -x /usr/bin/setpriv ] && [ -x /usr/bin/nsenter ] || missing+=(util-linux)
+# A box whose function may use the network (KUBEFUNCTION_LOCAL_ALLOW_NETWORK): slirp4netns gives
+# it a user-mode network, iptables keeps the host's loopback and private addresses out of reach.
+command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+command -v iptables-restore >/dev/null || [ -x /usr/sbin/iptables-restore ] || missing+=(iptables)
 if ((${#missing[@]})); then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
