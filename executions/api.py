@@ -27,8 +27,10 @@ from .serializers import (
 _DETAIL = inline_serializer("ErrorDetail", {"detail": serializers.CharField()})
 _STATUS_CONFLICT = inline_serializer(
     "StatusConflict", {"status": serializers.ListField(child=serializers.CharField())})
-_FIELD_ERRORS = {"type": "object", "description": "The field the error names, with its messages.",
-                 "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+_FIELD_ERRORS = {"type": "object", "description": "The field the error names, with its messages "
+                 "(or `detail`, a string, when the body cannot be parsed at all).",
+                 "additionalProperties": {"anyOf": [
+                     {"type": "array", "items": {"type": "string"}}, {"type": "string"}]}}
 _NOT_YOURS = {
     403: OpenApiResponse(_DETAIL, description="Not authenticated, or you may see this execution "
                          "but not change it (executions.change_execution)."),
