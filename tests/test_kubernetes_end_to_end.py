@@ -66,12 +66,20 @@ def test_worker_killed_mid_job_gives_one_job_and_one_result(api, celery_worker_p
     version = version_wait(version=version, timeout=180)
     assert version.status == "ready", version.build_log
     created_before = worker_kube.api_calls.count(("create", "jobs"))
+    secrets_before = worker_kube.api_calls.count(("create", "secrets"))
     task_id = api.post(f"/api/triggers/{name}/dispatch/", {"payload": {}},
                        format="json").json()["task_id"]
     deadline = time.monotonic() + 30
     while worker_kube.api_calls.count(("create", "jobs")) == created_before:
         assert time.monotonic() < deadline, "the Job was never created"
         time.sleep(0.05)
+    # Kill while the Job runs: once its request Secret is there, the pool process is watching
+    # the Job (a kill between the Job and its Secret is the retry-adoption case of the runtime's
+    # own tests).
+    while worker_kube.api_calls.count(("create", "secrets")) <= secrets_before:
+        assert time.monotonic() < deadline, "the request Secret was never created"
+        time.sleep(0.05)
+    time.sleep(1.0)
     for child in psutil.Process(celery_worker_process.pid).children(recursive=False):
         child.send_signal(signal.SIGKILL)
 
