@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
-	@bash scripts/sandbox.sh || echo "WARNING: no sandbox for the local runtime: only staff users' functions run (docs/security.md)" >&2
+	@bash scripts/sandbox.sh || echo "WARNING: no sandbox for the local runtime: only superusers' functions run (docs/security.md)" >&2
 
 migrate: install
 	@mkdir -p var

@@ -19,5 +19,5 @@ def version_spec(version: FunctionVersion) -> FunctionSpec:
         handler=version.handler, mode=version.mode, requirements=version.requirements,
         timeout_seconds=function.timeout_seconds, memory_mb=function.memory_mb,
         env=dict(function.env_vars or {}), image=version.image, network=function.network,
-        payload_retention=function.payload_retention, owner_trusted=function.owner.is_staff,
+        payload_retention=function.payload_retention, owner_trusted=function.owner.is_superuser,
     )

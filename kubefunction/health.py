@@ -63,7 +63,7 @@ def check_runtime() -> tuple[bool, str]:
 
 def check_sandbox() -> tuple[bool, str]:
     """The local runtime's mode: sandboxed, unsandboxed-trusted or refusing (non-staff users'
-    functions). Refusing is not a failure: staff users' functions still run, and a probe must
+    functions). Refusing is not a failure: superusers' functions still run, and a probe must
     not take the web process out of service for it; the detail names the fix."""
     from executions.runtimes import sandbox
 

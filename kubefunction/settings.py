@@ -392,7 +392,7 @@ KUBEFUNCTION_WARM_IDLE_SECONDS = env.int("KUBEFUNCTION_WARM_IDLE_SECONDS", defau
 # Local runtime sandbox (docs/security.md): bubblewrap's path, the unprivileged uid/gid runners
 # run as (as the host sees them, when the worker is root), the size of their private /tmp (also
 # the largest file they may write), and the process limit of the sandbox uid (all runners
-# together). Without a working bubblewrap only staff users' functions run, unless the machine
+# together). Without a working bubblewrap only superusers' functions run, unless the machine
 # is declared a trusted single-user one (then every function runs unboxed as the worker).
 KUBEFUNCTION_SANDBOX_BWRAP = env.str("KUBEFUNCTION_SANDBOX_BWRAP", default="/usr/bin/bwrap")
 KUBEFUNCTION_SANDBOX_UID = env.int("KUBEFUNCTION_SANDBOX_UID", default=65534)

@@ -2,7 +2,7 @@
 # The local runtime's sandbox (docs/security.md, "Local runtime sandbox"): installs bubblewrap,
 # util-linux's setpriv/nsenter, slirp4netns and iptables from apt when they are missing, then proves the box works by starting
 # one the way the runtime does. Idempotent; exits non-zero, saying why, when no sandbox can be had
-# (then the local runtime runs only staff users' functions). `make install` and `.ci/run` run it.
+# (then the local runtime runs only superusers' functions). `make install` and `.ci/run` run it.
 #
 #   scripts/sandbox.sh    install what is missing, probe, print the mode
 set -euo pipefail

@@ -519,11 +519,16 @@ def test_without_a_sandbox_non_staff_functions_are_refused(api, private_worker, 
     assert "bubblewrap not found at /nonexistent/bwrap" in body["error"]
     assert "apt-get install bubblewrap" in body["error"] and "scripts/sandbox.sh" in body["error"]
     assert "KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED=true" in body["error"]
-    # A staff user's function still runs, unboxed (as the worker's uid).
+    # is_staff grants nothing (a view-only staff user must not get the worker's uid): refused.
     staff = APIClient()
-    staff.force_authenticate(django_user_model.objects.create_user("carol", is_staff=True))
+    staff.force_authenticate(django_user_model.objects.create_user("dave", is_staff=True))
     register(staff, "staff-no-box", "import os\ndef handle(event):\n    return os.getuid()\n")
-    assert succeeded(run(staff, "staff-no-box", {})) == os.geteuid()
+    assert "refuses to run this function" in run(staff, "staff-no-box", {})["error"]
+    # A superuser's function still runs, unboxed (as the worker's uid).
+    superuser = APIClient()
+    superuser.force_authenticate(django_user_model.objects.create_superuser("carol"))
+    register(superuser, "root-no-box", "import os\ndef handle(event):\n    return os.getuid()\n")
+    assert succeeded(run(superuser, "root-no-box", {})) == os.geteuid()
 
     # The operator declares the machine trusted: every function runs, unboxed.
     private_worker.stop_all()
@@ -546,7 +551,7 @@ def test_readyz_and_doctor_say_which_mode_is_in_force(client, settings, worker):
 
     settings.KUBEFUNCTION_SANDBOX_BWRAP = "/nonexistent/bwrap"
     response = client.get("/readyz?check=sandbox")
-    assert response.status_code == 200  # staff users' functions still run
+    assert response.status_code == 200  # superusers' functions still run
     detail = response.json()["checks"]["sandbox"]["detail"]
     assert detail.startswith("local runtime: refusing: bubblewrap not found"), detail
     assert "apt-get install bubblewrap" in detail

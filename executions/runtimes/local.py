@@ -108,7 +108,7 @@ class LocalRuntime(PooledRuntime):
     minimal environment (never the worker's, which holds secrets), an address-space limit
     (RLIMIT_AS, which counts virtual memory, so thread-heavy libraries need more), a process
     limit, and a deadline enforced by killing the sandbox. Where no sandbox can be had, only
-    staff users' functions run, unboxed, unless the operator declared the machine trusted
+    superusers' functions run, unboxed, unless the operator declared the machine trusted
     (KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED); `health()` says which mode is in force.
 
     Sources are unpacked into KUBEFUNCTION_WORK_DIR/sources/<sha256>/, requirements installed into
@@ -232,7 +232,7 @@ class LocalRuntime(PooledRuntime):
         if mode == sandboxing.UNSANDBOXED_TRUSTED or spec.owner_trusted:
             return None
         raise RuntimeFailure(f"the local runtime refuses to run this function (its owner is not "
-                             f"staff) without a sandbox: {detail}")
+                             f"a superuser) without a sandbox: {detail}")
 
     def _spawn(self, spec: FunctionSpec, sandbox: sandboxing.Sandbox | None) -> RunnerProcess:
         source, deps = self._ensure_ready(spec)

@@ -450,6 +450,6 @@ def state() -> tuple[str, str, Sandbox | None]:
     if settings.KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED:
         return UNSANDBOXED_TRUSTED, (f"{UNSANDBOXED_TRUSTED}: {why}; every function runs as the "
                                      "worker's user (KUBEFUNCTION_LOCAL_UNSANDBOXED_TRUSTED)"), None
-    return REFUSING, (f"{REFUSING}: {why}; only staff users' functions run (unsandboxed). "
+    return REFUSING, (f"{REFUSING}: {why}; only superusers' functions run (unsandboxed). "
                       f"Fix: {FIX}"), None
 
