@@ -14,6 +14,7 @@ from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
 from .models import Execution, ExecutionStatus
+from .selectors import execution_wait
 from .serializers import (
     WAIT_PARAMETER,
     ExecutionSerializer,
@@ -89,7 +90,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         execution = self.get_object()
         wait = wait_seconds(request)
         if wait:
-            execution = services.execution_wait(execution=execution, timeout=wait)
+            execution = execution_wait(execution=execution, timeout=wait)
         return Response(self.get_serializer(execution).data)
 
     @extend_schema(request=RerunSerializer, responses={202: inline_serializer(

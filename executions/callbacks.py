@@ -25,10 +25,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from kubefunction.errors import InvalidInput
 
+from . import workers
 from .models import CallbackStatus, Execution, ExecutionStatus
 
 logger = logging.getLogger(__name__)
@@ -226,11 +226,9 @@ def _post(target: Target, body: bytes, headers: dict[str, str]) -> tuple[int, by
 # -- delivery state ------------------------------------------------------------------------------
 
 def _send(execution_id: str) -> None:
-    from .callback_tasks import deliver_callback
-
     try:
-        deliver_callback.apply_async(args=[execution_id])
-    except KombuOperationalError as exc:
+        workers.send_callback(execution_id)
+    except workers.BrokerUnreachable as exc:
         logger.exception("broker unreachable: callback of execution %s not sent", execution_id)
         Execution.objects.filter(pk=execution_id, callback_status=CallbackStatus.PENDING,
                                  callback_attempts=0).update(

@@ -1,21 +1,21 @@
 """Per-function concurrency limits (docs/executions.md).
 
 A function with `max_concurrency = N` never has more than N executions `running`: the claim
-counts them under a per-function lock (`executions.run_store`). An invocation that finds the
-function full stays `queued` — it is not an attempt and never fails for it — and its task is
-sent again to check later: after `KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS`, backing off up to
-ten times that, with jitter so that waiting invocations do not wake together. Every check is a
-fresh chance at a free slot, so each invocation runs eventually; the order among waiting ones
-is approximately, not strictly, first come first served.
+counts them under a per-function lock (`executions.transitions.claim`). An invocation that finds
+the function full stays `queued` — it is not an attempt and never fails for it
+(`transitions.postpone`) — and its task is sent again to check later: after
+`KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS`, backing off up to ten times that, with jitter so
+that waiting invocations do not wake together. Every check is a fresh chance at a free slot, so
+each invocation runs eventually; the order among waiting ones is approximately, not strictly,
+first come first served. This module is the policy (how long to wait); the claim and the
+postponement are `executions.transitions`'.
 """
 
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 
 from django.conf import settings
-from django.utils import timezone
 
 MAX_BACKOFF_FACTOR = 10
 
@@ -27,11 +27,3 @@ def recheck_delay(waits: int) -> float:
     delay = min(base * MAX_BACKOFF_FACTOR, base * 1.5 ** min(waits, 20))
     return delay * random.uniform(0.5, 1.5)
 
-
-def postpone(execution_id: str, countdown: float) -> None:
-    """Record that the waiting invocation's next message is due in `countdown` seconds, so the
-    reaper does not take the wait for a lost message."""
-    from .models import Execution, ExecutionStatus
-
-    Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED).update(
-        due_at=timezone.now() + timedelta(seconds=countdown))

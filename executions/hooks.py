@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from .batches import batch_close_if_done
+from .callbacks import callback_schedule
+
 
 def execution_finished(execution_id: str, *, callback_url: str = "",
                        batch_id: str | None = None) -> None:
@@ -19,12 +22,8 @@ def execution_finished(execution_id: str, *, callback_url: str = "",
 
     def react() -> None:
         if callback_url:
-            from .callbacks import callback_schedule
-
             callback_schedule(execution_id=execution_id)
         if batch_id is not None:
-            from .batches import batch_close_if_done
-
             batch_close_if_done(batch_id=batch_id)
 
     transaction.on_commit(react)

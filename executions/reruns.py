@@ -9,17 +9,13 @@ operator's decision about one execution, not the trigger firing.
 
 from __future__ import annotations
 
-import uuid
 from enum import StrEnum
-
-from django.db import transaction
-from django.utils import timezone
 
 from functions.models import FunctionVersion, VersionStatus
 from kubefunction.errors import Conflict, InvalidInput
 
 from .models import Execution
-from .services import _send, image_check
+from .services import execution_enqueue, image_check
 
 
 class RerunVersion(StrEnum):
@@ -55,14 +51,9 @@ def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
     target = _target_version(execution, version)
     trigger = execution.trigger
     settings_from = trigger or execution
-    now = timezone.now()
-    rerun = Execution(
-        task_id=str(uuid.uuid4()), function=execution.function, version=target,
-        trigger=trigger, dispatched_by=user if user and user.is_authenticated else None,
-        input=execution.input, runtime=execution.function.effective_runtime,
-        dispatched_at=now, due_at=now, max_retries=settings_from.max_retries,
+    [rerun] = execution_enqueue(
+        function=execution.function, version=target, trigger=trigger,
+        inputs=[execution.input], user=user, max_retries=settings_from.max_retries,
         retry_backoff_seconds=settings_from.retry_backoff_seconds,
         callback_url=execution.callback_url, rerun_of=execution)
-    rerun.save(force_insert=True)
-    transaction.on_commit(lambda: _send([rerun]))
     return rerun

@@ -1,7 +1,7 @@
 """The Celery result of an execution, written by us in the same statement as its outcome.
 
 The run task ignores its own result: the outcome and the django-celery-results row are committed
-together (see `executions.run_store`), so `AsyncResult(task_id)` and the execution never
+together (see `executions.transitions`), so `AsyncResult(task_id)` and the execution never
 disagree, and a crash between two writes cannot leave one without the other. The row has the
 format the django-db backend writes, so any Celery client reads it with `AsyncResult.get()`.
 """

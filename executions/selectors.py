@@ -1,9 +1,11 @@
-"""Reads over executions that commands and pages share."""
+"""Reads over executions that commands, pages and the API share."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
+from django.conf import settings
 from django.db.models import Count
 
 from .models import FINISHED_STATUSES, Execution, ExecutionStatus
@@ -32,3 +34,14 @@ def running_count(function_id: int) -> int:
     """Executions of the function running now."""
     return Execution.objects.filter(function_id=function_id,
                                     status=ExecutionStatus.RUNNING).count()
+
+
+def execution_wait(*, execution: Execution, timeout: float) -> Execution:
+    """Re-read the execution until it finishes or `timeout` seconds pass (bounded polling)."""
+    deadline = time.monotonic() + min(timeout, settings.KUBEFUNCTION_MAX_WAIT)
+    delay = 0.005
+    while not execution.is_finished and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.2)
+        execution.refresh_from_db()
+    return execution

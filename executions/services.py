@@ -3,7 +3,8 @@
 `execution_dispatch_many` writes the rows first and sends the Celery tasks after commit, so a
 worker never sees an execution that is not stored. `execution_run` claims the row with a
 conditional update, so a duplicate message never runs a function twice; a redelivered one whose
-claimer died runs it again as the next attempt (docs/reliability.md).
+claimer died runs it again as the next attempt (docs/reliability.md). The status changes
+themselves are `executions.transitions`'; the messages go out through `executions.workers`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -21,10 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
-from django.db.models import F
 from django.utils import timezone
-from django_celery_results.models import TaskResult
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
@@ -34,8 +32,8 @@ from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, Service
 from kubefunction.throttles import dispatch_reserve, user_ident
 from triggers.models import Trigger
 
-from . import concurrency, db_retry, hooks, retention, retries, run_store
-from .models import CANCELLABLE_STATUSES, Batch, Execution, ExecutionStatus
+from . import concurrency, db_retry, hooks, retention, retries, transitions, workers
+from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
 from .runtimes.base import (
@@ -69,14 +67,11 @@ def payload_check(payload: Any, *, field: str = "payload") -> Any:
 
 
 def _send(executions: Sequence[Execution]) -> None:
-    from .tasks import run_execution
-
+    """Send the run tasks of new executions. Raises `ServiceUnavailable` when the broker is
+    unreachable (they stay queued: the reaper sends them)."""
     try:
-        with run_execution.app.producer_or_acquire() as producer:
-            for execution in executions:
-                run_execution.apply_async(args=[str(execution.pk)], task_id=execution.task_id,
-                                          producer=producer)
-    except KombuOperationalError as exc:
+        workers.send_run((execution.pk, execution.task_id) for execution in executions)
+    except workers.BrokerUnreachable as exc:
         logger.error("broker unreachable: %d execution(s) stored but not sent", len(executions))
         raise ServiceUnavailable(
             f"the broker is unreachable ({exc}): {len(executions)} execution(s) are stored as "
@@ -86,8 +81,6 @@ def _send(executions: Sequence[Execution]) -> None:
 def owner_may_run(*, runtime: str, owner_id: int) -> bool:
     """Whether a function of `owner_id` on `runtime` may run (KUBEFUNCTION_ALLOWED_RUNTIMES);
     the owner is read only when the runtime is not on the list."""
-    from django.contrib.auth import get_user_model
-
     return runtime_allowed(runtime=runtime, owner_is_superuser=False) or runtime_allowed(
         runtime=runtime, owner_is_superuser=get_user_model().objects.filter(
             pk=owner_id, is_superuser=True).exists())
@@ -138,22 +131,36 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p)
                 for p in payloads]
     now = timezone.now()
-    runtime = function.effective_runtime
     user = user if user and user.is_authenticated else None
-    new_batch = batch is None and len(payloads) > 1
-    if new_batch:
+    if batch is None and len(payloads) > 1:
         batch = Batch(trigger=trigger, created_by=user, size=len(payloads), source=source,
                       created_at=now)
+    return execution_enqueue(
+        function=function, version=version, trigger=trigger, inputs=payloads, user=user,
+        batch=batch, now=now, synchronous=synchronous,
+        max_retries=0 if synchronous else trigger.max_retries,
+        retry_backoff_seconds=trigger.retry_backoff_seconds,
+        callback_url=callback_url or trigger.callback_url)
+
+
+def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | None,
+                      inputs: Sequence[Any], user=None, batch: Batch | None = None, now=None,
+                      **fields: Any) -> list[Execution]:
+    """Store one queued execution of `version` per input and send their run tasks after the
+    surrounding transaction commits: what a dispatch and a re-run do once they checked that it
+    may run. `batch`: the batch they belong to, stored with them when it is new; `fields`: the
+    rest of each execution (retries, callback URL, `synchronous`, `rerun_of`)."""
+    now = now or timezone.now()
+    user = user if user and user.is_authenticated else None
     executions = [
         Execution(task_id=str(uuid.uuid4()), function=function, version=version,
-                  trigger=trigger, dispatched_by=user, input=payload, runtime=runtime,
-                  dispatched_at=now, due_at=now, batch=batch, synchronous=synchronous,
-                  max_retries=0 if synchronous else trigger.max_retries,
-                  retry_backoff_seconds=trigger.retry_backoff_seconds,
-                  callback_url=callback_url or trigger.callback_url)
-        for payload in payloads
+                  trigger=trigger, dispatched_by=user, input=payload,
+                  runtime=function.effective_runtime, dispatched_at=now, due_at=now,
+                  batch=batch, **fields)
+        for payload in inputs
     ]
-    if len(executions) == 1:
+    new_batch = batch is not None and batch._state.adding
+    if len(executions) == 1 and not new_batch:
         # One INSERT commits on its own (or joins the caller's transaction): no extra round trip.
         executions[0].save(force_insert=True)
         transaction.on_commit(lambda: _send(executions))
@@ -164,6 +171,37 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         Execution.objects.bulk_create(executions, batch_size=1000)
         transaction.on_commit(lambda: _send(executions))
     return executions
+
+
+def batch_dispatch(*, trigger: Trigger, payloads: Sequence[Any], user=None,
+                   source: str = "command", chunk: int = 500,
+                   progress: Callable[[int], object] | None = None,
+                   ) -> tuple[list, Batch | None]:
+    """Dispatch `payloads` in chunks of `chunk` (one transaction each), all in one batch when
+    there is more than one; `progress(n)` after each chunk of n. Returns (execution ids, the
+    batch). A refused first chunk leaves no empty batch; when a later one fails, the batch's
+    size becomes what was stored, so it can still finish."""
+    ids: list = []
+    batch = None
+    try:
+        for start in range(0, len(payloads), chunk):
+            with transaction.atomic():
+                if batch is None and len(payloads) > 1:
+                    batch = Batch.objects.create(trigger=trigger, created_by=user,
+                                                 size=len(payloads), source=source)
+                executions = execution_dispatch_many(
+                    trigger=trigger, payloads=payloads[start:start + chunk], user=user,
+                    source=source, batch=batch)
+            ids.extend(e.pk for e in executions)
+            if progress is not None:
+                progress(len(executions))
+    except BaseException:
+        if batch is not None and Batch.objects.filter(pk=batch.pk).exists():
+            # Record what was really stored, so the batch can still finish.
+            Batch.objects.filter(pk=batch.pk).update(
+                size=Execution.objects.filter(batch=batch).count())
+        raise
+    return ids, batch
 
 
 def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=None,
@@ -180,7 +218,7 @@ def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
     return version_spec(FunctionVersion.objects.select_related("function").get(pk=version_id))
 
 
-def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, worker: str, *,
+def _finish(execution_id: str, claimed: transitions.Claimed, outcome: Outcome, worker: str, *,
             dead_letter: bool = False) -> bool:
     """Store the outcome and the Celery result together; then the after-finish hooks."""
     output = outcome.output
@@ -202,9 +240,9 @@ def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, wor
     fields = retention.finish_fields(
         _cached_spec(claimed.version_id, claimed.function_updated_at).payload_retention,
         claimed.payload, fields, earlier_attempts=claimed.attempt > 1)
-    fields = run_store.bounded_figures(fields)
+    fields = transitions.bounded_figures(fields)
     try:
-        stored = db_retry.retrying(run_store.finish, execution_id, claimed.task_id, fields,
+        stored = db_retry.retrying(transitions.finish, execution_id, claimed.task_id, fields,
                                    worker=worker, what=f"store the outcome of {execution_id}")
     except DatabaseError as exc:
         stored = _finish_unstorable(execution_id, claimed, exc, worker, fields=fields)
@@ -214,7 +252,7 @@ def _finish(execution_id: str, claimed: run_store.Claimed, outcome: Outcome, wor
     return True
 
 
-def _finish_unstorable(execution_id: str, claimed: run_store.Claimed, exc: DatabaseError,
+def _finish_unstorable(execution_id: str, claimed: transitions.Claimed, exc: DatabaseError,
                        worker: str, *, fields: dict[str, Any]) -> bool:
     """The database refused the outcome itself (a value it cannot hold): store one failed
     outcome that says so, without what it refused. Leaving the execution `running` would make
@@ -229,7 +267,7 @@ def _finish_unstorable(execution_id: str, claimed: run_store.Claimed, exc: Datab
                "error": reason, "output": None, "finished_at": timezone.now(),
                "dead_letter": not claimed.synchronous, "cold": fields.get("cold")}
     try:
-        return db_retry.retrying(run_store.finish, execution_id, claimed.task_id, minimal,
+        return db_retry.retrying(transitions.finish, execution_id, claimed.task_id, minimal,
                                  worker=worker, what=f"store the failure of {execution_id}")
     except DatabaseError:
         logger.exception("execution %s: even its failure could not be stored", execution_id)
@@ -257,19 +295,16 @@ def _resend(execution_id: str, task_id: str, *, countdown: float, waits: int = 0
     """Send the run task of a queued execution again, under the same task id, to run after
     `countdown` seconds. Raises `ServiceUnavailable` when the broker is unreachable (the
     message being handled must then be requeued, not acknowledged)."""
-    from .tasks import run_execution
-
     try:
-        run_execution.apply_async(args=[str(execution_id)], kwargs={"waits": waits} if waits
-                                  else None, task_id=task_id, countdown=max(0.0, countdown))
-    except KombuOperationalError as exc:
+        workers.send_run([(execution_id, task_id)], countdown=countdown, waits=waits)
+    except workers.BrokerUnreachable as exc:
         logger.error("broker unreachable: execution %s is queued but was not sent again",
                      execution_id)
         raise ServiceUnavailable(f"the broker is unreachable ({exc}): execution {task_id} is "
                                  "queued but was not sent again.") from exc
 
 
-def _redelivered(execution_id: str, worker: str) -> run_store.Claimed | None:
+def _redelivered(execution_id: str, worker: str) -> transitions.Claimed | None:
     """A redelivered message for an execution that is not queued (docs/reliability.md).
 
     With acks_late and reject_on_worker_lost a message comes back only when the process that
@@ -277,17 +312,16 @@ def _redelivered(execution_id: str, worker: str) -> run_store.Claimed | None:
     execution is still `running` and the process that claimed it is gone, a resumable runtime
     takes the attempt over, and any other records it as lost (`WorkerLost`, a platform
     failure) and claims it again as the next attempt. A live claimer keeps its run: None.
-    May raise `run_store.AtConcurrencyLimit` for the new attempt's claim.
+    May raise `transitions.AtConcurrencyLimit` for the new attempt's claim.
     """
-    from .reaper import holder_alive, worker_node
-
     row = Execution.objects.filter(pk=execution_id).values_list(
         "status", "runtime", "worker", "task_id").first()
     if row is None or row[0] != ExecutionStatus.RUNNING:
         return None
     _, runtime, holder, task_id = row
     try:
-        alive = holder_alive(holder, task_id=task_id, current_node=worker_node(worker))
+        alive = workers.holder_alive(holder, task_id=task_id,
+                                     current_node=workers.worker_node(worker))
     except Exception:  # cannot tell (broker trouble): leave it to the reaper
         logger.warning("could not tell whether %s still runs execution %s", holder,
                        execution_id, exc_info=True)
@@ -299,10 +333,10 @@ def _redelivered(execution_id: str, worker: str) -> run_store.Claimed | None:
     if get_runtime(runtime or settings.KUBEFUNCTION_RUNTIME).resumable:
         logger.warning("execution %s was left running by a lost worker (%s): resuming it",
                        execution_id, holder)
-        return run_store.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
+        return transitions.claim(execution_id, worker, from_status=ExecutionStatus.RUNNING)
     if execution_lost(execution_id=execution_id, holder=holder) != "requeued":
         return None
-    return run_store.claim(execution_id, worker)
+    return transitions.claim(execution_id, worker)
 
 
 def _remove_orphans(runtime_name: str) -> None:
@@ -335,7 +369,7 @@ def execution_lost(*, execution_id: str, holder: str, reason: str = "") -> str:
     reason = reason or f"the worker process running attempt {attempt} ({holder or '?'}) was lost"
     _remove_orphans(runtime or settings.KUBEFUNCTION_RUNTIME)
     if retries.platform_retry_left(earlier or []):
-        if retries.requeue_lost(execution_id, attempt=attempt, worker=holder,
+        if transitions.requeue_lost(execution_id, attempt=attempt, worker=holder,
                                 started_at=started_at, earlier=earlier or [], reason=reason):
             logger.warning("execution %s: %s; running it again as attempt %d", execution_id,
                            reason, attempt + 1)
@@ -349,7 +383,7 @@ def execution_lost(*, execution_id: str, holder: str, reason: str = "") -> str:
     return "failed" if failed else ""
 
 
-def _invoke(execution_id: str, claimed: run_store.Claimed) -> tuple[Outcome, retries.Cause]:
+def _invoke(execution_id: str, claimed: transitions.Claimed) -> tuple[Outcome, retries.Cause]:
     """Run the function once: its outcome, and who is to blame if it failed."""
     if not runtime_allowed(runtime=claimed.runtime, owner_is_superuser=False):
         # Queued before the operator took the runtime off the list: fail it, never run it.
@@ -398,14 +432,14 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
     message could not be sent again.
     """
     try:
-        claimed = db_retry.retrying(run_store.claim, execution_id, worker,
+        claimed = db_retry.retrying(transitions.claim, execution_id, worker,
                                     what=f"claim {execution_id}")
         if claimed is None and redelivered:
             claimed = _redelivered(execution_id, worker)
-    except run_store.AtConcurrencyLimit as full:
+    except transitions.AtConcurrencyLimit as full:
         logger.info("execution %s waits: %s (limit %d)", execution_id, full, full.limit)
         countdown = concurrency.recheck_delay(waits)
-        concurrency.postpone(execution_id, countdown)
+        transitions.postpone(execution_id, countdown)
         _resend(execution_id, full.task_id, countdown=countdown, waits=waits + 1)
         return None
     if claimed is None:
@@ -424,7 +458,7 @@ def execution_run(*, execution_id: str, worker: str = "", redelivered: bool = Fa
             # be delivered twice (the reservation has charged the rate either way).
             countdown = max(countdown, min(_retry_charge(execution_id),
                                            float(settings.KUBEFUNCTION_RETRY_MAX_BACKOFF)))
-        if retries.requeue(execution_id, claimed, outcome, worker=worker, cause=cause,
+        if transitions.requeue(execution_id, claimed, outcome, worker=worker, cause=cause,
                            earlier=earlier, countdown=countdown):
             logger.info("execution %s attempt %d %s: retrying in %.1f s", execution_id,
                         claimed.attempt, outcome.status, countdown)
@@ -446,37 +480,18 @@ def execution_cancel(*, execution: Execution, user=None) -> Execution:
     """
     who = getattr(user, "get_username", lambda: "")() if user is not None else ""
     reason = f"cancelled by {who}" if who else "cancelled"
-    with transaction.atomic():
-        row = Execution.objects.select_for_update().filter(pk=execution.pk).values_list(
-            "status", "task_id", "callback_url", "batch_id").first()
-        if row is None or row[0] not in CANCELLABLE_STATUSES:
-            status = row[0] if row else "gone"
-            raise Conflict(f"execution {execution.task_id} is {status}: only a queued, "
-                           "retrying or running execution can be cancelled.", field="status")
-        status, task_id, callback_url, batch_id = row
-        Execution.objects.filter(pk=execution.pk, status=status).update(
-            status=ExecutionStatus.CANCELLED, error_type="Cancelled",
-            error=f"{reason} while {status}", finished_at=timezone.now(), dead_letter=False)
-        TaskResult.objects.filter(task_id=task_id).delete()
-        result_row(task_id=task_id, succeeded=False, error=f"{reason} while {status}",
-                   revoked=True).save()
-        if status == ExecutionStatus.RUNNING:
-            transaction.on_commit(lambda: _kill(task_id))
+    status, ended = transitions.cancel(execution.pk, reason=reason)
+    if ended is None:
+        raise Conflict(f"execution {execution.task_id} is {status}: only a queued, "
+                       "retrying or running execution can be cancelled.", field="status")
+    if status == ExecutionStatus.RUNNING:
+        # The execution is already `cancelled`, so a kill that never arrives only lets the run
+        # end unrecorded.
+        transaction.on_commit(lambda: workers.kill(ended.task_id))
     logger.info("execution %s %s while %s", execution.pk, reason, status)
-    _finished_hooks(str(execution.pk), callback_url=callback_url, batch_id=batch_id)
+    _finished_hooks(str(execution.pk), callback_url=ended.callback_url, batch_id=ended.batch_id)
     execution.refresh_from_db()
     return execution
-
-
-def _kill(task_id: str) -> None:
-    """Stop the pool process running `task_id` wherever it runs (a broadcast; the execution is
-    already `cancelled`, so a kill that never arrives only lets the run end unrecorded)."""
-    from kubefunction.celery import app
-
-    try:
-        app.control.revoke(task_id, terminate=True, signal="SIGUSR1")
-    except Exception:  # the broker: the cancel stands, the run ends by itself
-        logger.warning("could not send the kill of task %s", task_id, exc_info=True)
 
 
 def _retry_charge(execution_id: str) -> float:
@@ -515,28 +530,9 @@ def execution_fail(*, execution_id: str, reason: str, error_type: str = "Platfor
     (an asynchronous one becomes a dead letter), and run the after-finish hooks. `expect`:
     more field values the row must still have (e.g. the attempt and worker that were judged
     lost), so a run or a recovery that moved it on meanwhile wins. True when it failed it."""
-    with transaction.atomic():
-        failed = Execution.objects.filter(
-            pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING],
-            **(expect or {}),
-        ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
-                 finished_at=timezone.now(), dead_letter=~F("synchronous"))
-        if not failed:
-            return False
-        task_id, callback_url, batch_id = Execution.objects.values_list(
-            "task_id", "callback_url", "batch_id").get(pk=execution_id)
-        result_row(task_id=task_id, succeeded=False, error_type=error_type, error=reason).save()
+    ended = transitions.fail(execution_id, reason=reason, error_type=error_type, expect=expect)
+    if ended is None:
+        return False
     if hooks:
-        _finished_hooks(execution_id, callback_url=callback_url, batch_id=batch_id)
+        _finished_hooks(execution_id, callback_url=ended.callback_url, batch_id=ended.batch_id)
     return True
-
-
-def execution_wait(*, execution: Execution, timeout: float) -> Execution:
-    """Re-read the execution until it finishes or `timeout` seconds pass (bounded polling)."""
-    deadline = time.monotonic() + min(timeout, settings.KUBEFUNCTION_MAX_WAIT)
-    delay = 0.005
-    while not execution.is_finished and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.2)
-        execution.refresh_from_db()
-    return execution

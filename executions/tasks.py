@@ -1,4 +1,10 @@
-"""The run task: takes an execution id and runs it through the service."""
+"""Celery tasks of the executions app: thin wrappers around services, taking ids.
+
+`executions.run` runs one execution; `executions.deliver_callback` makes one callback delivery
+attempt; beat runs `executions.reap`, `executions.purge_payloads` and
+`executions.scale_idle_warm` (CELERY_BEAT_SCHEDULE). The names are the contract with beat and
+the messages in the broker: they never change.
+"""
 
 import logging
 
@@ -6,10 +12,12 @@ from celery import shared_task
 from celery.exceptions import Ignore, Reject
 from django.conf import settings
 
+from functions.models import Function
 from kubefunction.errors import ServiceUnavailable
 
-from . import reaper, services
-from .runtimes.base import RuntimeUnavailable
+from . import callbacks, reaper, retention, services, workers
+from .runtimes import get_runtime
+from .runtimes.base import RuntimeFailure, RuntimeUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +36,7 @@ def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False
     The execution records this process as its `worker` ("node/pid")."""
     try:
         outcome = services.execution_run(
-            execution_id=execution_id, worker=reaper.worker_id(self.request.hostname or ""),
+            execution_id=execution_id, worker=workers.worker_id(self.request.hostname or ""),
             redelivered=recover or bool((self.request.delivery_info or {}).get("redelivered")),
             waits=waits)
     except ServiceUnavailable as exc:
@@ -46,11 +54,6 @@ def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False
              soft_time_limit=max(60, 4 * settings.KUBEFUNCTION_KUBE_TIMEOUT))
 def scale_idle_warm() -> list[str]:
     """Scale the idle warm Deployments to the minimum; returns their names."""
-    from functions.models import Function
-
-    from .runtimes import get_runtime
-    from .runtimes.base import RuntimeFailure
-
     if settings.KUBEFUNCTION_RUNTIME != "kubernetes" and not Function.objects.filter(
             runtime="kubernetes").exists():
         return []  # no function runs on Kubernetes: nothing to scale, no API client built
@@ -66,3 +69,20 @@ def scale_idle_warm() -> list[str]:
 def reap(self) -> dict[str, int]:
     """Re-send executions whose message was lost; re-run or fail those whose worker died."""
     return reaper.reap(current_node=self.request.hostname or "")
+
+
+@shared_task(bind=True, name="executions.deliver_callback", ignore_result=True,
+             max_retries=None, acks_late=True)
+def deliver_callback(self, execution_id: str) -> None:
+    """Deliver the callback of one execution; the service counts attempts in the database."""
+    delay = callbacks.callback_deliver(execution_id=execution_id)
+    if delay is not None:
+        raise self.retry(countdown=delay)
+
+
+# Beat runs this every KUBEFUNCTION_PURGE_INTERVAL seconds (`purge-payloads`).
+@shared_task(name="executions.purge_payloads", ignore_result=True)
+def purge_payloads() -> dict[str, int]:
+    """Purge the payloads past their function's retention and the old task results."""
+    report = retention.retention_purge()
+    return {"payloads": report.payloads, "results": report.results}

@@ -18,7 +18,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 from rest_framework.test import APIClient
 
-from executions import run_store
+from executions import transitions
 from executions.models import Execution
 from executions.runtimes.base import Outcome
 from triggers.models import Trigger
@@ -130,7 +130,7 @@ def test_outcome_the_database_refuses_is_stored_as_one_failure(api, celery_worke
 
 
 def test_bounded_figures_clamp_to_the_columns():
-    fields = run_store.bounded_figures({
+    fields = transitions.bounded_figures({
         "exit_code": 2**70, "peak_memory_bytes": -5, "cpu_seconds": float("inf"),
         "init_seconds": float("nan"), "error_type": "E" * 500, "error": "x\x00\ud800",
         "logs": "a\ud800b"})
@@ -140,10 +140,10 @@ def test_bounded_figures_clamp_to_the_columns():
     assert len(fields["error_type"]) == 200
     assert "\x00" not in fields["error"] and "\ud800" not in fields["error"]
     assert fields["logs"] == "a?b"
-    assert run_store.bounded_figures({"exit_code": -(2**40)})["exit_code"] == -(2**31)
-    assert run_store.bounded_figures({"exit_code": "3"})["exit_code"] is None
-    assert run_store.bounded_figures({"cpu_seconds": 1e300})["cpu_seconds"] == \
-        run_store.MAX_SECONDS
+    assert transitions.bounded_figures({"exit_code": -(2**40)})["exit_code"] == -(2**31)
+    assert transitions.bounded_figures({"exit_code": "3"})["exit_code"] is None
+    assert transitions.bounded_figures({"cpu_seconds": 1e300})["cpu_seconds"] == \
+        transitions.MAX_SECONDS
 
 
 # --- Retry and schedule bounds (no worker: refused before anything is stored) --------------
@@ -196,8 +196,8 @@ def test_retries_of_a_stored_execution_stay_within_the_limit(settings):
 
     assert retries.backoff(0.0, 1) == settings.KUBEFUNCTION_RETRY_MIN_BACKOFF
     settings.KUBEFUNCTION_MAX_RETRIES_LIMIT = 2
-    claimed = run_store.Claimed("t", {}, "local", 1, None, 3, 32767, 0.0, False, "", None,
-                                None)
+    claimed = transitions.Claimed("t", {}, "local", 1, None, 3, 32767, 0.0, False, "", None,
+                                  None)
     failed = Outcome(status="failed", error_type="RuntimeError")
     function_retry = {"platform": False}
     assert retries.retry_delay_after(claimed, failed, earlier=[function_retry],

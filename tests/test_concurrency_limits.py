@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from executions import run_store
+from executions import transitions
 from executions.models import Execution
 from executions.services import execution_dispatch_many
 from functions.models import Function
@@ -27,7 +27,7 @@ from triggers.services import trigger_create
 @pytest.fixture(params=["one statement", "orm"])
 def path(request, monkeypatch):
     if request.param == "orm":
-        monkeypatch.setattr(run_store, "_fast", lambda: False)
+        monkeypatch.setattr(transitions, "_fast", lambda: False)
     return request.param
 
 
@@ -48,16 +48,16 @@ def queued(function, n):
 def test_claim_respects_the_limit(path, user):
     function = make_function(user, limit=2)
     a, b, c = queued(function, 3)
-    assert run_store.claim(str(a.pk), "w").task_id == a.task_id
-    assert run_store.claim(str(b.pk), "w").task_id == b.task_id
-    with pytest.raises(run_store.AtConcurrencyLimit) as full:
-        run_store.claim(str(c.pk), "w")
+    assert transitions.claim(str(a.pk), "w").task_id == a.task_id
+    assert transitions.claim(str(b.pk), "w").task_id == b.task_id
+    with pytest.raises(transitions.AtConcurrencyLimit) as full:
+        transitions.claim(str(c.pk), "w")
     assert (full.value.task_id, full.value.limit) == (c.task_id, 2)
     c.refresh_from_db()
     assert (c.status, c.attempt, c.started_at) == ("queued", 1, None), "waiting is no attempt"
-    assert run_store.finish(str(a.pk), a.task_id, {"status": "succeeded"}, worker="w")
-    assert run_store.claim(str(c.pk), "w").task_id == c.task_id
-    assert run_store.claim(str(c.pk), "w") is None, "a claimed execution is not claimed again"
+    assert transitions.finish(str(a.pk), a.task_id, {"status": "succeeded"}, worker="w")
+    assert transitions.claim(str(c.pk), "w").task_id == c.task_id
+    assert transitions.claim(str(c.pk), "w") is None, "a claimed execution is not claimed again"
 
 
 @pytest.mark.django_db
@@ -66,13 +66,13 @@ def test_a_stale_running_execution_frees_its_slot(path, user):
     for ever."""
     function = make_function(user, limit=1)
     lost, waiting = queued(function, 2)
-    run_store.claim(str(lost.pk), "dead-worker")
-    with pytest.raises(run_store.AtConcurrencyLimit):
-        run_store.claim(str(waiting.pk), "w")
+    transitions.claim(str(lost.pk), "dead-worker")
+    with pytest.raises(transitions.AtConcurrencyLimit):
+        transitions.claim(str(waiting.pk), "w")
     long_ago = timezone.now() - timedelta(seconds=function.timeout_seconds) \
-        - run_store.STALE_RUN_GRACE - timedelta(seconds=5)
+        - transitions.STALE_RUN_GRACE - timedelta(seconds=5)
     Execution.objects.filter(pk=lost.pk).update(started_at=long_ago)
-    assert run_store.claim(str(waiting.pk), "w") is not None
+    assert transitions.claim(str(waiting.pk), "w") is not None
 
 
 @pytest.mark.django_db
@@ -81,7 +81,7 @@ def test_unlimited_functions_keep_one_statement(user):
     executions = queued(function, 3)
     for execution in executions:
         with CaptureQueriesContext(connection) as queries:
-            assert run_store.claim(str(execution.pk), "w") is not None
+            assert transitions.claim(str(execution.pk), "w") is not None
         assert len(queries) == 1, [q["sql"] for q in queries.captured_queries]
 
 
@@ -91,7 +91,7 @@ def test_admin_and_api_show_how_many_wait(admin_client, admin_user, api, user):
     queued(mine, 3)
     other = make_function(admin_user, name="other")
     running = queued(other, 1)[0]
-    run_store.claim(str(running.pk), "w")
+    transitions.claim(str(running.pk), "w")
     changelist = reverse("admin:functions_function_changelist")
     page = admin_client.get(changelist)
     rows = {f.name: f.waiting_total for f in page.context["cl"].result_list}

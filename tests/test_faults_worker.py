@@ -17,8 +17,8 @@ import pytest
 from django_celery_results.models import TaskResult
 
 from executions.models import Execution
-from executions.reaper import parse_worker
 from executions.services import execution_dispatch_many
+from executions.workers import parse_worker
 from functions.services import function_register
 from kubefunction.celery import app as celery_app
 from tests.processes import celery_env, start_worker

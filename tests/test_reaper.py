@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 from kombu import Connection
 
-from executions import reaper, retries, run_store, services
+from executions import reaper, retries, services, transitions, workers
 from executions.models import Execution
 from executions.runtimes.base import Outcome
 from functions.services import function_register
@@ -89,26 +89,24 @@ def test_no_message_is_redelivered_while_it_may_still_be_held(settings):
 
 
 def test_worker_field_names_node_and_pid():
-    assert reaper.parse_worker("celery@host/123") == ("celery@host", 123)
-    assert reaper.parse_worker("celery@host") == ("celery@host", None)
-    assert reaper.worker_id("celery@host") == f"celery@host/{os.getpid()}"
-    assert not reaper.holder_alive("", task_id="t")
-    assert not reaper.holder_alive(f"me@h/{dead_pid()}", task_id="t", current_node="me@h")
+    assert workers.parse_worker("celery@host/123") == ("celery@host", 123)
+    assert workers.parse_worker("celery@host") == ("celery@host", None)
+    assert workers.worker_id("celery@host") == f"celery@host/{os.getpid()}"
+    assert not workers.holder_alive("", task_id="t")
+    assert not workers.holder_alive(f"me@h/{dead_pid()}", task_id="t", current_node="me@h")
 
 
 @pytest.mark.django_db
 def test_retry_and_concurrency_wait_move_due_at(user):
     execution = make_execution(user)
-    claimed = run_store.claim(str(execution.pk), "w@h/1")
+    claimed = transitions.claim(str(execution.pk), "w@h/1")
     outcome = Outcome(status="failed", error_type="RuntimeError", error="x", cold=False)
-    assert retries.requeue(str(execution.pk), claimed, outcome, worker="w@h/1",
-                           cause=retries.Cause.FUNCTION, earlier=[], countdown=100)
+    assert transitions.requeue(str(execution.pk), claimed, outcome, worker="w@h/1",
+                               cause=retries.Cause.FUNCTION, earlier=[], countdown=100)
     execution.refresh_from_db()
     assert execution.status == "queued"
     assert 95 < (execution.due_at - timezone.now()).total_seconds() <= 100
-    from executions import concurrency
-
-    concurrency.postpone(str(execution.pk), 40)
+    transitions.postpone(str(execution.pk), 40)
     execution.refresh_from_db()
     assert 35 < (execution.due_at - timezone.now()).total_seconds() <= 40
 
@@ -118,9 +116,9 @@ def test_a_finished_run_is_never_recovered(user):
     """The race with a worker that finishes at the same moment: the conditional updates leave
     exactly one terminal record."""
     execution = make_execution(user)
-    claimed = run_store.claim(str(execution.pk), "w@h/1")
-    assert run_store.finish(str(execution.pk), claimed.task_id, {"status": "succeeded",
-                                                                 "output": 1}, worker="w@h/1")
+    claimed = transitions.claim(str(execution.pk), "w@h/1")
+    assert transitions.finish(str(execution.pk), claimed.task_id, {"status": "succeeded",
+                                                                   "output": 1}, worker="w@h/1")
     assert services.execution_lost(execution_id=str(execution.pk), holder="w@h/1") == ""
     assert not services.execution_fail(execution_id=str(execution.pk), reason="late",
                                        expect={"worker": "w@h/1"})
@@ -132,11 +130,11 @@ def test_a_finished_run_is_never_recovered(user):
 @pytest.mark.django_db
 def test_a_run_recovered_by_another_is_left_alone(user):
     execution = make_execution(user)
-    run_store.claim(str(execution.pk), "w@h/1")
+    transitions.claim(str(execution.pk), "w@h/1")
     assert services.execution_lost(execution_id=str(execution.pk), holder="w@h/1") == \
         "requeued"
     assert services.execution_lost(execution_id=str(execution.pk), holder="w@h/1") == ""
-    run_store.claim(str(execution.pk), "w@h/2")
+    transitions.claim(str(execution.pk), "w@h/2")
     assert services.execution_lost(execution_id=str(execution.pk), holder="w@h/1") == ""
     execution.refresh_from_db()
     assert (execution.status, execution.attempt, execution.worker) == ("running", 2, "w@h/2")
@@ -148,7 +146,7 @@ def test_a_run_recovered_by_another_is_left_alone(user):
 def test_a_lost_run_without_platform_retries_fails(user, settings):
     settings.KUBEFUNCTION_PLATFORM_RETRIES = 0
     execution = make_execution(user)
-    run_store.claim(str(execution.pk), "w@h/1")
+    transitions.claim(str(execution.pk), "w@h/1")
     assert services.execution_lost(execution_id=str(execution.pk), holder="w@h/1") == "failed"
     execution.refresh_from_db()
     assert (execution.status, execution.error_type, execution.dead_letter) == (
@@ -217,9 +215,9 @@ def test_a_run_past_its_deadline_whose_worker_is_gone_runs_again(user, celery_wo
     gone_node = make_execution(user, name="gone-node")
     gone_pid = make_execution(user, name="gone-pid")
     recent = make_execution(user, name="recent")
-    run_store.claim(str(gone_node.pk), "ghost@nowhere/4242")
-    run_store.claim(str(gone_pid.pk), f"reaper@here/{dead_pid()}")
-    run_store.claim(str(recent.pk), "ghost@nowhere/4243")
+    transitions.claim(str(gone_node.pk), "ghost@nowhere/4242")
+    transitions.claim(str(gone_pid.pk), f"reaper@here/{dead_pid()}")
+    transitions.claim(str(recent.pk), "ghost@nowhere/4243")
     for execution in (gone_node, gone_pid):
         execution.refresh_from_db()
         age(execution, seconds=20)  # timeout 5 + margin 5 < 20
@@ -249,13 +247,13 @@ def test_a_run_whose_worker_answers_with_it_is_left_alone(user, celery_worker_pr
     while execution.status != "running" and time.monotonic() < deadline:
         time.sleep(0.05)
         execution.refresh_from_db()
-    assert reaper.worker_node(execution.worker) == celery_worker_process.hostname
-    node = reaper.worker_node(execution.worker)
-    assert reaper.holder_alive(execution.worker, task_id=execution.task_id)
-    assert reaper.holder_alive(execution.worker, task_id=execution.task_id, current_node=node)
+    assert workers.worker_node(execution.worker) == celery_worker_process.hostname
+    node = workers.worker_node(execution.worker)
+    assert workers.holder_alive(execution.worker, task_id=execution.task_id)
+    assert workers.holder_alive(execution.worker, task_id=execution.task_id, current_node=node)
     # Same node, but not the process that runs it (alive: this test's parent process).
-    assert not reaper.holder_alive(f"{node}/{os.getppid()}", task_id=execution.task_id)
-    assert not reaper.holder_alive(f"{node}/{dead_pid()}", task_id=execution.task_id)
+    assert not workers.holder_alive(f"{node}/{os.getppid()}", task_id=execution.task_id)
+    assert not workers.holder_alive(f"{node}/{dead_pid()}", task_id=execution.task_id)
     age(execution, seconds=30)
     assert reaper.reap_running()["rerun"] == 0
     assert services.execution_run(execution_id=str(execution.pk), worker="other@host/1",
@@ -272,7 +270,7 @@ def test_broker_down_skips_the_run_and_changes_nothing(user, grace, monkeypatch)
     queued = make_execution(user, name="waits")
     age(queued, seconds=60)
     running = make_execution(user, name="runs")
-    run_store.claim(str(running.pk), "ghost@nowhere/1")
+    transitions.claim(str(running.pk), "ghost@nowhere/1")
     running.refresh_from_db()
     age(running, seconds=60)
     saved = (celery_app.conf.broker_url, celery_app.conf.broker_connection_timeout)

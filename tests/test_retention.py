@@ -24,8 +24,8 @@ from django_celery_results.models import TaskResult
 from executions import retention
 from executions.models import Execution, ExecutionStatus
 from executions.results import result_row
-from executions.retention_tasks import purge_payloads
 from executions.services import execution_fail
+from executions.tasks import purge_payloads
 from functions import services
 from functions.forms import FunctionChangeForm
 from functions.models import Function

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from executions import retries, run_store, services
+from executions import retries, services, transitions
 from executions.models import Execution
 from executions.runtimes.base import Outcome, RuntimeUnavailable
 from executions.services import execution_dispatch
@@ -175,12 +175,12 @@ def test_platform_failures_are_retried_to_their_own_cap(user, settings, monkeypa
     assert finished == [(str(execution.pk), {"callback_url": "", "batch_id": None})]
 
 
-def claimed(**fields) -> run_store.Claimed:
+def claimed(**fields) -> transitions.Claimed:
     values = dict(task_id="t", payload={}, runtime="local", version_id=1,
                   function_updated_at=timezone.now(), attempt=1, max_retries=3,
                   retry_backoff_seconds=1.0, synchronous=False, callback_url="", batch_id=None,
                   started_at=timezone.now())
-    return run_store.Claimed(**{**values, **fields})
+    return transitions.Claimed(**{**values, **fields})
 
 
 @pytest.mark.django_db
@@ -198,7 +198,7 @@ def test_backoff_doubles_and_is_capped(settings):
     assert [retries.backoff(5, n) for n in range(1, 6)] == [5, 10, 20, 40, 60]
     # No backoff is below the minimum (KUBEFUNCTION_RETRY_MIN_BACKOFF), which doubles too.
     assert retries.backoff(0, 3) == settings.KUBEFUNCTION_RETRY_MIN_BACKOFF * 4
-    assert len(retries.bounded("x" * 10_000)) < 4100
+    assert len(transitions.bounded("x" * 10_000)) < 4100
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ from celery.result import AsyncResult
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from executions import run_store
+from executions import transitions
 from executions.models import Execution
 from functions.services import function_register
 from kubefunction.celery import app
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(params=["one statement", "orm"])
 def path(request, monkeypatch):
     if request.param == "orm":
-        monkeypatch.setattr(run_store, "_fast", lambda: False)
+        monkeypatch.setattr(transitions, "_fast", lambda: False)
     return request.param
 
 
@@ -29,24 +29,24 @@ def execution(user):
 
 
 def test_claim_once(path, execution):
-    claimed = run_store.claim(str(execution.pk), "w1")
+    claimed = transitions.claim(str(execution.pk), "w1")
     assert (claimed.task_id, claimed.payload, claimed.version_id) == (
         "t-1", {"ü": [1, None]}, execution.version_id)
     assert claimed.function_updated_at == execution.function.updated_at
     assert (claimed.attempt, claimed.max_retries, claimed.batch_id) == (1, 0, None)
-    assert run_store.claim(str(execution.pk), "w2") is None
+    assert transitions.claim(str(execution.pk), "w2") is None
     execution.refresh_from_db()
     assert (execution.status, execution.worker) == ("running", "w1")
     assert execution.started_at is not None
 
 
 def test_finish_stores_outcome_and_result_together(path, execution):
-    assert not run_store.finish(str(execution.pk), "t-1", {"status": "succeeded"}, worker="w"), \
+    assert not transitions.finish(str(execution.pk), "t-1", {"status": "succeeded"}, worker="w"), \
         "a queued execution cannot be finished"
-    run_store.claim(str(execution.pk), "w")
+    transitions.claim(str(execution.pk), "w")
     fields = {"status": "succeeded", "output": {"answer": "✓", "n": 42}, "logs": "hi",
               "cold": False, "cpu_seconds": 0.01, "finished_at": timezone.now()}
-    assert run_store.finish(str(execution.pk), "t-1", fields, worker="w")
+    assert transitions.finish(str(execution.pk), "t-1", fields, worker="w")
     execution.refresh_from_db()
     assert (execution.status, execution.output, execution.logs) == (
         "succeeded", {"answer": "✓", "n": 42}, "hi")
@@ -55,14 +55,14 @@ def test_finish_stores_outcome_and_result_together(path, execution):
     stored = TaskResult.objects.get(task_id="t-1")
     assert stored.worker == "w" and stored.date_created is not None
     again = {**fields, "status": "failed", "error_type": "X", "error": "late"}
-    assert not run_store.finish(str(execution.pk), "t-1", again, worker="w"), \
+    assert not transitions.finish(str(execution.pk), "t-1", again, worker="w"), \
         "a finished execution is never finished twice"
     assert AsyncResult("t-1", app=app).state == "SUCCESS"
 
 
 def test_failure_result_carries_the_error(path, execution):
-    run_store.claim(str(execution.pk), "w")
-    run_store.finish(str(execution.pk), "t-1", {
+    transitions.claim(str(execution.pk), "w")
+    transitions.finish(str(execution.pk), "t-1", {
         "status": "failed", "error_type": "ValueError",
         "error": "Traceback (most recent call last):\nValueError: nope"}, worker="w")
     result = AsyncResult("t-1", app=app)
@@ -76,7 +76,7 @@ def test_redelivery_of_a_run_whose_claimer_is_gone_runs_it_again(execution):
     claimer keeps its run: tests/test_reaper.py.)"""
     from executions.services import execution_run
 
-    run_store.claim(str(execution.pk), "gone@nowhere/4242")
+    transitions.claim(str(execution.pk), "gone@nowhere/4242")
     outcome = execution_run(execution_id=str(execution.pk), worker="w2@host/1",
                             redelivered=True)
     assert outcome.status == "succeeded"

@@ -10,6 +10,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from executions import services as execution_services
+from executions.selectors import execution_wait
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown
@@ -110,7 +111,7 @@ class TriggerViewSet(viewsets.ModelViewSet):
                 status=status.HTTP_202_ACCEPTED)
         execution = executions[0]
         if wait:
-            execution = execution_services.execution_wait(execution=execution, timeout=wait)
+            execution = execution_wait(execution=execution, timeout=wait)
             if execution.is_finished:
                 return Response(ExecutionSerializer(execution, context={"request": request}).data)
         return Response(self._dispatched(execution), status=status.HTTP_202_ACCEPTED)

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from tqdm import tqdm
 
 from executions import services
@@ -112,30 +111,10 @@ class Command(BaseCommand):
 
     def _dispatch(self, target, payloads, user) -> tuple[list, Batch | None]:
         """Dispatch in chunks of CHUNK, all in one batch (when there is more than one)."""
-        ids: list = []
-        batch = None
         with tqdm(total=len(payloads), desc="dispatched", unit="exec",
                   disable=len(payloads) == 1, file=self.stderr) as bar:
-            try:
-                for start in range(0, len(payloads), CHUNK):
-                    chunk = payloads[start:start + CHUNK]
-                    with transaction.atomic():  # a refused first chunk leaves no empty batch
-                        if batch is None and len(payloads) > 1:
-                            batch = Batch.objects.create(
-                                trigger=target, created_by=user, size=len(payloads),
-                                source="command")
-                        executions = services.execution_dispatch_many(
-                            trigger=target, payloads=chunk, user=user, source="command",
-                            batch=batch)
-                    ids.extend(e.pk for e in executions)
-                    bar.update(len(executions))
-            except BaseException:
-                if batch is not None and Batch.objects.filter(pk=batch.pk).exists():
-                    # Record what was really stored, so the batch can still finish.
-                    Batch.objects.filter(pk=batch.pk).update(
-                        size=Execution.objects.filter(batch=batch).count())
-                raise
-        return ids, batch
+            return services.batch_dispatch(trigger=target, payloads=payloads, user=user,
+                                           source="command", chunk=CHUNK, progress=bar.update)
 
     def _wait(self, ids, deadline) -> dict:
         done: dict = {}

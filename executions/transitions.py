@@ -1,13 +1,24 @@
-"""The run path's two writes: claim an execution, and store its outcome with its Celery result.
+"""Every change of an execution's status, each one conditional update checking one row changed.
 
-Both are conditional updates (`WHERE status = …`), so racing workers and redeliveries cannot run
-or finish an execution twice. On Postgres each is one statement — one round trip, atomic on its
-own — because they sit on every invocation's critical path; elsewhere (the embedded SQLite) the
-same effect comes from the ORM in a transaction.
+- `claim`: queued → running (or running → running: a resumable run taken over);
+- `finish`: running → its outcome (succeeded, failed, timed out), with its Celery result;
+- `requeue`, `requeue_lost`: running → queued as the next attempt, the failed or lost attempt
+  recorded — the only two ways a running execution goes back to the queue;
+- `postpone`: queued → queued, due later (its function is at its concurrency limit);
+- `resend`: the reaper counts a message it sends again (queued, or running on a lost worker);
+- `fail`: queued or running → failed, with its Celery FAILURE result;
+- `cancel`: queued or running → cancelled, with its REVOKED Celery result.
 
-A function with a concurrency limit (`Function.max_concurrency`) leaves the one-statement claim:
-its claims are serialised per function (a Postgres advisory lock; SQLite's single writer) so
-that no more than the limit ever run; unlimited functions keep the fast path.
+Each is `UPDATE … WHERE status = …` (plus what the caller judged on: the attempt, the worker, the
+resends), so racing workers, redeliveries, a cancel and the reaper cannot move an execution twice:
+whoever changes the row wins, and the others find nothing to change. What to do next (send
+the task again, run the after-finish hooks) is the caller's (`executions.services`, the reaper).
+
+Claim and finish sit on every invocation's critical path: on Postgres each is one statement —
+one round trip, atomic on its own; elsewhere (the embedded SQLite) the same effect comes from the
+ORM in a transaction. A function with a concurrency limit (`Function.max_concurrency`) leaves the
+one-statement claim: its claims are serialised per function (a Postgres advisory lock; SQLite's
+single writer) so that no more than the limit ever run; unlimited functions keep the fast path.
 """
 
 from __future__ import annotations
@@ -20,15 +31,17 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import connection, transaction
-from django.db.models import Count, IntegerField, Model, Subquery, Value
+from django.db.models import Count, F, IntegerField, Model, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from functions.models import Function, FunctionVersion
 
-from .models import Execution, ExecutionStatus
+from .models import CANCELLABLE_STATUSES, Execution, ExecutionStatus
 from .results import result_row
+from .retries import Cause
+from .runtimes.base import Outcome
 
 # A `running` execution older than its function's timeout plus this no longer holds a slot of
 # its function's concurrency limit: its worker died without finishing it, and a lost run must
@@ -214,14 +227,22 @@ _INTEGER_FIGURES = {"exit_code": INT32, "peak_memory_bytes": BIGINT}
 _SECONDS_FIGURES = ("cpu_seconds", "init_seconds")
 # Characters of an error message kept (head and tail); logs are capped by the runtime already.
 MAX_ERROR_CHARS = 64_000
+# Characters kept of each earlier attempt's error and logs (head and tail).
+ATTEMPT_TEXT_CHARS = 4000
+
+
+def bounded(text: str, limit: int = ATTEMPT_TEXT_CHARS) -> str:
+    """`text` cut to its first and last `limit / 2` characters."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n… ({len(text) - limit} characters cut) …\n{text[-half:]}"
 
 
 def bounded_figures(fields: dict[str, Any]) -> dict[str, Any]:
     """`fields` with every figure clamped to its column's range: integers to the range (a
     non-integer is dropped: None), seconds finite and in [0, MAX_SECONDS], the error type and
     message cut to what a column or a page holds."""
-    from .retries import bounded
-
     fields = dict(fields)
     for name, (low, high) in _INTEGER_FIGURES.items():
         if name in fields:
@@ -289,3 +310,137 @@ def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: s
 
 def _result_columns() -> list[str]:
     return [f.name for f in TaskResult._meta.concrete_fields if not f.primary_key]
+
+
+# -- back to the queue ---------------------------------------------------------------------------
+
+def attempt_record(claimed: Claimed, outcome: Outcome, *, worker: str, cause: Cause,
+                   finished_at: datetime) -> dict[str, Any]:
+    """What `Execution.attempts` keeps of one failed attempt."""
+    return {
+        "attempt": claimed.attempt, "status": outcome.status,
+        "error_type": storable(outcome.error_type[:200]), "error": storable(bounded(outcome.error)),
+        "logs": storable(bounded(outcome.logs)), "worker": worker,
+        "exit_code": bounded_figures({"exit_code": outcome.exit_code})["exit_code"],
+        "platform": cause is Cause.PLATFORM, "started_at": claimed.started_at.isoformat(),
+        "finished_at": finished_at.isoformat(),
+    }
+
+
+def _back_to_queue(execution_id: str, *, attempt: int, record: dict[str, Any],
+                   earlier: list[dict], due_at: datetime, **expect: Any) -> bool:
+    """Running at `attempt` (and `expect`) → queued as the next attempt, `record` appended to the
+    earlier attempts: the one way a running execution goes back to the queue."""
+    return bool(Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, attempt=attempt, **expect,
+    ).update(status=ExecutionStatus.QUEUED, attempt=F("attempt") + 1,
+             attempts=[*earlier, record], started_at=None, worker="", due_at=due_at))
+
+
+def requeue(execution_id: str, claimed: Claimed, outcome: Outcome, *, worker: str,
+            cause: Cause, earlier: list[dict], countdown: float = 0.0) -> bool:
+    """Record the failed attempt and put the execution back in the queue as the next attempt,
+    due at a worker in `countdown` seconds (`due_at`, which the reaper watches).
+
+    One conditional UPDATE from `running` at this attempt: False (nothing written) when the
+    execution moved on meanwhile.
+    """
+    now = timezone.now()
+    record = attempt_record(claimed, outcome, worker=worker, cause=cause, finished_at=now)
+    return _back_to_queue(execution_id, attempt=claimed.attempt, record=record, earlier=earlier,
+                          due_at=now + timedelta(seconds=max(0.0, countdown)))
+
+
+def requeue_lost(execution_id: str, *, attempt: int, worker: str, started_at: datetime | None,
+                 earlier: list[dict], reason: str) -> bool:
+    """Record a `running` attempt whose worker process died (error type `WorkerLost`, a
+    platform failure) and put the execution back in the queue as the next attempt, due now.
+
+    Conditional on the execution still being `running` at that attempt on that worker, so a
+    run that finishes at the same moment, or another recovery, wins and nothing is written.
+    """
+    now = timezone.now()
+    record = {
+        "attempt": attempt, "status": ExecutionStatus.FAILED, "error_type": "WorkerLost",
+        "error": bounded(reason), "logs": "", "exit_code": None, "worker": worker,
+        "platform": True, "started_at": started_at.isoformat() if started_at else None,
+        "finished_at": now.isoformat(),
+    }
+    return _back_to_queue(execution_id, attempt=attempt, record=record, earlier=earlier,
+                          due_at=now, worker=worker)
+
+
+# -- staying queued ------------------------------------------------------------------------------
+
+def postpone(execution_id: str, countdown: float) -> None:
+    """Record that the waiting invocation's next message is due in `countdown` seconds, so the
+    reaper does not take the wait for a lost message."""
+    Execution.objects.filter(pk=execution_id, status=ExecutionStatus.QUEUED).update(
+        due_at=timezone.now() + timedelta(seconds=countdown))
+
+
+def resend(execution_id: str, *, resends: int, holder: str | None = None,
+           now: datetime | None = None) -> bool:
+    """Count a message the reaper sends again (`resends` + 1), conditional on the execution being
+    as it was judged: queued with no message anywhere (due again `now`), or, with `holder`,
+    running under that lost worker, its resumable runtime's run sent to be taken over. False
+    when a worker claimed or finished it meanwhile (the message is a harmless duplicate)."""
+    if holder is None:
+        return bool(Execution.objects.filter(
+            pk=execution_id, status=ExecutionStatus.QUEUED, resends=resends,
+        ).update(resends=resends + 1, due_at=now or timezone.now()))
+    return bool(Execution.objects.filter(
+        pk=execution_id, status=ExecutionStatus.RUNNING, worker=holder, resends=resends,
+    ).update(resends=resends + 1))
+
+
+# -- ended without an outcome --------------------------------------------------------------------
+
+class Ended(NamedTuple):
+    """What the after-finish hooks need of an execution that `fail` or `cancel` ended."""
+
+    task_id: str
+    callback_url: str
+    batch_id: UUID | None
+
+
+def fail(execution_id: str, *, reason: str, error_type: str = "PlatformError",
+         expect: dict[str, Any] | None = None) -> Ended | None:
+    """End a queued or running execution as failed with `reason`, keeping its earlier attempts
+    (an asynchronous one becomes a dead letter), with its Celery FAILURE result. `expect`: more
+    field values the row must still have (e.g. the attempt and worker that were judged lost).
+    None when it was no longer so (nothing written)."""
+    with transaction.atomic():
+        failed = Execution.objects.filter(
+            pk=execution_id, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RUNNING],
+            **(expect or {}),
+        ).update(status=ExecutionStatus.FAILED, error_type=error_type, error=reason,
+                 finished_at=timezone.now(), dead_letter=~F("synchronous"))
+        if not failed:
+            return None
+        ended = Ended(*Execution.objects.values_list(
+            "task_id", "callback_url", "batch_id").get(pk=execution_id))
+        result_row(task_id=ended.task_id, succeeded=False, error_type=error_type,
+                   error=reason).save()
+    return ended
+
+
+def cancel(execution_id, *, reason: str) -> tuple[str, Ended | None]:
+    """Cancel a queued or running execution: `cancelled` with its REVOKED Celery result, in one
+    transaction. (the status it had — "gone" for no such execution —, what the hooks need)
+    when it cancelled it; the hooks' part is None when it had already ended (nothing
+    written)."""
+    with transaction.atomic():
+        row = Execution.objects.select_for_update().filter(pk=execution_id).values_list(
+            "status", "task_id", "callback_url", "batch_id").first()
+        if row is None or row[0] not in CANCELLABLE_STATUSES:
+            return (row[0] if row else "gone"), None
+        status, *hooked = row
+        ended = Ended(*hooked)
+        Execution.objects.filter(pk=execution_id, status=status).update(
+            status=ExecutionStatus.CANCELLED, error_type="Cancelled",
+            error=f"{reason} while {status}", finished_at=timezone.now(), dead_letter=False)
+        TaskResult.objects.filter(task_id=ended.task_id).delete()
+        result_row(task_id=ended.task_id, succeeded=False, error=f"{reason} while {status}",
+                   revoked=True).save()
+    return status, ended

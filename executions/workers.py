@@ -1,0 +1,173 @@
+"""Workers as the run path sees them: who runs an execution, whether that process still lives,
+what the broker and the workers hold, and the one place tasks are sent from.
+
+An execution's `worker` field names the process that claimed it: "<Celery node>/<pid>"
+(`worker_id`). Whether that process still runs it (`holder_alive`) is asked of its node over the
+broker. Every message of the run path goes through `send_run` (the run task: dispatch, retries,
+concurrency waits, the reaper, re-runs) or `send_callback`; a broker that fails raises
+`BrokerUnreachable`, which says how many messages went out before it failed, and each caller
+decides what that means for it (a 503, a requeued message, a retry at the reaper's next run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+from celery import Task
+from django.conf import settings
+from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from kubefunction.celery import app
+
+from .runtimes.local_process import pid_alive
+
+logger = logging.getLogger(__name__)
+
+PING_TIMEOUT = 1.0  # seconds a worker has to answer
+
+
+class BrokerUnreachable(Exception):
+    """The broker could not be reached; `sent` messages went out before it failed."""
+
+    def __init__(self, message: str, *, sent: int = 0) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+# -- identity and liveness -----------------------------------------------------------------------
+
+def parse_worker(value: str) -> tuple[str, int | None]:
+    """(Celery node name, pid) of an execution's `worker` field ("celery@host/1234"); pid None
+    for a value without one."""
+    node, sep, pid = (value or "").rpartition("/")
+    if sep and pid.isdigit():
+        return node, int(pid)
+    return value or "", None
+
+
+def worker_node(value: str) -> str:
+    """The Celery node name of a `worker` field."""
+    return parse_worker(value)[0]
+
+
+def worker_id(node: str) -> str:
+    """What a run stores as its `worker`: the node name and the claiming process's pid."""
+    return f"{node}/{os.getpid()}" if node else ""
+
+
+def active_tasks(nodes: Iterable[str]) -> dict[str, list[dict]]:
+    """{node: its active requests} for the nodes that answered within PING_TIMEOUT (one
+    broadcast for all). Raises on broker errors."""
+    nodes = sorted({n for n in nodes if n})
+    if not nodes:
+        return {}
+    replies = app.control.inspect(destination=nodes, timeout=PING_TIMEOUT).active()
+    return replies or {}
+
+
+def holder_alive(holder: str, *, task_id: str, current_node: str = "",
+                 active: dict[str, list[dict]] | None = None) -> bool:
+    """Whether the process named by a `worker` field still runs the task `task_id`.
+
+    The node is asked for its active tasks (`active` when the caller already asked): no
+    answer means gone, an answer without the task in that process means the process that held
+    it died. On the caller's own node a pid that no longer exists (or is the caller itself,
+    which is not running it) is gone without asking. A field without a node (never claimed) is
+    gone. Raises on broker errors.
+    """
+    node, pid = parse_worker(holder)
+    if not node:
+        return False
+    if node == current_node and pid is not None and (pid == os.getpid()
+                                                      or not pid_alive(pid)):
+        return False
+    if active is None:
+        active = active_tasks([node])
+    if node not in active:
+        return False
+    return any(request.get("id") == task_id and (pid is None or request.get("worker_pid") == pid)
+               for request in active[node] or [])
+
+
+# -- what the broker and the workers hold --------------------------------------------------------
+
+def queue_depth() -> int:
+    """Messages waiting in the run queue (not those reserved by workers). Raises
+    `BrokerUnreachable`."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+            errors = connection.connection_errors + connection.channel_errors
+            try:
+                return connection.default_channel.queue_declare(
+                    queue=settings.CELERY_TASK_DEFAULT_QUEUE, passive=True).message_count
+            except ChannelError:
+                return 0  # no such queue yet: nothing waits
+            except errors as exc:
+                raise BrokerUnreachable(str(exc)) from exc
+    except (KombuOperationalError, OSError) as exc:
+        raise BrokerUnreachable(str(exc)) from exc
+
+
+def held_by_workers(task_ids: list[str]) -> set[str]:
+    """The task ids some live worker holds (reserved, scheduled or active): one broadcast,
+    PING_TIMEOUT long. Raises `BrokerUnreachable`."""
+    try:
+        replies = app.control.inspect(timeout=PING_TIMEOUT).query_task(*task_ids) or {}
+    except Exception as exc:  # the broker: cannot tell what is held, so send nothing
+        raise BrokerUnreachable(str(exc)) from exc
+    return {task_id for tasks in replies.values() for task_id in (tasks or {})}
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+def _send(task: Task, messages: Sequence[dict]) -> int:
+    """Publish `task` once per message (its `apply_async` options) over one producer; how many
+    were sent. Raises `BrokerUnreachable` (with how many were sent before) when the broker
+    fails."""
+    sent = 0
+    try:
+        with task.app.producer_or_acquire() as producer:
+            for options in messages:
+                task.apply_async(producer=producer, **options)
+                sent += 1
+    except (KombuOperationalError, OSError) as exc:
+        raise BrokerUnreachable(str(exc), sent=sent) from exc
+    return sent
+
+
+def send_run(runs: Iterable[tuple[object, str]], *, countdown: float | None = None,
+             waits: int = 0, recover: bool = False) -> int:
+    """Send the run task (`executions.run`) for each (execution id, task id), under that task
+    id, so a duplicate is harmless (the claim is conditional). `countdown`: seconds before a
+    worker takes it (a retry's backoff, a concurrency wait); `waits`: how many times the
+    execution already found its function full; `recover`: the reaper sends a lost worker's run
+    to be taken over. Returns how many were sent; raises `BrokerUnreachable`."""
+    # Celery: tasks.py runs the services, which send its task through here.
+    from .tasks import run_execution
+
+    kwargs = {**({"waits": waits} if waits else {}), **({"recover": True} if recover else {})}
+    return _send(run_execution, [
+        {"args": [str(execution_id)], "kwargs": kwargs or None, "task_id": task_id,
+         "countdown": None if countdown is None else max(0.0, countdown)}
+        for execution_id, task_id in runs])
+
+
+def send_callback(execution_id: str) -> None:
+    """Send the callback delivery task of one execution. Raises `BrokerUnreachable`."""
+    # Celery: tasks.py runs the callback service, which sends its task through here.
+    from .tasks import deliver_callback
+
+    _send(deliver_callback, [{"args": [execution_id]}])
+
+
+def kill(task_id: str) -> None:
+    """Stop the pool process running `task_id` wherever it runs (a broadcast that raises
+    `SoftTimeLimitExceeded` inside the run); a kill that never arrives is only logged."""
+    try:
+        app.control.revoke(task_id, terminate=True, signal="SIGUSR1")
+    except Exception:  # the broker: the cancel stands, the run ends by itself
+        logger.warning("could not send the kill of task %s", task_id, exc_info=True)
