@@ -1,4 +1,5 @@
-"""REST endpoints for executions: list with filters, read one by task id, re-run or cancel one."""
+"""REST endpoints of the executions app: executions (list with filters, read one by task id,
+re-run or cancel one), batches with their progress, and the callback signing key."""
 
 import django_filters
 from django.urls import reverse
@@ -8,12 +9,15 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
-from .models import Execution, ExecutionStatus
+from .batches import progress_of, with_progress
+from .callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, callback_key
+from .models import Batch, Execution, ExecutionStatus
 from .selectors import execution_wait
 from .serializers import (
     WAIT_PARAMETER,
@@ -130,3 +134,88 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         `cancelled`. 409 naming `status` when it already ended."""
         execution = services.execution_cancel(execution=self.get_object(), user=request.user)
         return Response(self.get_serializer(execution).data)
+
+
+# -- batches: `GET /api/batches/` and `/api/batches/<id>/` with progress ----------------------
+
+class BatchSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="batch-detail")
+    trigger = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    done = serializers.SerializerMethodField()
+    succeeded = serializers.SerializerMethodField()
+    failed = serializers.SerializerMethodField(help_text="Failed or timed out.")
+    timed_out = serializers.SerializerMethodField()
+    cancelled = serializers.SerializerMethodField(help_text="Cancelled before or while running.")
+    queued = serializers.SerializerMethodField()
+    running = serializers.SerializerMethodField()
+    p50_seconds = serializers.SerializerMethodField(
+        help_text="Median retrieval time (dispatched → finished) of its finished executions.")
+    p95_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = ["url", "id", "trigger", "source", "size", "done", "succeeded", "failed",
+                  "timed_out", "cancelled", "queued", "running", "p50_seconds", "p95_seconds",
+                  "created_at", "finished_at"]
+
+    def _progress(self, batch):
+        if getattr(batch, "_progress", None) is None:
+            batch._progress = progress_of(batch)
+        return batch._progress
+
+    def get_done(self, batch) -> int:
+        return self._progress(batch).done
+
+    def get_succeeded(self, batch) -> int:
+        return self._progress(batch).succeeded
+
+    def get_failed(self, batch) -> int:
+        return self._progress(batch).failed
+
+    def get_timed_out(self, batch) -> int:
+        return self._progress(batch).timed_out
+
+    def get_cancelled(self, batch) -> int:
+        return self._progress(batch).cancelled
+
+    def get_queued(self, batch) -> int:
+        return self._progress(batch).queued
+
+    def get_running(self, batch) -> int:
+        return self._progress(batch).running
+
+    def get_p50_seconds(self, batch) -> float | None:
+        return self._progress(batch).p50_seconds
+
+    def get_p95_seconds(self, batch) -> float | None:
+        return self._progress(batch).p95_seconds
+
+
+class BatchViewSet(viewsets.ReadOnlyModelViewSet):
+    """Batches you dispatched (with `executions.view_batch`: all), newest first, with their
+    progress."""
+
+    serializer_class = BatchSerializer
+    filterset_fields = ["source", "trigger__name"]
+
+    def get_queryset(self):
+        queryset = with_progress(Batch.objects.select_related("trigger").order_by("-created_at"))
+        return scope_to_owner(queryset, self.request.user, "created_by")
+
+
+# -- `GET /api/callbacks/key/`: the key your functions' callbacks are signed with ------------
+
+class CallbackKeySerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="HMAC-SHA256 key of your callbacks' signatures.")
+    signature_header = serializers.CharField()
+    timestamp_header = serializers.CharField()
+
+
+class CallbackKeyView(APIView):
+    """The key that signs the callbacks of the functions you own (docs/callbacks.md)."""
+
+    @extend_schema(responses={200: CallbackKeySerializer})
+    def get(self, request):
+        return Response({"key": callback_key(request.user).decode(),
+                         "signature_header": SIGNATURE_HEADER,
+                         "timestamp_header": TIMESTAMP_HEADER})

@@ -2,8 +2,7 @@
 
 from rest_framework.routers import DefaultRouter
 
-from executions.api import ExecutionViewSet
-from executions.batch_api import BatchViewSet
+from executions.api import BatchViewSet, ExecutionViewSet
 from functions.api import FunctionViewSet
 from triggers.api import TriggerViewSet
 

@@ -5,7 +5,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from executions.callback_api import CallbackKeyView
+from executions.api import CallbackKeyView
 from triggers.views import webhook
 
 from .api import router
