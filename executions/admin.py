@@ -17,9 +17,9 @@ from kubefunction.access import permission_name
 from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
 from kubefunction.errors import KubeFunctionError
 
-from .batches import progress_of, with_progress
 from .models import Batch, Execution, ExecutionStatus
 from .reruns import RerunVersion, execution_rerun
+from .selectors import progress_of, with_progress
 from .services import execution_cancel
 
 STATUS_COLOURS = {

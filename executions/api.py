@@ -15,10 +15,9 @@ from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
-from .batches import progress_of, with_progress
 from .callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, callback_key
 from .models import Batch, Execution, ExecutionStatus
-from .selectors import execution_wait
+from .selectors import execution_wait, progress_of, with_progress
 from .serializers import (
     WAIT_PARAMETER,
     ExecutionSerializer,

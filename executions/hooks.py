@@ -1,4 +1,5 @@
-"""What happens after an execution reaches its terminal record (callbacks, batch progress).
+"""What happens after an execution reaches its terminal record: its callback is scheduled, and
+its batch closed when it was the batch's last.
 
 Called by the run path after every terminal write; cheap when there is nothing to do: no query
 at all for an execution with neither a callback URL nor a batch.
@@ -6,10 +7,15 @@ at all for an execution with neither a callback URL nor a batch.
 
 from __future__ import annotations
 
-from django.db import transaction
+import uuid
 
-from .batches import batch_close_if_done
+from django.db import connection, transaction
+from django.utils import timezone
+
 from .callbacks import callback_schedule
+from .models import Batch, Execution, ExecutionStatus
+
+ACTIVE = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 
 
 def execution_finished(execution_id: str, *, callback_url: str = "",
@@ -27,3 +33,23 @@ def execution_finished(execution_id: str, *, callback_url: str = "",
             batch_close_if_done(batch_id=batch_id)
 
     transaction.on_commit(react)
+
+
+def batch_close_if_done(*, batch_id) -> bool:
+    """Set the batch's `finished_at` (its last execution's end) when none of its executions is
+    queued or running and all `size` of them exist. One conditional UPDATE: the unfinished check
+    comes first (an index probe), so the count runs only once the batch looks done.
+    """
+    execution, batch = Execution._meta.db_table, Batch._meta.db_table
+    sql = f"""
+        UPDATE {batch} SET finished_at = COALESCE(
+            (SELECT max(finished_at) FROM {execution} WHERE batch_id = {batch}.id), %s)
+        WHERE id = %s AND finished_at IS NULL AND CASE
+            WHEN EXISTS (SELECT 1 FROM {execution}
+                         WHERE batch_id = {batch}.id AND status IN (%s, %s)) THEN FALSE
+            ELSE (SELECT count(*) FROM {execution} WHERE batch_id = {batch}.id) >= size END"""
+    key = Batch._meta.pk.get_db_prep_value(uuid.UUID(str(batch_id)), connection)
+    now = Batch._meta.get_field("finished_at").get_db_prep_value(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [now, key, *(status.value for status in ACTIVE)])
+        return cursor.rowcount == 1

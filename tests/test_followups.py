@@ -10,8 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from executions.batches import batch_close_if_done, progress_of
+from executions.hooks import batch_close_if_done
 from executions.models import Batch, Execution, ExecutionStatus
+from executions.selectors import progress_of
 from executions.services import execution_dispatch_many
 from functions.builds import version_wait
 from metrics import dashboard, selectors

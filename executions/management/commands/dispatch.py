@@ -10,9 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from executions import services
-from executions.batches import progress_of
 from executions.models import Batch, Execution, ExecutionStatus
-from executions.selectors import finished_among
+from executions.selectors import finished_among, progress_of
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from metrics.stats import ms, percentile
 from triggers.models import Trigger
