@@ -27,7 +27,7 @@ from executions.callbacks import callback_url_check
 from executions.models import Execution
 from executions.services import execution_dispatch, execution_skip, payload_check
 from functions.models import Function
-from kubefunction.errors import InvalidInput, KubeFunctionError, NotFound
+from kubefunction.errors import InvalidInput, KubeFunctionError
 from kubefunction.throttles import dispatch_wait, user_ident
 
 from .models import Trigger, TriggerKind
@@ -348,11 +348,3 @@ def trigger_fire(*, trigger_id: int) -> Execution | None:
     logger.info("schedule trigger %s dispatched execution %s", trigger.name, execution.task_id)
     return execution
 
-
-def trigger_get(*, name: str) -> Trigger:
-    """The trigger named `name` with its function; NotFound otherwise."""
-    trigger = Trigger.objects.select_related("function__active_version").filter(
-        name=name).first()
-    if trigger is None:
-        raise NotFound(f"no trigger named '{name}'.", field="trigger")
-    return trigger
