@@ -27,6 +27,8 @@ def _mask_secrets_in_worker_logs(logger=None, **kwargs) -> None:
     """Celery replaces the root logger's handlers (and gives its task logger its own), so the
     masking filter LOGGING puts on the console handler never sees a worker's lines: put it on
     the handlers Celery installed."""
+    # This module is imported by kubefunction/__init__.py before Django is set up (settings,
+    # apps): project code is imported when a signal fires, once it is.
     from kubefunction.log_redaction import install_secret_filter
 
     install_secret_filter(logger)
@@ -35,6 +37,6 @@ def _mask_secrets_in_worker_logs(logger=None, **kwargs) -> None:
 @signals.worker_process_shutdown.connect
 def _release_runtimes(**kwargs) -> None:
     """A prefork child skips atexit hooks: stop its warm function processes explicitly."""
-    from executions.runtimes import close_runtimes
+    from executions.runtimes import close_runtimes  # Celery: imported before Django is set up
 
     close_runtimes()

@@ -15,6 +15,8 @@ from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from kombu.utils.url import maybe_sanitize_url
 
+from executions.runtimes import get_runtime, sandbox
+
 from .celery import app
 
 # Seconds /readyz waits for all its checks together; a check still running then counts as failed.
@@ -53,8 +55,6 @@ def check_worker(timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def check_runtime() -> tuple[bool, str]:
-    from executions.runtimes import get_runtime
-
     try:
         return get_runtime(settings.KUBEFUNCTION_RUNTIME).health()
     except Exception as exc:
@@ -65,8 +65,6 @@ def check_sandbox() -> tuple[bool, str]:
     """The local runtime's mode: sandboxed, unsandboxed-trusted or refusing (non-staff users'
     functions). Refusing is not a failure: superusers' functions still run, and a probe must
     not take the web process out of service for it; the detail names the fix."""
-    from executions.runtimes import sandbox
-
     try:
         _, detail, _ = sandbox.state()
     except Exception as exc:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from functions.artifacts import AdminSourceSizeLimitHandler
 from triggers.webhooks import on_webhook_origin
 
 from .api_errors import DATABASE_ERRORS, database_unavailable_response
@@ -101,8 +102,6 @@ class RequestBodyLimitMiddleware:
                 return refusal
         if request.method == "POST" and request.path.startswith(ADMIN_UPLOAD_PREFIX):
             # Before the CSRF check reads the form: an oversized source stops the parse (400).
-            from functions.artifacts import AdminSourceSizeLimitHandler
-
             request.upload_handlers.insert(0, AdminSourceSizeLimitHandler(
                 request, limit=settings.KUBEFUNCTION_MAX_SOURCE_BYTES))
         return self.get_response(request)

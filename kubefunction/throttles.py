@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.throttling import SimpleRateThrottle
 
-from .access import AnonRateThrottle
+from .access import AnonRateThrottle, UserRateThrottle
 
 logger = logging.getLogger(__name__)
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -150,8 +150,6 @@ class DispatchRateThrottle(SimpleRateThrottle):
 def dispatch_throttles() -> list:
     """Throttles of a dispatching endpoint: the API-wide per-user rate plus the dispatch rate
     (an action's `throttle_classes` replaces the defaults instead of adding to them)."""
-    from kubefunction.access import AnonRateThrottle, UserRateThrottle
-
     return [UserRateThrottle, AnonRateThrottle, DispatchRateThrottle]
 
 

@@ -2,6 +2,8 @@
 
 from celery import shared_task
 
+from .rollup import rollup_advance
+
 
 @shared_task(name="metrics.noop")
 def noop(value=None):
@@ -14,7 +16,5 @@ def noop(value=None):
 @shared_task(name="metrics.rollup", ignore_result=True, soft_time_limit=600)
 def rollup() -> str | None:
     """Bring the metrics rollup tables up to date; returns the new watermark."""
-    from .rollup import rollup_advance
-
     result = rollup_advance()
     return result.rolled_until.isoformat() if result.rolled_until else None

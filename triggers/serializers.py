@@ -3,9 +3,11 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from executions.callbacks import callback_url_check
 from functions.models import Function
 from kubefunction.access import scope_to_actor
 from kubefunction.api_input import StrictInput
+from kubefunction.errors import InvalidInput
 
 from .models import Trigger, TriggerKind
 from .services import webhook_url
@@ -92,9 +94,6 @@ class DispatchSerializer(StrictInput, serializers.Serializer):
                   "default: the trigger's callback URL.")
 
     def validate_callback_url(self, value):
-        from executions.callbacks import callback_url_check
-        from kubefunction.errors import InvalidInput
-
         try:
             return callback_url_check(value)
         except InvalidInput as exc:
