@@ -17,18 +17,22 @@ the execution ends for good; an asynchronous one is then a dead letter.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from django.conf import settings
 
 from .models import Execution, ExecutionStatus
 from .runtimes.base import Outcome
 
-if TYPE_CHECKING:  # the claim's record: transitions (which records retries) imports this module
-    from .transitions import Claimed
-
 # The function's contract was broken in a way another attempt would repeat exactly.
 NOT_RETRIED = frozenset({"OutputTooLarge", "NonSerializableResult", "HandlerNotFound"})
+
+
+class RetrySettings(Protocol):
+    """What the policy reads of a claimed attempt (`transitions.Claimed`)."""
+
+    max_retries: int
+    retry_backoff_seconds: float
 
 
 class Cause(enum.Enum):
@@ -45,7 +49,7 @@ def backoff(base: float, retry: int) -> float:
     return min(float(settings.KUBEFUNCTION_RETRY_MAX_BACKOFF), base * 2 ** min(retry - 1, 40))
 
 
-def retry_delay(execution_id: str, claimed: Claimed, outcome: Outcome, *,
+def retry_delay(execution_id: str, claimed: RetrySettings, outcome: Outcome, *,
                 cause: Cause) -> tuple[float, list[dict]] | None:
     """(seconds before the retry, earlier attempts) when the failed attempt is retried, else
     None. Reads the earlier attempts only when a retry is possible at all, so a failure with
@@ -61,7 +65,7 @@ def retry_delay(execution_id: str, claimed: Claimed, outcome: Outcome, *,
     return None if delay is None else (delay, earlier)
 
 
-def retry_delay_after(claimed: Claimed, outcome: Outcome, *, earlier: list[dict],
+def retry_delay_after(claimed: RetrySettings, outcome: Outcome, *, earlier: list[dict],
                       cause: Cause) -> float | None:
     """Seconds before the retry of a failed attempt after the `earlier` attempts, or None
     when no retry is left."""
