@@ -146,7 +146,8 @@ def send_run(runs: Iterable[tuple[object, str]], *, countdown: float | None = No
     worker takes it (a retry's backoff, a concurrency wait); `waits`: how many times the
     execution already found its function full; `recover`: the reaper sends a lost worker's run
     to be taken over. Returns how many were sent; raises `BrokerUnreachable`."""
-    # Celery: tasks.py runs the services, which send its task through here.
+    # Here, not at the top: a Celery task module imports what its tasks run (the services,
+    # which send through this module), and the web process imports it only to send.
     from .tasks import run_execution
 
     kwargs = {**({"waits": waits} if waits else {}), **({"recover": True} if recover else {})}
@@ -158,15 +159,15 @@ def send_run(runs: Iterable[tuple[object, str]], *, countdown: float | None = No
 
 def send_callback(execution_id: str) -> None:
     """Send the callback delivery task of one execution. Raises `BrokerUnreachable`."""
-    # Celery: tasks.py runs the callback service, which sends its task through here.
-    from .tasks import deliver_callback
+    from .tasks import deliver_callback  # here, not at the top: as in `send_run`
 
     _send(deliver_callback, [{"args": [execution_id]}])
 
 
 def kill(task_id: str) -> None:
-    """Stop the pool process running `task_id` wherever it runs (a broadcast that raises
-    `SoftTimeLimitExceeded` inside the run); a kill that never arrives is only logged."""
+    """Stop the pool process running `task_id` wherever it runs: a broadcast, which makes it
+    raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call. A kill that cannot be
+    sent is only logged."""
     try:
         app.control.revoke(task_id, terminate=True, signal="SIGUSR1")
     except Exception:  # the broker: the cancel stands, the run ends by itself
