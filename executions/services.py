@@ -341,14 +341,10 @@ def _redelivered(execution_id: str, worker: str) -> transitions.Claimed | None:
 
 def _remove_orphans(runtime_name: str) -> None:
     """Before a lost attempt runs again: stop what the dead worker process left running on
-    this host. Local runner processes die with their worker process (PR_SET_PDEATHSIG);
-    Docker containers are labelled with their owner's pid and removed here."""
-    if runtime_name != "docker":
-        return
+    this host (`Runtime.remove_orphans`). Local runner processes die with their worker process
+    (PR_SET_PDEATHSIG); Docker containers are labelled with their owner's pid."""
     try:
-        from .runtimes.docker import cleanup_orphans
-
-        removed = cleanup_orphans(get_runtime("docker").client())
+        removed = get_runtime(runtime_name).remove_orphans()
         if removed:
             logger.info("removed %d containers of worker processes that are gone", removed)
     except Exception:  # the engine may be away: the next worker process tries again

@@ -49,19 +49,22 @@ def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False
 # Warm Kubernetes Deployments idle past KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS are scaled down by
 # this task, which beat runs every minute (CELERY_BEAT_SCHEDULE), and by busy workers at most once
 # a minute. The last use is an annotation on each Deployment, so whichever worker process runs
-# the task scales down every idle Deployment, whoever used it (see kube_warm).
+# the task scales down every idle Deployment, whoever used it (see runtimes.kubernetes.warm).
 @shared_task(name="executions.scale_idle_warm", ignore_result=True,
              soft_time_limit=max(60, 4 * settings.KUBEFUNCTION_KUBE_TIMEOUT))
 def scale_idle_warm() -> list[str]:
-    """Scale the idle warm Deployments to the minimum; returns their names."""
-    if settings.KUBEFUNCTION_RUNTIME != "kubernetes" and not Function.objects.filter(
-            runtime="kubernetes").exists():
-        return []  # no function runs on Kubernetes: nothing to scale, no API client built
-    try:
-        return get_runtime("kubernetes").warm.scale_idle()
-    except (RuntimeUnavailable, RuntimeFailure) as exc:  # the next run (a minute on) tries again
-        logger.warning("could not scale idle warm Deployments: %s", exc)
-        return []
+    """Scale what idle versions hold warm down to the minimum, in every runtime in use
+    (`Runtime.scale_idle`); returns what was scaled."""
+    # Only the runtimes functions use: a runtime no function runs on builds no API client.
+    in_use = {settings.KUBEFUNCTION_RUNTIME, *Function.objects.exclude(runtime="").values_list(
+        "runtime", flat=True).distinct()}
+    scaled: list[str] = []
+    for name in sorted(in_use):
+        try:
+            scaled += get_runtime(name).scale_idle()
+        except (RuntimeUnavailable, RuntimeFailure) as exc:  # the next run (a minute on) retries
+            logger.warning("could not scale idle warm capacity of the %s runtime: %s", name, exc)
+    return scaled
 
 
 # Beat runs this every KUBEFUNCTION_REAPER_INTERVAL seconds (CELERY_BEAT_SCHEDULE).

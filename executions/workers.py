@@ -22,7 +22,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from kubefunction.celery import app
 
-from .runtimes.local_process import pid_alive
+from .runtimes.host import pid_alive
 
 logger = logging.getLogger(__name__)
 

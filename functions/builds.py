@@ -23,12 +23,9 @@ from .specs import version_spec
 
 logger = logging.getLogger(__name__)
 
-CONTAINER_RUNTIMES = frozenset({"docker", "kubernetes"})
-
-
 def builds_image(function: Function) -> bool:
-    """True when the function's runtime runs container images."""
-    return function.effective_runtime in CONTAINER_RUNTIMES
+    """True when the function's runtime runs container images (`Runtime.runs_images`)."""
+    return get_runtime(function.effective_runtime).runs_images
 
 
 def _needs_build(version: FunctionVersion) -> bool:

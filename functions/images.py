@@ -23,6 +23,7 @@ from django.template.loader import render_to_string
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from executions.runtimes.base import FunctionSpec
+from executions.runtimes.docker.client import build_client
 
 from . import requirements as reqs
 from . import runner
@@ -44,11 +45,6 @@ class BuiltImage:
     tag: str  # repository:content-tag
     installed: str  # name==version lines ("" when reused: the earlier build recorded them)
     reused: bool  # found in the registry: nothing was built
-
-
-def docker_client() -> docker.DockerClient:
-    """A Docker SDK client from the environment (DOCKER_HOST or the local socket)."""
-    return docker.from_env(timeout=60)
 
 
 def repository(function_name: str) -> str:
@@ -168,7 +164,7 @@ def build_image(spec: FunctionSpec, *, on_log: Callable[[str], None] | None = No
     deadline = reqs.build_deadline()
     sink = LogSink(on_log)
     try:
-        client = client or docker_client()
+        client = client or build_client()
         base = client.images.get(settings.KUBEFUNCTION_BASE_IMAGE)
     except ImageNotFound as exc:
         raise ImageBuildFailed(

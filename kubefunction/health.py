@@ -15,7 +15,8 @@ from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from kombu.utils.url import maybe_sanitize_url
 
-from executions.runtimes import get_runtime, sandbox
+from executions.runtimes import get_runtime
+from executions.runtimes.local import sandbox
 
 from .celery import app
 

@@ -481,7 +481,7 @@ KUBEFUNCTION_KUBE_CPU_REQUEST = env.str("KUBEFUNCTION_KUBE_CPU_REQUEST", default
 KUBEFUNCTION_KUBE_CPU_LIMIT = env.str("KUBEFUNCTION_KUBE_CPU_LIMIT", default="1")
 # Comma-separated Secrets (in the functions namespace) the kubelet pulls function images with.
 KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS = env.list("KUBEFUNCTION_KUBE_IMAGE_PULL_SECRETS", default=[])
-# "cold": one Job per invocation; "warm": a Deployment + Service per version (see kube_warm).
+# "cold": one Job per invocation; "warm": a Deployment + Service per version (kubernetes.warm).
 KUBEFUNCTION_KUBE_MODE = env.str("KUBEFUNCTION_KUBE_MODE", default="cold")
 # Warm mode: replicas per version (scaled from this worker's in-flight invocations), the port
 # the runner serves on, and the seconds without invocations before scaling to the minimum.

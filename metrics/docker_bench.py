@@ -18,7 +18,8 @@ import docker
 from django.conf import settings
 
 from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.docker import DockerRuntime
+from executions.runtimes.docker.client import build_client
+from executions.runtimes.docker.runtime import DockerRuntime
 from executions.runtimes.warm_pool import PoolLimits
 from functions import images
 
@@ -76,7 +77,7 @@ def _timed_invoke(runtime: DockerRuntime, spec: FunctionSpec, payload: object) -
 
 
 def run_docker_bench(*, samples: int = 20, warm_samples: int = 200) -> DockerFigures:
-    client = docker.from_env(timeout=settings.KUBEFUNCTION_DOCKER_TIMEOUT)
+    client = build_client()
     base = settings.KUBEFUNCTION_BASE_IMAGE
     image = bench_image()
     spec = _spec(image)

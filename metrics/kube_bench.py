@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import docker
-from django.conf import settings
 from django.test import override_settings
 
 from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.kubernetes import KubernetesRuntime, job_manifest
-from executions.runtimes.protocol import runner_request
+from executions.runtimes.docker.client import build_client
+from executions.runtimes.kubernetes.manifests import job_manifest
+from executions.runtimes.kubernetes.runtime import KubernetesRuntime
+from executions.runtimes.wire import runner_request
 from functions.images import build_image
 
 from .stats import percentile
@@ -104,7 +105,7 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
     # TCP_NODELAY, so the bench does too.
     server.Handler.disable_nagle_algorithm = True
 
-    client = docker.from_env(timeout=settings.KUBEFUNCTION_DOCKER_TIMEOUT)
+    client = build_client()
     floor, cold, warm = [], [], []
     try:
         built, _ = build_image(_spec(), client=client)

@@ -36,7 +36,7 @@ if ((${#missing[@]})); then
   fi
 fi
 
-# The same isolation the runtime asks for (executions/runtimes/sandbox.py), with /usr only.
+# The same isolation the runtime asks for (executions/runtimes/local/sandbox.py), with /usr only.
 if [ "$(id -u)" -eq 0 ]; then
   box=(--unshare-ipc --unshare-pid --unshare-uts --unshare-net --cap-add CAP_SETUID
        --cap-add CAP_SETGID --cap-add CAP_SETPCAP)
@@ -66,7 +66,7 @@ if [ -x .venv/bin/python ]; then
   DJANGO_SETTINGS_MODULE=kubefunction.settings .venv/bin/python -c '
 import sys, django
 django.setup()
-from executions.runtimes import sandbox
+from executions.runtimes.local import sandbox
 mode, detail, _ = sandbox.state()
 print(f"sandbox: {detail}")
 sys.exit(0 if mode == sandbox.SANDBOXED else 1)'

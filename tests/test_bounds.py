@@ -318,8 +318,7 @@ def test_lying_figures_in_a_result_frame_are_dropped_not_fatal():
     outcome is built from what is left."""
     import json
 
-    from executions.runtimes.framing import FrameReader
-    from executions.runtimes.protocol import frame_outcome
+    from executions.runtimes.wire import FrameReader, frame_outcome
     from functions.runner import FRAME_MARKER
 
     answer = {"ok": False, "error_type": "SystemExit", "error": "", "exit_code": "2**31",

@@ -28,6 +28,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from executions.runtimes.docker.client import build_client
 from functions import builds, images
 from functions.build_logs import TRUNCATED, cap_log
 from functions.builds import version_wait
@@ -225,7 +226,7 @@ def test_local_build_installs_a_wheel_from_the_operators_index_only(user, index,
     assert built.status == "ready", built.build_log
     assert "kf_tiny-1.0-py3-none-any.whl" in built.build_log
     assert "kf_tiny-2.0" not in built.build_log
-    from executions.runtimes.local import deps_dir
+    from executions.runtimes.local.runtime import deps_dir
     from functions.specs import version_spec
     deps = deps_dir(version_spec(built))
     assert (deps / "kf_tiny.py").read_text() == "VALUE = 'tiny 1.0'\n"
@@ -325,7 +326,7 @@ NETWORK_PROBE = ("RUN python3 -c \"import socket; "
 
 @needs_docker
 def test_image_build_steps_have_no_network():
-    client = images.docker_client()
+    client = build_client()
     sink = images.LogSink()
     with pytest.raises(images.ImageBuildFailed, match="non-zero code"):
         images.run_build(client, context=probe_context(NETWORK_PROBE),
@@ -345,7 +346,7 @@ def test_image_build_steps_have_no_network():
 @needs_docker
 def test_image_build_steps_see_only_loopback_and_the_memory_limit(settings):
     settings.KUBEFUNCTION_BUILD_MEMORY_MB = 300
-    client = images.docker_client()
+    client = build_client()
     sink = images.LogSink()
     tag = f"kf-probe-limits:{uuid.uuid4().hex[:8]}"
     images.run_build(client, context=probe_context(
@@ -360,7 +361,7 @@ def test_image_build_steps_see_only_loopback_and_the_memory_limit(settings):
 
 @needs_docker
 def test_image_build_deadline_stops_the_build_and_its_container():
-    client = images.docker_client()
+    client = build_client()
     marker = uuid.uuid4().hex[:12]
     started = time.monotonic()
     with pytest.raises(images.ImageBuildFailed, match="KUBEFUNCTION_BUILD_TIMEOUT_SECONDS"):
@@ -391,7 +392,7 @@ def test_image_installs_wheels_without_network_and_caps_its_log(user, index, set
     assert len(built.build_log.encode()) <= 2048
     assert TRUNCATED in built.build_log
     assert built.build_log.rstrip().endswith(built.image)  # the end ("pushed ...") survives
-    out = images.docker_client().containers.run(
+    out = build_client().containers.run(
         built.image_tag, ["python3", "-c", "import kf_tiny; print(kf_tiny.VALUE)"],
         environment={"PYTHONPATH": "/opt/kubefunction/deps"}, network_mode="none", remove=True)
     assert out.decode().strip() == "tiny 1.0"

@@ -18,6 +18,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_results.models import TaskResult
 
 from executions.models import Execution
+from executions.runtimes.docker.client import build_client
 from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.docker_engine import needs_docker
@@ -107,14 +108,12 @@ def test_cancel_a_running_local_function_kills_it_within_2_s(api, celery_worker_
 @needs_docker
 def test_cancel_a_running_docker_function_kills_its_container_within_2_s(
         api, celery_worker_process):
-    from functions import images
-
     name = f"busy-docker-{uuid.uuid4().hex[:6]}"
     create(api, name, BUSY, runtime="docker")
     version = FunctionVersion.objects.get(function__name=name)
     version = version_wait(version=version, timeout=300)
     assert version.status == "ready", version.build_log
-    client = images.docker_client()
+    client = build_client()
 
     def still_running() -> bool:
         return bool(client.containers.list(

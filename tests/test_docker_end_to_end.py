@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from docker.errors import ImageNotFound
 
-from functions import images
+from executions.runtimes.docker.client import build_client
 from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.archives import make_zip
@@ -43,7 +43,7 @@ def test_build_delete_dispatch_pulls_it_back(api, celery_worker_process):
 
     assert f"kubefunction/slug-{marker}" in registry_repositories()
 
-    client = images.docker_client()
+    client = build_client()
     client.images.remove(version.image_tag, force=True)
     with pytest.raises(ImageNotFound):
         client.images.get(version.image)

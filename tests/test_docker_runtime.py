@@ -27,7 +27,7 @@ from executions.runtimes.base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from executions.runtimes.framing import FrameReader
+from executions.runtimes.wire import FrameReader
 from functions import runner
 
 RUNNER = Path(runner.__file__)
@@ -268,7 +268,7 @@ def test_runner_socket_mode_ends_when_the_host_stops_listening(tmp_path):
 
 
 def test_an_engine_that_does_not_answer_is_transient(settings, tmp_path):
-    from executions.runtimes.docker import DockerRuntime
+    from executions.runtimes.docker.runtime import DockerRuntime
 
     settings.KUBEFUNCTION_WORK_DIR = tmp_path / "work"
     settings.KUBEFUNCTION_DOCKER_URL = f"unix://{tmp_path}/no-engine.sock"
@@ -312,7 +312,7 @@ def image(engine):
 
 
 def _mine(engine) -> list[dict]:
-    from executions.runtimes.docker_container import MANAGED_LABEL, owner_id
+    from executions.runtimes.docker.container import MANAGED_LABEL, owner_id
 
     return engine.api.containers(all=True, filters={
         "label": [f"{MANAGED_LABEL}=true", f"io.kubefunction.owner={owner_id()}"]})
@@ -322,7 +322,7 @@ def _mine(engine) -> list[dict]:
 def make_runtime(engine, settings, tmp_path):
     """Builds DockerRuntimes (warm pool on or off); afterwards, none of their containers is
     left, running or not."""
-    from executions.runtimes.docker import DockerRuntime
+    from executions.runtimes.docker.runtime import DockerRuntime
 
     settings.KUBEFUNCTION_WORK_DIR = tmp_path / "work"
     settings.KUBEFUNCTION_MAX_OUTPUT_BYTES = 64 * 1024
@@ -599,8 +599,8 @@ def test_health(make_runtime, settings):
 
 
 def test_orphans_of_dead_workers_are_removed(make_runtime, engine, image, settings):
-    from executions.runtimes.docker import cleanup_orphans, folders_dir
-    from executions.runtimes.docker_container import MANAGED_LABEL, OWNER_LABEL
+    from executions.runtimes.docker.container import MANAGED_LABEL, OWNER_LABEL
+    from executions.runtimes.docker.runtime import cleanup_orphans, folders_dir
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -207,7 +207,7 @@ def test_cancel_a_running_cold_kubernetes_job_stops_it(api, celery_worker_proces
     from celery.result import AsyncResult
     from django_celery_results.models import TaskResult
 
-    from executions.runtimes.kubernetes import label_value
+    from executions.runtimes.kubernetes.manifests import label_value
     from tests.docker_engine import engine_problem
 
     if engine_problem():

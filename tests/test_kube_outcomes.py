@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from executions.runtimes import kube_outcomes as ko
+from executions.runtimes.kubernetes import outcomes as ko
 from functions.runner import frame_header
 
 NONCE = "0123456789abcdef0123456789abcdef"

@@ -32,13 +32,9 @@ from dataclasses import dataclass
 import pytest
 
 from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.kubernetes import (
-    KubernetesRuntime,
-    job_manifest,
-    job_name,
-    request_secret,
-)
-from executions.runtimes.protocol import runner_request
+from executions.runtimes.kubernetes.manifests import job_manifest, job_name, request_secret
+from executions.runtimes.kubernetes.runtime import KubernetesRuntime
+from executions.runtimes.wire import runner_request
 
 CONTRACT_SOURCE = b"""\
 import signal, time
@@ -175,7 +171,7 @@ def jobs_left(runtime: KubernetesRuntime, target: Target, seconds: float = 30) -
     """The contract Jobs still in the namespace once deletion had `seconds` to finish."""
     end = time.monotonic() + seconds
     while True:
-        names = [job.metadata.name for job in runtime.batch.list_namespaced_job(
+        names = [job.metadata.name for job in runtime.kube.batch.list_namespaced_job(
             target.namespace, label_selector="kubefunction.io/function=contract",
             _request_timeout=10).items]
         if not names or time.monotonic() > end:
@@ -212,7 +208,7 @@ def test_deadline_ends_timed_out(target, runtime):
 
 
 def pods_left(runtime: KubernetesRuntime, target: Target) -> list[str]:
-    return [pod.metadata.name for pod in runtime.core.list_namespaced_pod(
+    return [pod.metadata.name for pod in runtime.kube.core.list_namespaced_pod(
         target.namespace, label_selector="kubefunction.io/function=contract",
         _request_timeout=10).items]
 
@@ -258,7 +254,7 @@ def test_warm_scales_up_from_zero_and_back(target, runtime, settings):
     served warm, a busy loop past its deadline is timed_out on time and its pod replaced, and
     an idle Deployment scales back to zero with its pods gone at once (the idle runner exits
     on SIGTERM, a 30 s grace period is not waited for)."""
-    from executions.runtimes.kube_warm import LAST_USED, timestamp, warm_name
+    from executions.runtimes.kubernetes.manifests import LAST_USED, timestamp, warm_name
 
     settings.KUBEFUNCTION_KUBE_MODE = "warm"
     settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS = 0
@@ -277,13 +273,13 @@ def test_warm_scales_up_from_zero_and_back(target, runtime, settings):
         assert time.monotonic() - started < 3 + MARGIN
         again = runtime.invoke(function, {"n": 3}, context(3 + target.start_seconds))
         assert again.status == "succeeded", again  # a new pod serves
-        runtime.apps.patch_namespaced_deployment(name, target.namespace, {"metadata": {
+        runtime.kube.apps.patch_namespaced_deployment(name, target.namespace, {"metadata": {
             "annotations": {LAST_USED: timestamp(time.time() - 3600)}}}, _request_timeout=10)
         started = time.monotonic()
         assert runtime.warm.scale_idle() == [name]
         assert wait_until(lambda: pods_left(runtime, target) == [], 10)
         assert time.monotonic() - started < 10  # not the 30 s grace period
-        assert runtime.apps.read_namespaced_deployment(
+        assert runtime.kube.apps.read_namespaced_deployment(
             name, target.namespace, _request_timeout=10).spec.replicas == 0
     finally:
         runtime.release(function)
@@ -296,11 +292,11 @@ def test_redelivery_adopts_the_first_attempts_job(target, runtime):
     execution = context(60 + target.start_seconds)
     first, _ = runner_request(function, {"attempt": 1}, execution)
     name = job_name(function.function_name, execution.execution_id)
-    created = runtime.batch.create_namespaced_job(
+    created = runtime.kube.batch.create_namespaced_job(
         target.namespace, job_manifest(function, name, execution), _preload_content=False,
         _request_timeout=10)
     job = json.loads(created.data)
-    runtime.core.create_namespaced_secret(target.namespace, request_secret(job, first),
+    runtime.kube.core.create_namespaced_secret(target.namespace, request_secret(job, first),
                                           _request_timeout=10)
     outcome = runtime.invoke(function, {"attempt": 2}, execution)
     assert outcome.status == "succeeded" and outcome.output == {"attempt": 1}, outcome

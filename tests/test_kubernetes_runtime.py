@@ -18,13 +18,9 @@ from executions.runtimes.base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from executions.runtimes.kubernetes import (
-    COLD_PERMISSIONS,
-    PERMISSIONS,
-    KubernetesRuntime,
-    job_manifest,
-    job_name,
-)
+from executions.runtimes.kubernetes.client import COLD_PERMISSIONS, PERMISSIONS
+from executions.runtimes.kubernetes.manifests import job_manifest, job_name
+from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 
 IMAGE = "127.0.0.1:5000/kubefunction/hello@sha256:" + "a" * 64
@@ -425,7 +421,7 @@ def deployment(fake) -> dict:
 
 def used_long_ago(fake, name: str, seconds: float = 3600) -> None:
     """Stamp the warm Deployment `name` as last used `seconds` ago (as a worker would have)."""
-    from executions.runtimes.kube_warm import LAST_USED, timestamp
+    from executions.runtimes.kubernetes.manifests import LAST_USED, timestamp
 
     fake.cluster.patch("deployments", fake.namespace, name, {
         "metadata": {"annotations": {LAST_USED: timestamp(time.time() - seconds)}}})
@@ -510,7 +506,7 @@ def runner_source(tmp_path):
 
 
 def test_runner_request_env_mode(tmp_path):
-    from executions.runtimes import kube_outcomes as ko
+    from executions.runtimes.kubernetes import outcomes as ko
 
     result = subprocess.run(
         [*runner_source(tmp_path), "--request-env", "KF_REQ"], capture_output=True, timeout=30,

@@ -7,15 +7,9 @@ import time
 import pytest
 
 from executions import runtimes
-from executions.runtimes.kube_warm import (
-    LAST_USED,
-    SCAN_SECONDS,
-    TIMEOUT,
-    TOUCH_SECONDS,
-    parse_timestamp,
-    warm_name,
-)
-from executions.runtimes.kubernetes import KubernetesRuntime
+from executions.runtimes.kubernetes.manifests import LAST_USED, TIMEOUT, parse_timestamp, warm_name
+from executions.runtimes.kubernetes.runtime import KubernetesRuntime
+from executions.runtimes.kubernetes.warm import SCAN_SECONDS, TOUCH_SECONDS
 from executions.tasks import scale_idle_warm
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 from tests.test_kubernetes_runtime import (  # noqa: F401 - runtime and warm: fixtures

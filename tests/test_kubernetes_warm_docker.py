@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from executions.runtimes.kubernetes import PERMISSIONS
+from executions.runtimes.kubernetes.client import PERMISSIONS
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 from tests.test_kubernetes_runtime import (  # noqa: F401 - runtime: a fixture
     context,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from executions.runtimes.base import FunctionSpec, InvocationContext, RuntimeFailure
-from executions.runtimes.framing import FrameError, FrameReader, LogBuffer, join_logs
-from executions.runtimes.local import LocalRuntime, deps_dir, source_dir
+from executions.runtimes.local.runtime import LocalRuntime, deps_dir, source_dir
+from executions.runtimes.wire import FrameError, FrameReader, LogBuffer, join_logs
 from functions.runner import frame_header
 
 _versions = itertools.count(1)

@@ -26,8 +26,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from executions.runtimes import sandbox
-from executions.runtimes.local import source_dir
+from executions.runtimes.local import sandbox
+from executions.runtimes.local.runtime import source_dir
 from functions.models import FunctionVersion
 from functions.specs import version_spec
 from kubefunction.celery import app as celery_app

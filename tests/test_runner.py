@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executions.runtimes.framing import FrameReader
+from executions.runtimes.wire import FrameReader
 from functions import runner
 
 RUNNER = Path(runner.__file__)

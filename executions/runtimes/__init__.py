@@ -9,9 +9,9 @@ from django.utils.module_loading import import_string
 from .base import Runtime
 
 RUNTIMES = {
-    "local": "executions.runtimes.local.LocalRuntime",
-    "docker": "executions.runtimes.docker.DockerRuntime",
-    "kubernetes": "executions.runtimes.kubernetes.KubernetesRuntime",
+    "local": "executions.runtimes.local.runtime.LocalRuntime",
+    "docker": "executions.runtimes.docker.runtime.DockerRuntime",
+    "kubernetes": "executions.runtimes.kubernetes.runtime.KubernetesRuntime",
 }
 
 _instances: dict[str, Runtime] = {}
@@ -35,6 +35,4 @@ def get_runtime(name: str) -> Runtime:
 def close_runtimes() -> None:
     """Stop what the runtimes built in this process hold (warm processes, containers)."""
     for runtime in list(_instances.values()):
-        close = getattr(runtime, "close", None)
-        if close:
-            close()
+        runtime.close()

@@ -87,11 +87,19 @@ class RuntimeFailure(Exception):
 
 
 class Runtime(abc.ABC):
+    """Where invocations run. Callers reach a runtime only through this interface: what a
+    version needs before it runs (`runs_images`, `needs_prepare`, `prepare`), running it
+    (`invoke`), and looking after what runtimes leave behind (`release`, `remove_orphans`,
+    `scale_idle`, `close`), besides `health`."""
+
     name: str = ""
     # True when invoking again for the same execution re-attaches to the first attempt instead of
     # running the function a second time (Kubernetes Jobs are named after the execution), so a
     # redelivered task may take over an execution its dead worker left `running`.
     resumable: bool = False
+    # True when a version runs as a container image, which `functions.images` builds and pushes
+    # (`spec.image`); the runtime's `prepare` only makes sure it can be pulled.
+    runs_images: bool = False
 
     @abc.abstractmethod
     def prepare(self, spec: FunctionSpec) -> PrepareResult:
@@ -107,6 +115,21 @@ class Runtime(abc.ABC):
 
     def release(self, spec: FunctionSpec) -> None:  # noqa: B027 - optional hook
         """Drop warm resources held for the version."""
+
+    def remove_orphans(self) -> int:
+        """Stop what dead worker processes of this host left running (before a lost attempt
+        runs again); returns how many were removed. Raises whatever reaching the backend raises.
+        """
+        return 0
+
+    def scale_idle(self) -> list[str]:
+        """Scale down the warm capacity of versions idle past their idle time, wherever it lives
+        (the beat task `executions.scale_idle_warm`); returns what was scaled down. Raises
+        `RuntimeUnavailable` / `RuntimeFailure` when the backend cannot be reached."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop everything this runtime holds in this process (warm runners, clients)."""
 
     def health(self) -> tuple[bool, str]:
         """(ok, human-readable detail) for `doctor` and readiness checks."""

@@ -1,4 +1,5 @@
-"""The local runtime's warm pool: idle runner processes kept for the next call of the same version.
+"""The warm pool every pooled runtime shares: idle runners (local processes, docker containers)
+kept for the next call of the same version, and the one invoke loop over them.
 
 Bounded per key and in total (least recently used goes first), idle processes expire, and a
 daemon thread sweeps expired ones every few seconds. A process is owned by the pool only while
@@ -16,9 +17,23 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
+
+from django.conf import settings
 
 from .base import FunctionSpec, Runtime
-from .local_process import RunnerProcess
+from .wire import Exchange, max_frame_bytes, reusable
+
+
+class WarmRunner(Protocol):
+    """A long-lived runner (a local process, a docker container): one request at a time."""
+
+    def exchange(self, request: bytes, nonce: str, deadline: float, *, max_log_bytes: int,
+                 max_frame_bytes: int) -> Exchange: ...
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -33,8 +48,8 @@ class WarmPool:
         self._limits = limits
         self._lock = threading.Lock()
         # id(process) -> (key, process, idle since), least recently released first
-        self._idle: OrderedDict[int, tuple[Hashable, RunnerProcess, float]] = OrderedDict()
-        self._live: weakref.WeakSet[RunnerProcess] = weakref.WeakSet()
+        self._idle: OrderedDict[int, tuple[Hashable, WarmRunner, float]] = OrderedDict()
+        self._live: weakref.WeakSet[WarmRunner] = weakref.WeakSet()
         self._owner = os.getpid()
         self._sweeper: threading.Thread | None = None
         self._wake = threading.Event()
@@ -42,13 +57,13 @@ class WarmPool:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _fresh_locks(ref()))
 
-    def track(self, process: RunnerProcess) -> None:
+    def track(self, process: WarmRunner) -> None:
         """Remember a newly spawned process so `close` kills it even while it is in use."""
         with self._lock:
             self._adopt()
             self._live.add(process)
 
-    def acquire(self, key: Hashable) -> RunnerProcess | None:
+    def acquire(self, key: Hashable) -> WarmRunner | None:
         """An idle live process for `key` (the most recently used), or None."""
         while True:
             found = None
@@ -68,7 +83,7 @@ class WarmPool:
             if found is None or found.alive():
                 return found
 
-    def release(self, key: Hashable, process: RunnerProcess) -> None:
+    def release(self, key: Hashable, process: WarmRunner) -> None:
         """Take back a healthy process after a call; kills whatever the limits do not allow."""
         limits = self._limits()
         if limits.size <= 0 or limits.per_key <= 0:
@@ -119,7 +134,7 @@ class WarmPool:
 
     # --- under the lock ---------------------------------------------------------------------
 
-    def _expired(self, limits: PoolLimits) -> list[RunnerProcess]:
+    def _expired(self, limits: PoolLimits) -> list[WarmRunner]:
         cutoff = time.monotonic() - limits.idle_seconds
         expired = [ident for ident, entry in self._idle.items() if entry[2] <= cutoff]
         return [self._idle.pop(ident)[1] for ident in expired]
@@ -157,7 +172,7 @@ def _fresh_locks(pool: WarmPool | None) -> None:
         pool._wake = threading.Event()
 
 
-def _kill(processes: list[RunnerProcess]) -> None:
+def _kill(processes: list[WarmRunner]) -> None:
     for process in processes:
         process.kill()
 
@@ -167,6 +182,39 @@ class PooledRuntime(Runtime):
     (`self._pool`, made by the subclass)."""
 
     _pool: WarmPool
+
+    def _exchange_pooled(self, key: Hashable, start: Callable[[], WarmRunner], request: bytes,
+                         nonce: str, deadline: float) -> tuple[Exchange, bool]:
+        """Send one request to an idle runner for `key`, or to one `start()` makes; returns
+        what came back and whether the runner was new (cold). A runner that answered well goes
+        back to the pool, any other is killed. One that died idle (the request never reached
+        it, before the deadline) is replaced once: the function never saw the call."""
+
+        def fresh() -> WarmRunner:
+            runner = start()
+            self._pool.track(runner)
+            return runner
+
+        runner = self._pool.acquire(key)
+        cold = runner is None
+        if runner is None:
+            runner = fresh()
+        limits = {"max_log_bytes": settings.KUBEFUNCTION_MAX_LOG_BYTES,
+                  "max_frame_bytes": max_frame_bytes()}
+        try:
+            exchange = runner.exchange(request, nonce, deadline, **limits)
+            if not exchange.sent and not cold and not exchange.timed_out:
+                runner = fresh()
+                cold = True
+                exchange = runner.exchange(request, nonce, deadline, **limits)
+        except BaseException:
+            runner.kill()
+            raise
+        if exchange.frame is not None and reusable(exchange.frame) and runner.alive():
+            self._pool.release(key, runner)
+        else:
+            runner.kill()
+        return exchange, cold
 
     def release(self, spec: FunctionSpec) -> None:
         self._pool.drop(lambda key: key[0] == spec.version_id)

@@ -20,53 +20,35 @@ waits for readiness (counted as cold).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import random
 import threading
 import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import urllib3
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes.client.rest import ApiException
 
-from .base import FunctionSpec, InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
-from .docker_container import runner_command
-from .framing import FrameError, FrameReader
-from .protocol import frame_outcome, runner_request
-
-if TYPE_CHECKING:
-    from .kubernetes import KubernetesRuntime
+from ..base import FunctionSpec, InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
+from ..wire import FrameError, FrameReader, frame_outcome, late_outcome, runner_request
+from .client import KubeClient, api_errors
+from .manifests import (
+    LAST_USED,
+    MANAGED_BY,
+    TIMEOUT,
+    WARM_LABEL,
+    parse_timestamp,
+    usage_annotations,
+    warm_manifests,
+    warm_name,
+)
 
 logger = logging.getLogger(__name__)
 
-LAST_USED = "kubefunction.io/last-used"
-TIMEOUT = "kubefunction.io/timeout-seconds"
-WARM_LABEL = "kubefunction.io/warm"
 TOUCH_SECONDS = 5.0  # a worker process stamps a version's last use at most this often
 SCAN_SECONDS = 60.0  # and looks for idle Deployments on its own at most this often
-
-
-def timestamp(moment: float) -> str:
-    """`moment` (epoch seconds) as RFC 3339 in UTC, to the millisecond."""
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_timestamp(text: str | None) -> float | None:
-    """Epoch seconds of an RFC 3339 time, or None when it is missing or unreadable."""
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def usage_annotations(spec: FunctionSpec, moment: float) -> dict[str, str]:
-    return {LAST_USED: timestamp(moment), TIMEOUT: str(math.ceil(spec.timeout_seconds))}
 
 
 def idle_at(deployment: dict, idle_seconds: float) -> float:
@@ -85,104 +67,52 @@ def idle_at(deployment: dict, idle_seconds: float) -> float:
     return used + max(float(idle_seconds), timeout + TOUCH_SECONDS)
 
 
-def warm_name(spec: FunctionSpec) -> str:
-    """`kfw-<function>-v<n>-<digest>`: one per version and shape (image, handler, limits, env)."""
-    from .kubernetes import _UNSAFE
-
-    key = repr((spec.version_id, spec.image, spec.handler, spec.mode, spec.memory_mb,
-                spec.network, sorted(spec.env.items())))
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    suffix = f"-v{spec.version_number}-{digest}"
-    room = 63 - len("kfw-") - len(suffix)
-    function = _UNSAFE.sub("-", spec.function_name.lower()).strip("-")[:room].strip("-") or "fn"
-    return f"kfw-{function}{suffix}"
-
-
-def manifests(spec: FunctionSpec, name: str, replicas: int) -> tuple[dict, dict]:
-    """The Deployment and the Service of a warm version."""
-    from .kubernetes import labels, pod_template
-
-    port = settings.KUBEFUNCTION_KUBE_WARM_PORT
-    pod_labels = {**labels(spec, "warm"), WARM_LABEL: name}
-    del pod_labels["kubefunction.io/execution"]
-    # Requests travel in POST /invoke bodies: nothing of a payload is in these specs.
-    pod = pod_template(spec, pod_labels, runner_command(spec, "--http", f"0.0.0.0:{port}"))
-    pod["spec"]["restartPolicy"] = "Always"
-    container = pod["spec"]["containers"][0]
-    container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
-    container["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": port},
-                                   "periodSeconds": 2, "failureThreshold": 1}
-    selector = {WARM_LABEL: name}
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": pod_labels,
-                     "annotations": usage_annotations(spec, time.time())},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": pod},
-    }
-    service = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "labels": pod_labels},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": port,
-                                                  "targetPort": port, "protocol": "TCP"}]},
-    }
-    return deployment, service
-
-
 class WarmDeployments:
     """The warm Deployments this worker process uses, with their in-flight counts."""
 
-    def __init__(self, runtime: KubernetesRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
         self.lock = threading.Lock()
         self.inflight: dict[str, int] = {}
         self.touched: dict[str, float] = {}  # name -> when this process last stamped its use
         self.scanned = time.monotonic()  # when this process last looked for idle Deployments
         self.http = urllib3.PoolManager(retries=False)
 
-    # --- API helpers ---------------------------------------------------------------------
-
-    def _read(self, call: Any, *args: Any, **kwargs: Any) -> dict:
-        response = call(*args, _preload_content=False,
-                        _request_timeout=self.runtime._timeout(), **kwargs)
-        return json.loads(response.data)
+    # --- the Deployment ---------------------------------------------------------------
 
     def _deployment(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
         """The version's Deployment, its use stamped (when due); created with its Service when
         missing (always the Service first: a Deployment never exists without it)."""
-        from .kubernetes import api_errors
-
-        apps, ns = self.runtime.apps, self.runtime.namespace
+        apps, ns = self.kube.apps, self.kube.namespace
         with api_errors("read the warm Deployment"):
             try:
                 stamped = self._stamp(spec, name)
                 if stamped is not None:
                     return stamped
-                return self._read(apps.read_namespaced_deployment, name, ns)
+                return self.kube.read(apps.read_namespaced_deployment, name, ns)
             except ApiException as exc:
                 if exc.status != 404:
                     raise
         return self._create(spec, name, replicas)
 
     def _create(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
-        from .kubernetes import api_errors
-
-        deployment, service = manifests(spec, name, replicas)
-        ns = self.runtime.namespace
-        apps, core = self.runtime.apps, self.runtime.core
+        deployment, service = warm_manifests(spec, name, replicas)
+        ns = self.kube.namespace
+        apps, core = self.kube.apps, self.kube.core
         with api_errors("create the warm Service"):
             try:
                 core.create_namespaced_service(ns, service, _preload_content=False,
-                                               _request_timeout=self.runtime._timeout())
+                                               _request_timeout=self.kube.timeout())
             except ApiException as exc:
                 if exc.status != 409:
                     raise
         with api_errors("create the warm Deployment"):
             try:
-                created = self._read(apps.create_namespaced_deployment, ns, deployment)
+                created = self.kube.read(apps.create_namespaced_deployment, ns, deployment)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-                created = self._read(apps.read_namespaced_deployment, name, ns)  # a peer's
+                created = self.kube.read(apps.read_namespaced_deployment, name, ns)  # a peer's
         with self.lock:
             self.touched[name] = time.monotonic()  # created (or just made by a peer) = used
         return created
@@ -198,8 +128,8 @@ class WarmDeployments:
                 return None
             self.touched[name] = started  # claimed: this process's other threads skip it
         try:
-            return self._read(self.runtime.apps.patch_namespaced_deployment, name,
-                              self.runtime.namespace,
+            return self.kube.read(self.kube.apps.patch_namespaced_deployment, name,
+                              self.kube.namespace,
                               {"metadata": {"annotations": usage_annotations(spec, time.time())}})
         except BaseException:
             with self.lock:
@@ -211,17 +141,13 @@ class WarmDeployments:
             raise
 
     def _scale(self, name: str, replicas: int) -> None:
-        from .kubernetes import api_errors
-
         with api_errors("scale the warm Deployment"):
-            self.runtime.apps.patch_namespaced_deployment(
-                name, self.runtime.namespace, {"spec": {"replicas": replicas}},
-                _preload_content=False, _request_timeout=self.runtime._timeout())
+            self.kube.apps.patch_namespaced_deployment(
+                name, self.kube.namespace, {"spec": {"replicas": replicas}},
+                _preload_content=False, _request_timeout=self.kube.timeout())
 
     def _stamp_quietly(self, spec: FunctionSpec, name: str) -> None:
         """`_stamp` after an invocation: a failure is logged, the outcome stands."""
-        from .kubernetes import api_errors
-
         try:
             with api_errors("stamp the warm Deployment's last use"):
                 self._stamp(spec, name)
@@ -231,14 +157,12 @@ class WarmDeployments:
     def _ready_endpoint(self, name: str, end: float) -> tuple[str, str] | None:
         """(address, pod name) of a ready endpoint of the Service, waiting (watch) until `end`
         (monotonic)."""
-        from .kubernetes import api_errors
-
-        discovery, ns = self.runtime.discovery, self.runtime.namespace
+        discovery, ns = self.kube.discovery, self.kube.namespace
         selector = f"kubernetes.io/service-name={name}"
         while True:
             with api_errors("list the warm Service's endpoints"):
-                listed = self._read(discovery.list_namespaced_endpoint_slice, ns,
-                                    label_selector=selector)
+                listed = self.kube.read(discovery.list_namespaced_endpoint_slice, ns,
+                                        label_selector=selector)
             slices = {s["metadata"]["name"]: s for s in listed["items"]}
             rv = listed["metadata"]["resourceVersion"]
             while True:
@@ -250,31 +174,20 @@ class WarmDeployments:
                     return None
                 seconds = max(1, min(int(remaining), settings.KUBEFUNCTION_KUBE_WATCH_SECONDS))
                 expired = False
-                with api_errors("watch the warm Service's endpoints"):
-                    response = discovery.list_namespaced_endpoint_slice(
-                        ns, label_selector=selector, watch=True, resource_version=rv,
-                        timeout_seconds=seconds, _preload_content=False,
-                        _request_timeout=(settings.KUBEFUNCTION_KUBE_TIMEOUT,
-                                          seconds + settings.KUBEFUNCTION_KUBE_TIMEOUT))
-                    try:
-                        from kubernetes.watch.watch import iter_resp_lines
-
-                        for line in iter_resp_lines(response):
-                            event = json.loads(line)
-                            if event["type"] == "ERROR":
-                                expired = True
-                                break
-                            obj = event["object"]
-                            rv = obj["metadata"]["resourceVersion"]
-                            if event["type"] == "DELETED":
-                                slices.pop(obj["metadata"]["name"], None)
-                            else:
-                                slices[obj["metadata"]["name"]] = obj
-                            if _pick(slices.values()):
-                                break
-                    finally:
-                        response.close()
-                        response.release_conn()
+                for event in self.kube.watch(discovery.list_namespaced_endpoint_slice,
+                                             "watch the warm Service's endpoints", seconds,
+                                             label_selector=selector, resource_version=rv):
+                    if event["type"] == "ERROR":
+                        expired = True
+                        break
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "DELETED":
+                        slices.pop(obj["metadata"]["name"], None)
+                    else:
+                        slices[obj["metadata"]["name"]] = obj
+                    if _pick(slices.values()):
+                        break
                 if expired:
                     break  # list again
 
@@ -283,8 +196,7 @@ class WarmDeployments:
     def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
         budget = context.deadline - time.time()
         if budget <= 0:
-            return Outcome(status="timed_out", error_type="Timeout",
-                           error="the deadline passed before the function started")
+            return late_outcome()
         request, nonce = runner_request(spec, payload, context)
         name = warm_name(spec)
         low = settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS
@@ -351,15 +263,13 @@ class WarmDeployments:
         return frame_outcome(frame, reader.stray.text(), reader.stray.truncated, cold=cold)
 
     def _delete_pod(self, pod: str) -> None:
-        from .kubernetes import api_errors
-
         if not pod:
             return
         try:
             with api_errors("delete a timed-out or cancelled warm pod"):
-                self.runtime.core.delete_namespaced_pod(
-                    pod, self.runtime.namespace, grace_period_seconds=0, _preload_content=False,
-                    _request_timeout=self.runtime._timeout())
+                self.kube.core.delete_namespaced_pod(
+                    pod, self.kube.namespace, grace_period_seconds=0, _preload_content=False,
+                    _request_timeout=self.kube.timeout())
         except (RuntimeFailure, RuntimeUnavailable) as exc:
             logger.warning("could not delete the warm pod %s: %s", pod, exc)
 
@@ -370,25 +280,21 @@ class WarmDeployments:
         annotations) and above KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS down to that minimum; returns
         their names. Any worker process scales any Deployment: the state is in the cluster.
         Raises RuntimeUnavailable / RuntimeFailure when the Deployments cannot be listed."""
-        from .kubernetes import MANAGED_BY, api_errors
-
         with self.lock:
             self.scanned = time.monotonic()
         managed = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
         with api_errors("list the warm Deployments"):
-            listed = self._read(self.runtime.apps.list_namespaced_deployment,
-                                self.runtime.namespace, label_selector=f"{managed},{WARM_LABEL}")
+            listed = self.kube.read(self.kube.apps.list_namespaced_deployment,
+                                self.kube.namespace, label_selector=f"{managed},{WARM_LABEL}")
         return [item["metadata"]["name"] for item in listed["items"]
                 if item["metadata"]["name"] != keep and self._scale_down_if_idle(item)]
 
     def _scale_down_if_idle(self, deployment: dict) -> bool:
         """Scale `deployment` to the minimum if it is idle, with the resourceVersion read as a
         precondition: when a worker stamped a use meanwhile (409), look again, once."""
-        from .kubernetes import api_errors
-
         low = settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS
         idle = settings.KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS
-        apps, ns = self.runtime.apps, self.runtime.namespace
+        apps, ns = self.kube.apps, self.kube.namespace
         name = deployment["metadata"]["name"]
         try:
             with api_errors("scale down the warm Deployment"):
@@ -404,7 +310,7 @@ class WarmDeployments:
                     try:
                         apps.patch_namespaced_deployment(
                             name, ns, patch, _preload_content=False,
-                            _request_timeout=self.runtime._timeout())
+                            _request_timeout=self.kube.timeout())
                         logger.info("scaled the idle warm Deployment %s to %d", name, low)
                         return True
                     except ApiException as exc:
@@ -413,7 +319,7 @@ class WarmDeployments:
                         if exc.status != 409 or attempt:
                             raise
                     try:
-                        deployment = self._read(apps.read_namespaced_deployment, name, ns)
+                        deployment = self.kube.read(apps.read_namespaced_deployment, name, ns)
                     except ApiException as exc:
                         if exc.status == 404:
                             return False
@@ -430,16 +336,14 @@ class WarmDeployments:
 
     def release(self, spec: FunctionSpec) -> None:
         """Delete the version's Deployment and Service (its pods go with them)."""
-        from .kubernetes import api_errors
-
         name = warm_name(spec)
-        ns = self.runtime.namespace
-        for call in (self.runtime.apps.delete_namespaced_deployment,
-                     self.runtime.core.delete_namespaced_service):
+        ns = self.kube.namespace
+        for call in (self.kube.apps.delete_namespaced_deployment,
+                     self.kube.core.delete_namespaced_service):
             try:
                 with api_errors("delete a warm Deployment"):
                     call(name, ns, propagation_policy="Background", _preload_content=False,
-                         _request_timeout=self.runtime._timeout())
+                         _request_timeout=self.kube.timeout())
             except RuntimeFailure as exc:
                 if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404):
                     raise

@@ -20,24 +20,23 @@ from typing import Any
 
 import requests
 
-from .base import FunctionSpec
-from .docker_container import (
+from ..base import FunctionSpec
+from ..image_contract import runner_command
+from ..wire import Exchange, FrameError, FrameReader, LogBuffer
+from .client import engine_errors
+from .container import (
     MOUNT_POINT,
     SOCKET_NAME,
-    ContainerExchange,
     Limits,
     cgroup_figures,
     create_container,
-    engine_errors,
-    held_back,
     host_folder,
     listen,
+    note_exit,
     read_logs,
     remove_quietly,
-    runner_command,
     state,
 )
-from .framing import FrameError, FrameReader, LogBuffer
 
 READ_SIZE = 64 * 1024
 STARTUP_CHECK_SECONDS = 1.0  # until a new runner connects, look at its container this often
@@ -88,7 +87,7 @@ class WarmContainer:
     # --- one request ------------------------------------------------------------------------
 
     def exchange(self, request: bytes, nonce: str, deadline: float, *, max_log_bytes: int,
-                 max_frame_bytes: int) -> ContainerExchange:
+                 max_frame_bytes: int) -> Exchange:
         """Send one request line and read its frame by `deadline` (monotonic).
 
         Without a frame (timeout, the runner gone, a bad frame) the container is removed, after
@@ -111,7 +110,7 @@ class WarmContainer:
             conn.close()
 
     def _read(self, conn: socket.socket, reader: FrameReader, pending: memoryview,
-              deadline: float) -> ContainerExchange:
+              deadline: float) -> Exchange:
         with selectors.DefaultSelector() as selector:
             selector.register(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending
                                                              else 0))
@@ -151,7 +150,7 @@ class WarmContainer:
         self.fresh = False
         self.cpu_reported += float(frame.get("cpu_seconds") or 0)
         startup, self.startup_seconds = self.startup_seconds, None  # reported once
-        return ContainerExchange(frame=frame, stray=reader.stray.text(),
+        return Exchange(frame=frame, stray=reader.stray.text(),
                                  stray_truncated=reader.stray.truncated, startup_seconds=startup)
 
     def _accept(self, deadline: float) -> socket.socket | None:
@@ -177,9 +176,9 @@ class WarmContainer:
                     return None
 
     def _ended(self, reader: FrameReader, *, timed_out: bool = False, sent: bool = True,
-               protocol_error: str = "") -> ContainerExchange:
+               protocol_error: str = "") -> Exchange:
         """No frame: note how the container ended (or what it used, at a timeout), then kill it."""
-        exchange = ContainerExchange(timed_out=timed_out, sent=sent,
+        exchange = Exchange(timed_out=timed_out, sent=sent,
                                      protocol_error=protocol_error)
         stray = LogBuffer(reader.stray.limit)
         try:
@@ -190,15 +189,13 @@ class WarmContainer:
                     if cpu is not None:
                         exchange.cpu_seconds = max(0.0, cpu - self.cpu_reported)
                 elif sent or self.fresh:
-                    found = self._exit_state()
-                    exchange.oom_killed = bool(found.get("OOMKilled"))
-                    exchange.returncode = found.get("ExitCode")
+                    note_exit(exchange, self._exit_state())
                     if self.fresh:  # what the runner said before it could connect
                         read_logs(self.api, self.id, stdout=False, into=stray,
                                   max_bytes=4 * stray.limit)
         finally:
             self.kill()
-        reader.stray.add(held_back(reader))
+        reader.stray.add(reader.held_back())
         exchange.stray = reader.stray.text() + stray.text()
         exchange.stray_truncated = reader.stray.truncated or stray.truncated
         return exchange

@@ -23,20 +23,19 @@ import select
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import termios
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from functions import runner as runner_module
 
-from .framing import FrameError, FrameReader, LogBuffer
+from ..host import folder_prefix
+from ..wire import Exchange, FrameError, FrameReader, LogBuffer
 from .sandbox import HOME as SANDBOX_HOME
 from .sandbox import Network, Sandbox, interpreter, materialize, sandbox_paths
 
@@ -54,21 +53,6 @@ DRAIN_READS = 64  # at most this many reads of leftover stderr after a frame (a 
 READY_CHECK, READY_CHECK_MAX = 0.001, 0.05
 
 
-@dataclass
-class Exchange:
-    """What came back for one request."""
-
-    frame: dict[str, Any] | None = None
-    stray: str = ""
-    stray_truncated: bool = False
-    timed_out: bool = False
-    protocol_error: str = ""
-    sent: bool = True  # False: the process was gone before it could read the request
-    returncode: int | None = None  # set when the process ended (negative: killed by that signal)
-    killed: bool = False  # we killed it (timeout, protocol error) rather than it ending itself
-    cpu_seconds: float | None = None  # from the kernel, for a process that ended without a frame
-
-
 def runner_env(home: str, extra: dict[str, str]) -> dict[str, str]:
     """The child's whole environment: a few fixed variables plus the function's own."""
     env = {
@@ -80,49 +64,6 @@ def runner_env(home: str, extra: dict[str, str]) -> dict[str, str]:
     }
     env.update({str(key): str(value) for key, value in extra.items()})
     return env
-
-
-def _host_label() -> str:
-    return "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname())
-
-
-def _home_prefix() -> str:
-    # <host>-<worker pid>-<random>: whoever finds it later can tell if its worker is gone.
-    return f"{_host_label()}-{os.getpid()}-"
-
-
-def remove_stale_homes(parent: Path) -> int:
-    """Remove the HOME folders this host's dead workers left behind; returns how many.
-
-    A worker that ends without running its exit hooks (a Celery prefork child ends with
-    os._exit) cannot remove its runners' HOME folders, so the next worker on the host does.
-    """
-    try:
-        entries = list(parent.iterdir())
-    except FileNotFoundError:
-        return 0
-    host, removed = _host_label(), 0
-    for entry in entries:
-        parts = entry.name.rsplit("-", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        worker = int(parts[1])
-        if worker == os.getpid() or pid_alive(worker):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process `pid` exists on this host (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _address_space_limit(memory_mb: int) -> int | None:
@@ -207,7 +148,7 @@ class RunnerProcess:
         for path in extra_paths:
             argv += ["--path", str(path)]
         homes.mkdir(parents=True, exist_ok=True)
-        home = tempfile.mkdtemp(prefix=_home_prefix(), dir=homes)
+        home = tempfile.mkdtemp(prefix=folder_prefix(), dir=homes)
         spawned_at = time.monotonic()
         try:
             popen = subprocess.Popen(
@@ -376,8 +317,13 @@ class RunnerProcess:
         exchange.stray_truncated = reader.stray.truncated or stray.truncated
         if exchange.frame is not None:
             self.cpu_reported += float(exchange.frame.get("cpu_seconds") or 0)
+        exchange.cold_start_seconds = self.cold_start_seconds
         if self._closed:
-            exchange.returncode = self.popen.returncode
+            code = self.popen.returncode if self.popen.returncode is not None else -signal.SIGKILL
+            if code < 0:  # killed by signal -code: as a shell reports it
+                exchange.returncode, exchange.signal = 128 - code, -code
+            else:
+                exchange.returncode = code
             exchange.killed = self.killed
             if self._rusage is not None:
                 # Not ru_maxrss: Linux carries the worker's own peak into a child's through

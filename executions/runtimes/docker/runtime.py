@@ -17,7 +17,7 @@ import requests
 from django.conf import settings
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from .base import (
+from ..base import (
     FunctionSpec,
     InvocationContext,
     Outcome,
@@ -25,28 +25,13 @@ from .base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from .docker_container import (
-    LABEL,
-    MANAGED_LABEL,
-    OWNER_LABEL,
-    ContainerExchange,
-    Limits,
-    engine_errors,
-    owner_id,
-    run_once,
-)
-from .docker_warm import WarmContainer
-from .framing import join_logs
-from .local_process import pid_alive, remove_stale_homes
-from .protocol import (
-    frame_outcome,
-    reusable,
-    runner_request,
-    signal_name,
-    timed_out_outcome,
-    unreadable_outcome,
-)
-from .warm_pool import PooledRuntime, PoolLimits, WarmPool
+from ..host import pid_alive, remove_stale_folders
+from ..warm_pool import PooledRuntime, PoolLimits, WarmPool
+from ..wire import exchange_outcome, late_outcome, max_frame_bytes, runner_request
+from .client import build_client, engine_errors
+from .container import LABEL, MANAGED_LABEL, OWNER_LABEL, Limits, owner_id
+from .oneshot import run_once
+from .warm import WarmContainer
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +68,6 @@ def _limits() -> Limits:
                   network=settings.KUBEFUNCTION_DOCKER_NETWORK)
 
 
-def build_client() -> docker.DockerClient:
-    """A Docker SDK client for KUBEFUNCTION_DOCKER_URL (or DOCKER_HOST and the rest of the
-    environment when it is empty), with the API timeout in seconds; asks the engine its API
-    version, so it fails here when the engine does not answer."""
-    timeout = settings.KUBEFUNCTION_DOCKER_TIMEOUT
-    if settings.KUBEFUNCTION_DOCKER_URL:
-        return docker.DockerClient(base_url=settings.KUBEFUNCTION_DOCKER_URL, timeout=timeout)
-    return docker.from_env(timeout=timeout)
-
-
 def cleanup_orphans(client: docker.DockerClient) -> int:
     """Remove the runtime's containers whose worker process is gone; returns how many.
 
@@ -116,14 +91,14 @@ def cleanup_orphans(client: docker.DockerClient) -> int:
             removed += 1
         except NotFound:
             pass
-    remove_stale_homes(folders_dir())
+    remove_stale_folders(folders_dir())
     return removed
 
 
 class DockerRuntime(PooledRuntime):
     """Runs each invocation in a container of the version's image (`spec.image`).
 
-    Every container is hardened the same way (see `docker_container.create_container`): no
+    Every container is hardened the same way (see `container.create_container`): no
     network unless the function asks for one, read-only root with a 64 MiB noexec /tmp, user
     10001, no capabilities, no-new-privileges, memory (no swap), CPU and pids limits, bounded
     logs, the function's environment only, labelled with the worker that owns it.
@@ -140,6 +115,7 @@ class DockerRuntime(PooledRuntime):
     """
 
     name = "docker"
+    runs_images = True
 
     def __init__(self, pool_limits: PoolLimits | None = None) -> None:
         """`pool_limits` fixes the warm pool's limits (for benchmarks); by default they come from
@@ -175,6 +151,10 @@ class DockerRuntime(PooledRuntime):
     @property
     def api(self) -> Any:
         return self.client().api
+
+    def remove_orphans(self) -> int:
+        """Remove the containers (and host folders) of this host's dead workers."""
+        return cleanup_orphans(self.client())
 
     # --- images ------------------------------------------------------------------------------
 
@@ -252,52 +232,29 @@ class DockerRuntime(PooledRuntime):
         self._require_image(spec)
         budget = context.deadline - time.time()
         if budget <= 0:
-            return Outcome(status="timed_out", error_type="Timeout",
-                           error="the deadline passed before the function started")
+            return late_outcome()
         deadline = time.monotonic() + budget
         request, nonce = runner_request(spec, payload, context)
-        max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
-        # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
-        max_frame = 8 * (settings.KUBEFUNCTION_MAX_OUTPUT_BYTES + 2 * max_log) + MIB
         limits = _limits()
         pool = self._pool_limits()
         if pool.size <= 0 or pool.per_key <= 0:
             labels = {**_version_labels(spec), f"{LABEL}.execution": context.execution_id}
             exchange = self._with_image(spec, lambda: run_once(
                 self.api, spec, request, nonce, deadline, parent=folders_dir(), labels=labels,
-                limits=limits, max_log_bytes=max_log, max_frame_bytes=max_frame), deadline)
-            return _outcome(exchange, spec, True, budget)
-
-        key = pool_key(spec)
-        container = self._pool.acquire(key)
-        cold = container is None
-        if container is None:
-            container = self._start(spec, key, limits, deadline)
-        try:
-            exchange = container.exchange(request, nonce, deadline, max_log_bytes=max_log,
-                                          max_frame_bytes=max_frame)
-            if not exchange.sent and not cold and not exchange.timed_out:
-                # it died idle: the function never saw the request
-                container = self._start(spec, key, limits, deadline)
-                cold = True
-                exchange = container.exchange(request, nonce, deadline, max_log_bytes=max_log,
-                                              max_frame_bytes=max_frame)
-        except BaseException:
-            container.kill()
-            raise
-        if exchange.frame is not None and reusable(exchange.frame) and container.alive():
-            self._pool.release(key, container)
+                limits=limits, max_log_bytes=settings.KUBEFUNCTION_MAX_LOG_BYTES,
+                max_frame_bytes=max_frame_bytes()), deadline)
+            cold = True
         else:
-            container.kill()
-        return _outcome(exchange, spec, cold, budget)
+            key = pool_key(spec)
+            exchange, cold = self._exchange_pooled(
+                key, lambda: self._start(spec, key, limits, deadline), request, nonce, deadline)
+        return exchange_outcome(exchange, spec, cold=cold, budget=budget, unit="container")
 
     def _start(self, spec: FunctionSpec, key: tuple, limits: Limits,
                deadline: float) -> WarmContainer:
         labels = {**_version_labels(spec), f"{LABEL}.pool": _key_digest(key)}
-        container = self._with_image(spec, lambda: WarmContainer.start(
+        return self._with_image(spec, lambda: WarmContainer.start(
             self.api, spec, parent=folders_dir(), labels=labels, limits=limits), deadline)
-        self._pool.track(container)
-        return container
 
     # --- the rest of the interface -----------------------------------------------------------
 
@@ -341,35 +298,3 @@ def _version_labels(spec: FunctionSpec) -> dict[str, str]:
 def _key_digest(key: tuple) -> str:
     return hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:16]
 
-
-def _outcome(exchange: ContainerExchange, spec: FunctionSpec, cold: bool,
-             budget: float) -> Outcome:
-    max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
-    frame = exchange.frame
-    stray = (exchange.stray, exchange.stray_truncated)
-    if frame is not None:
-        return frame_outcome(frame, *stray, cold=cold, startup_seconds=exchange.startup_seconds)
-    logs, truncated = join_logs([stray], max_log)
-    common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
-              "cpu_seconds": exchange.cpu_seconds}
-    if exchange.oom_killed:
-        return Outcome(status="failed", error_type="MemoryError", exit_code=exchange.returncode,
-                       error=f"the function's container was killed because it exceeded its "
-                             f"memory limit of {spec.memory_mb} MiB",
-                       peak_memory_bytes=spec.memory_mb * MIB, **common)
-    common["peak_memory_bytes"] = exchange.peak_memory_bytes
-    if exchange.timed_out:
-        return timed_out_outcome(budget, **common)
-    if exchange.protocol_error:
-        return unreadable_outcome(exchange.protocol_error, **common)
-    code = exchange.returncode
-    if code is None:
-        return Outcome(status="failed", error_type="ProcessExited", exit_code=None,
-                       error="the function's container ended without a result", **common)
-    if code > 128:  # the engine's (and the init's) way of saying "killed by signal code - 128"
-        return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
-                       error=f"the function's process was killed by {signal_name(code - 128)} "
-                             "without a result", **common)
-    return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
-                   error=f"the function's process exited with code {code} without a result",
-                   **common)

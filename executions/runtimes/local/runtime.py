@@ -8,7 +8,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,7 @@ from django.conf import settings
 from functions.artifacts import SourceRejected, unpack
 from functions.requirements import install_for_local
 
-from . import sandbox as sandboxing
-from .base import (
+from ..base import (
     FunctionSpec,
     InvocationContext,
     Outcome,
@@ -31,17 +29,11 @@ from .base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from .framing import join_logs
-from .local_process import RUNNER_PATH, Exchange, RunnerProcess, remove_stale_homes
-from .protocol import (
-    frame_outcome,
-    reusable,
-    runner_request,
-    signal_name,
-    timed_out_outcome,
-    unreadable_outcome,
-)
-from .warm_pool import PooledRuntime, PoolLimits, WarmPool
+from ..host import remove_stale_folders
+from ..warm_pool import PooledRuntime, PoolLimits, WarmPool
+from ..wire import exchange_outcome, late_outcome, runner_request
+from . import sandbox as sandboxing
+from .process import RUNNER_PATH, RunnerProcess
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -196,29 +188,16 @@ class LocalRuntime(PooledRuntime):
     def invoke(self, spec: FunctionSpec, payload: Any, context: InvocationContext) -> Outcome:
         budget = context.deadline - time.time()
         if budget <= 0:
-            return Outcome(status="timed_out", error_type="Timeout",
-                           error="the deadline passed before the function started")
+            return late_outcome()
         deadline = time.monotonic() + budget
         sandbox = self._sandbox_for(spec)
-        key = (*pool_key(spec), sandbox)
-        process = self._pool.acquire(key)
-        cold = process is None
-        if process is None:
-            process = self._spawn(spec, sandbox)
-        try:
-            exchange = self._call(process, spec, payload, context, deadline)
-            if not exchange.sent and not cold:  # it died idle; the function never saw the call
-                process = self._spawn(spec, sandbox)
-                cold = True
-                exchange = self._call(process, spec, payload, context, deadline)
-        except BaseException:
-            process.kill()
-            raise
-        if exchange.frame is not None and reusable(exchange.frame) and process.alive():
-            self._pool.release(key, process)
-        else:
-            process.kill()
-        return _outcome(exchange, spec, cold, budget, process.cold_start_seconds)
+        request, nonce = runner_request(spec, payload, context)
+        exchange, cold = self._exchange_pooled(
+            (*pool_key(spec), sandbox), lambda: self._spawn(spec, sandbox), request, nonce,
+            deadline)
+        # A new process's start is seen whole: spawn → interpreter → import → request taken.
+        return exchange_outcome(exchange, spec, cold=cold, budget=budget, unit="process",
+                                guess_memory=True)
 
     def _sandbox_for(self, spec: FunctionSpec) -> sandboxing.Sandbox | None:
         """The sandbox to run `spec` in, None to run it unboxed; raises RuntimeFailure when it
@@ -243,7 +222,7 @@ class LocalRuntime(PooledRuntime):
         homes = work_dir() / "homes"
         if homes not in self._tidied:
             self._tidied.add(homes)
-            remove_stale_homes(homes)
+            remove_stale_folders(homes)
         try:
             process = RunnerProcess.spawn(
                 source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
@@ -253,18 +232,7 @@ class LocalRuntime(PooledRuntime):
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise RuntimeUnavailable(f"could not start the function's process: {exc}") from exc
-        self._pool.track(process)
         return process
-
-    def _call(self, process: RunnerProcess, spec: FunctionSpec, payload: Any,
-              context: InvocationContext, deadline: float) -> Exchange:
-        max_output = settings.KUBEFUNCTION_MAX_OUTPUT_BYTES
-        max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
-        line, nonce = runner_request(spec, payload, context)
-        # JSON escaping can grow text up to 6x; anything beyond is not a runner's frame.
-        max_frame = 8 * (max_output + 2 * max_log) + 1024 * 1024
-        return process.exchange(line, nonce, deadline, max_log_bytes=max_log,
-                                max_frame_bytes=max_frame)
 
     # --- the rest of the interface ------------------------------------------------------------
 
@@ -282,7 +250,6 @@ class LocalRuntime(PooledRuntime):
                       f"{sys.executable}, {self.warm_count} warm processes")
 
 
-
 def _readable_by_sandbox(path: Path) -> None:
     """Let the sandbox uid read a folder it gets bound (unpacking and pip leave 0700 folders).
 
@@ -298,32 +265,3 @@ def _readable_by_sandbox(path: Path) -> None:
                 os.chmod(file, os.stat(file).st_mode | 0o444)
     os.chmod(path, path.stat().st_mode | 0o755)
 
-
-def _outcome(exchange: Exchange, spec: FunctionSpec, cold: bool, budget: float,
-             cold_start: float | None = None) -> Outcome:
-    max_log = settings.KUBEFUNCTION_MAX_LOG_BYTES
-    frame = exchange.frame
-    stray = (exchange.stray, exchange.stray_truncated)
-    if frame is not None:
-        # A new process's start is seen whole: spawn → interpreter → import → request taken.
-        return frame_outcome(frame, *stray, cold=cold, measured_cold_start=cold_start)
-    logs, truncated = join_logs([stray], max_log)
-    common = {"logs": logs, "logs_truncated": truncated, "cold": cold,
-              "cpu_seconds": exchange.cpu_seconds}
-    if exchange.timed_out:
-        return timed_out_outcome(budget, **common)
-    if exchange.protocol_error:
-        return unreadable_outcome(exchange.protocol_error, **common)
-    code = exchange.returncode if exchange.returncode is not None else -signal.SIGKILL
-    if code >= 0:
-        return Outcome(status="failed", error_type="ProcessExited", exit_code=code,
-                       error=f"the function's process exited with code {code} without a result",
-                       **common)
-    name = signal_name(-code)
-    if not exchange.killed and -code in (signal.SIGKILL, signal.SIGSEGV):
-        return Outcome(status="failed", error_type="MemoryError", exit_code=128 - code,
-                       error=f"the function's process was killed by {name}, most likely because "
-                             f"it exceeded its memory limit of {spec.memory_mb} MiB", **common)
-    return Outcome(status="failed", error_type="ProcessExited", exit_code=128 - code,
-                   error=f"the function's process was killed by {name} without a result",
-                   **common)

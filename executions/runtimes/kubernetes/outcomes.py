@@ -13,11 +13,17 @@ from typing import Any
 
 from django.conf import settings
 
-from .base import Outcome
-from .framing import FrameError, FrameReader, join_logs
-from .protocol import frame_outcome
-
-MIB = 1024 * 1024
+from ..base import Outcome
+from ..wire import (
+    MIB,
+    FrameError,
+    FrameReader,
+    exited_outcome,
+    frame_outcome,
+    join_logs,
+    memory_outcome,
+    unreadable_outcome,
+)
 
 PENDING = "pending"  # still starting or running: keep watching
 RAN = "ran"  # the container ended on its own: its log holds the frame (or the reason there is none)
@@ -146,26 +152,18 @@ def outcome(verdict: Verdict, log: bytes | None, nonce: str, *, memory_mb: int,
         frame, protocol_error = None, str(exc)
     if frame is not None and verdict.state == RAN:
         return frame_outcome(frame, reader.stray.text(), reader.stray.truncated, cold=True)
-    if frame is None and not reader.done and reader._length is None:
-        reader.stray.add(bytes(reader._buf))  # a trailing newline held back as a possible header
+    if frame is None:
+        reader.stray.add(reader.held_back())  # e.g. a trailing newline, held as a possible header
     logs, truncated = join_logs([(reader.stray.text(), reader.stray.truncated)], max_log)
-    common: dict[str, Any] = {"logs": logs, "logs_truncated": truncated, "cold": True,
-                              "exit_code": verdict.exit_code}
+    common: dict[str, Any] = {"logs": logs, "logs_truncated": truncated, "cold": True}
     if verdict.state == TIMED_OUT:
         return Outcome(status="timed_out", error_type=verdict.error_type or "Timeout",
-                       error=verdict.error, **common)
+                       error=verdict.error, exit_code=verdict.exit_code, **common)
     if verdict.error_type == "MemoryError":
-        return Outcome(status="failed", error_type="MemoryError",
-                       error="the function's container was killed because it exceeded its "
-                             f"memory limit of {memory_mb} MiB",
-                       peak_memory_bytes=memory_mb * MIB, **common)
+        return memory_outcome(memory_mb, exit_code=verdict.exit_code, **common)
     if verdict.state == FAILED:
         return Outcome(status="failed", error_type=verdict.error_type, error=verdict.error,
-                       **common)
+                       exit_code=verdict.exit_code, **common)
     if protocol_error:
-        return Outcome(status="failed", error_type="ProtocolError",
-                       error=f"the runner's answer could not be read: {protocol_error}", **common)
-    code = verdict.exit_code
-    return Outcome(status="failed", error_type="ProcessExited",
-                   error=f"the function's process exited with code {code} without a result",
-                   **common)
+        return unreadable_outcome(protocol_error, exit_code=verdict.exit_code, **common)
+    return exited_outcome(verdict.exit_code, **common)

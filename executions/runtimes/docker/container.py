@@ -1,10 +1,9 @@
-"""Containers of the docker runtime: the hardening every container gets, a one-shot run, and a
-long-lived warm container that serves requests over a unix socket.
+"""Containers of the docker runtime: the hardening every container gets (its spec), the host
+folder mounted into it, and what the engine tells about it (state, cgroup figures, logs).
 
 Everything goes through the Docker SDK's low-level `APIClient` (one call per step, no hidden
-inspects); nothing shells out to the `docker` CLI. Image layout (see `functions.images`): the
-runner at /opt/kubefunction/runner.py, the source in /opt/kubefunction/src, requirements in
-/opt/kubefunction/deps. The runtime always passes the whole command.
+inspects); nothing shells out to the `docker` CLI. The image's layout and user are the
+`image_contract`; the runtime always passes the whole command (`image_contract.runner_command`).
 """
 
 from __future__ import annotations
@@ -12,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +21,14 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig, Mount, Ulimit
 
-from .base import FunctionSpec, RuntimeFailure, RuntimeUnavailable
-from .framing import FrameError, FrameReader, LogBuffer
-from .local_process import Exchange, _host_label
+from ..base import FunctionSpec, RuntimeFailure
+from ..host import folder_prefix
+from ..image_contract import FUNCTION_UID, FUNCTION_USER, SOURCE_DIR
+from ..wire import Exchange, FrameReader, LogBuffer
 
 LABEL = "io.kubefunction"
 MANAGED_LABEL = f"{LABEL}.managed"
 OWNER_LABEL = f"{LABEL}.owner"
-FUNCTION_USER = "10001:10001"
-FUNCTION_UID = 10001
 MOUNT_POINT = "/run/kubefunction"  # the host folder, always mounted read-only
 REQUEST_NAME = "request.json"
 SOCKET_NAME = "runner.sock"
@@ -41,12 +36,6 @@ TMPFS = {"/tmp": "rw,noexec,nosuid,size=64m"}
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 
 logger = logging.getLogger(__name__)
-
-
-def runner_command(spec: FunctionSpec, *mode: str) -> list[str]:
-    return ["python3", "-I", "-S", "/opt/kubefunction/runner.py", "--root", "/opt/kubefunction/src",
-            "--path", "/opt/kubefunction/deps", "--handler", spec.handler, "--mode", spec.mode,
-            *mode]
 
 
 def owner_id() -> str:
@@ -65,43 +54,11 @@ class Limits:
     network: str  # the network of a function that asks for one
 
 
-@dataclass
-class ContainerExchange(Exchange):
-    """`Exchange` plus what only the engine knows."""
-
-    oom_killed: bool = False
-    peak_memory_bytes: int | None = None
-    # A new container's start as the host saw it: creating and starting it (one-shot), or until
-    # its runner connected (warm pool). The runner's import time comes in its frame.
-    startup_seconds: float | None = None
-
-
-# --- engine errors -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def engine_errors(action: str) -> Iterator[None]:
-    """Turn SDK errors into the runtime's: the engine being down or failing (5xx) may pass, so
-    `RuntimeUnavailable`; a request the engine refuses (4xx) will not, so `RuntimeFailure`."""
-    try:
-        yield
-    except APIError as exc:
-        detail = exc.explanation or str(exc)
-        if exc.status_code is None or exc.status_code >= 500:
-            raise RuntimeUnavailable(f"the Docker engine failed to {action}: {detail}") from exc
-        raise RuntimeFailure(f"the Docker engine refused to {action}: {detail}") from exc
-    except (requests.exceptions.RequestException, DockerException, OSError) as exc:
-        raise RuntimeUnavailable(f"the Docker engine did not answer ({action}): {exc}") from exc
-
-
-# --- host folders --------------------------------------------------------------------------------
-
-
 def host_folder(parent: Path) -> Path:
-    """A new folder to mount at MOUNT_POINT, named <host>-<worker pid>-<random> so that
-    `local_process.remove_stale_homes` can remove it once its worker is gone."""
+    """A new folder to mount at MOUNT_POINT, named for this worker process so that
+    `host.remove_stale_folders` can remove it once its worker is gone."""
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{_host_label()}-{os.getpid()}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=folder_prefix(), dir=parent))
     folder.chmod(0o755)  # read-only mount: the function's user only needs to look inside
     return folder
 
@@ -175,7 +132,7 @@ def create_container(api: Any, spec: FunctionSpec, command: list[str], folder: P
     environment = {str(key): str(value) for key, value in spec.env.items()}
     environment["LANG"] = "C.UTF-8"
     created = api.create_container(
-        spec.image, command=command, user=FUNCTION_USER, working_dir="/opt/kubefunction/src",
+        spec.image, command=command, user=FUNCTION_USER, working_dir=SOURCE_DIR,
         environment=environment, labels={MANAGED_LABEL: "true", OWNER_LABEL: owner_id(),
                                          **labels},
         host_config=host_config, detach=True, stdin_open=False, tty=False,
@@ -199,20 +156,22 @@ def remove_quietly(api: Any, container_id: str) -> None:
         logger.warning("could not remove container %s: %s", container_id[:12], exc)
 
 
-def held_back(reader: FrameReader) -> bytes:
-    """Stray bytes a frame reader holds back because they might begin a frame header (a final
-    newline, typically); once no frame can come, they are plain output."""
-    if reader.done or reader._length is not None:  # a frame's header was read: not stray
-        return b""
-    return bytes(reader._buf)
-
-
 def state(api: Any, container_id: str) -> dict[str, Any]:
     """The container's State ({} when it is gone)."""
     try:
         return api.inspect_container(container_id).get("State") or {}
     except NotFound:
         return {}
+
+
+def note_exit(exchange: Exchange, found: dict[str, Any], default: int | None = None) -> None:
+    """Note on `exchange` how the container ended, from its State: killed for its memory, its
+    exit code (`default` when the State has none), and the signal that code stands for (the
+    engine's and the init's way of saying "killed by signal n" is 128 + n)."""
+    exchange.oom_killed = bool(found.get("OOMKilled"))
+    code = exchange.returncode = found.get("ExitCode", default)
+    if code is not None and code > 128:
+        exchange.signal = code - 128
 
 
 def cgroup_figures(api: Any, container_id: str) -> tuple[float | None, int | None]:
@@ -255,73 +214,3 @@ def read_logs(api: Any, container_id: str, *, stdout: bool, into: FrameReader | 
     finally:
         with contextlib.suppress(Exception):
             stream.close()
-
-
-# --- a one-shot container ------------------------------------------------------------------------
-
-
-def run_once(api: Any, spec: FunctionSpec, request: bytes, nonce: str, deadline: float, *,
-             parent: Path, labels: dict[str, str], limits: Limits, max_log_bytes: int,
-             max_frame_bytes: int) -> ContainerExchange:
-    """Run the function once in a new container that reads `request` from a read-only mounted
-    file and writes its frame to stdout; remove it whatever happens. `deadline` is monotonic."""
-    folder = host_folder(parent)
-    container_id = ""
-    try:
-        request_file = folder / REQUEST_NAME
-        request_file.write_bytes(request)
-        request_file.chmod(0o644)
-        command = runner_command(spec, "--request-file", f"{MOUNT_POINT}/{REQUEST_NAME}")
-        started = time.monotonic()
-        with engine_errors("create the function's container"):
-            container_id = create_container(api, spec, command, folder, labels, limits)
-        with engine_errors("start the function's container"):
-            api.start(container_id)
-        startup = time.monotonic() - started
-        exchange = _await_once(api, container_id, nonce, deadline, max_log_bytes,
-                               max_frame_bytes)
-        exchange.startup_seconds = startup
-        return exchange
-    finally:
-        if container_id:
-            remove_quietly(api, container_id)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _await_once(api: Any, container_id: str, nonce: str, deadline: float, max_log_bytes: int,
-                max_frame_bytes: int) -> ContainerExchange:
-    exchange = ContainerExchange()
-    status: dict[str, Any] | None = None
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        try:
-            status = api.wait(container_id, timeout=remaining)
-        except requests.exceptions.RequestException as exc:
-            if time.monotonic() < deadline - 0.05:  # not our timeout: the engine went away
-                raise RuntimeUnavailable(f"the Docker engine did not answer (wait): {exc}") \
-                    from exc
-    with engine_errors("read the function's output"):
-        if status is None:  # the deadline: what it used and printed so far; `run_once` kills it
-            exchange.timed_out = exchange.killed = True
-            exchange.cpu_seconds, exchange.peak_memory_bytes = cgroup_figures(api, container_id)
-        reader = FrameReader(nonce, max_log_bytes, max_frame_bytes)
-        if not exchange.timed_out:
-            try:
-                read_logs(api, container_id, stdout=True, into=reader,
-                          max_bytes=2 * max_frame_bytes)
-                if reader.done:
-                    exchange.frame = reader.result()
-            except FrameError as exc:
-                exchange.protocol_error = str(exc)
-        if exchange.frame is None:
-            reader.stray.add(held_back(reader))
-        stray = LogBuffer(max_log_bytes)
-        read_logs(api, container_id, stdout=False, into=stray, max_bytes=4 * max_log_bytes)
-        exchange.stray = reader.stray.text() + stray.text()
-        exchange.stray_truncated = reader.stray.truncated or stray.truncated
-        if exchange.frame is None:
-            found = state(api, container_id)
-            exchange.oom_killed = bool(found.get("OOMKilled"))
-            exchange.returncode = found.get("ExitCode", status and status.get("StatusCode"))
-    return exchange
-
