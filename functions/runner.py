@@ -15,7 +15,8 @@ imports the function once (warm) and answers requests from stdin until stdin clo
 --socket it serves over the host's unix socket at PATH (see `SocketChannel`): it connects, reads
 one request line, answers with one frame, closes, and connects again for the next request, until
 SIGTERM or until the host stops listening. With --http it serves HTTP (a warm pod):
-GET /healthz, and POST /invoke with one request line, answered with its frame.
+GET /healthz, and POST /invoke with one request line, answered with its frame. Each mode is a
+channel (`Channel`, `SocketChannel`, `HTTPChannel`); one request loop (`serve`) answers them all.
 
 Each answer is a frame written to a private duplicate of the original stdout, the only thing ever
 written there:
@@ -46,20 +47,59 @@ import types
 # Only what every request needs is imported up front: a cold start pays for each module.
 # inspect, traceback, runpy and asyncio are imported where (and if) they are needed.
 
+CO_VARARGS, CO_COROUTINE = 0x04, 0x80  # code object flags (inspect.CO_VARARGS, CO_COROUTINE)
+
+
+# --- the wire contract (the host's side: executions.runtimes.wire) ------------------------------
+
 FRAME_MARKER = b"\x1eKUBEFUNCTION-RESULT "
 """A frame header is b"\\n" + FRAME_MARKER + nonce + b" " + length + b"\\n"."""
 
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_MAX_LOG_BYTES = 256 * 1024
-CO_VARARGS, CO_COROUTINE = 0x04, 0x80  # code object flags (inspect.CO_VARARGS, CO_COROUTINE)
 NONCE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # Error types after which the process must not serve again: the host retires it.
 FATAL_ERROR_TYPES = ("MemoryError",)
 
 
+def parse_request(line: bytes) -> tuple[str, dict]:
+    """(nonce, request) from one request line; raises ValueError when it is not a request."""
+    try:
+        request = json.loads(line)
+        nonce = str(request["nonce"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"no nonce: {exc!r}") from None
+    if not (8 <= len(nonce) <= 128 and NONCE_CHARACTERS.issuperset(nonce)):
+        raise ValueError(f"bad nonce {nonce!r}")
+    if not isinstance(request, dict):
+        raise ValueError("the request is not an object")
+    return nonce, request
+
+
 def frame_header(nonce: str, length: int) -> bytes:
     """The header line that precedes a frame's `length` bytes of JSON."""
     return b"\n" + FRAME_MARKER + nonce.encode("ascii") + b" " + str(length).encode("ascii") + b"\n"
+
+
+class _Raw(str):
+    """JSON text to splice into a frame as is."""
+
+
+def frame_bytes(nonce: str, answer: dict) -> bytes:
+    """`answer` as one frame (its "output" is spliced in as JSON text)."""
+    output = answer.pop("output", None)
+    rest = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+    output_json = output if isinstance(output, _Raw) else json.dumps(output, ensure_ascii=False)
+    payload = f'{rest[:-1]}, "output": {output_json}}}'.encode("utf-8", "replace")
+    return frame_header(nonce, len(payload)) + payload + b"\n"
+
+
+def write_frame(fd: int, nonce: str, answer: dict) -> None:
+    """Write `answer` as one frame to `fd`."""
+    data = memoryview(frame_bytes(nonce, answer))
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 # --- bounded capture of what the function prints -------------------------------------------------
@@ -622,52 +662,21 @@ class Runner:
         result.update(ok=True, output=_Raw(text), error_type="", error="", exit_code=0)
 
 
-class _Raw(str):
-    """JSON text to splice into a frame as is."""
-
-
-# --- the process: file descriptors, the request loop ---------------------------------------------
-
-
-def frame_bytes(nonce: str, answer: dict) -> bytes:
-    """`answer` as one frame (its "output" is spliced in as JSON text)."""
-    output = answer.pop("output", None)
-    rest = json.dumps(answer, ensure_ascii=False, allow_nan=False)
-    output_json = output if isinstance(output, _Raw) else json.dumps(output, ensure_ascii=False)
-    payload = f'{rest[:-1]}, "output": {output_json}}}'.encode("utf-8", "replace")
-    return frame_header(nonce, len(payload)) + payload + b"\n"
-
-
-def write_frame(fd: int, nonce: str, answer: dict) -> None:
-    """Write `answer` as one frame to `fd`."""
-    data = memoryview(frame_bytes(nonce, answer))
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-def parse_request(line: bytes) -> tuple[str, dict]:
-    """(nonce, request) from one request line; raises ValueError when it is not a request."""
-    try:
-        request = json.loads(line)
-        nonce = str(request["nonce"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"no nonce: {exc!r}") from None
-    if not (8 <= len(nonce) <= 128 and NONCE_CHARACTERS.issuperset(nonce)):
-        raise ValueError(f"bad nonce {nonce!r}")
-    if not isinstance(request, dict):
-        raise ValueError("the request is not an object")
-    return nonce, request
+# --- the process: file descriptors, transports, the one request loop -------------------------
 
 
 class Channel:
-    """Private request and result descriptors; fds 0 and 1 are left for the function to misuse.
+    """Stdin mode (`--serve` or one request), `--request-file` and `--request-env`: private
+    request and result descriptors; fds 0 and 1 are left for the function to misuse.
 
-    Requests come from stdin, or from `request_file` (one-shot mode in a container); the function
-    always gets an empty stdin.
+    Requests come from stdin, from `request_file` (one-shot mode in a container) or from the
+    `request_env` variable; the function always gets an empty stdin. Made first in every mode,
+    so that fd 1 points at stderr before anything else runs.
     """
 
-    def __init__(self, request_file: str = "", request_env: str = "") -> None:
+    def __init__(self, request_file: str = "", request_env: str = "", serve: bool = False) -> None:
+        self.source = request_file or ("$" + request_env if request_env else "")
+        self.serve = serve
         self.result_fd = os.dup(1)  # dup'ed descriptors are not inherited by subprocesses
         os.dup2(2, 1)
         if request_env:
@@ -683,12 +692,36 @@ class Channel:
         os.dup2(devnull, 0)
         os.close(devnull)
 
-    def read(self) -> bytes | None:
+    def receive(self) -> bytes | None:
         line = self.requests.readline()
         return line if line else None
 
-    def write(self, nonce: str, answer: dict) -> None:
+    def closed(self) -> int:
+        """The host closed stdin: a normal end when serving."""
+        if self.source:
+            print(f"runner: {self.source} holds no request", file=sys.stderr)
+        elif not self.serve:
+            print("runner: stdin closed before any request", file=sys.stderr)
+        return 0 if self.serve else 2
+
+    def refuse(self, problem: ValueError) -> bool:
+        print(f"runner: bad request: {problem}", file=sys.stderr)
+        return False
+
+    def begin(self, request: dict) -> None:
+        pass
+
+    def retire(self, answer: dict) -> bool:
+        return False
+
+    def send(self, nonce: str, answer: dict) -> None:
         write_frame(self.result_fd, nonce, answer)
+
+    def end(self) -> None:
+        pass
+
+    def after(self, exit_code: int) -> int | None:
+        return None if self.serve else exit_code
 
 
 class SocketChannel:
@@ -711,6 +744,7 @@ class SocketChannel:
         self.stderr_fd = os.dup(2)
         self.idle = True
         self.stopping = False
+        self.conn: object | None = None
         signal.signal(signal.SIGTERM, self._terminate)
 
     def _terminate(self, signum: int, frame: object) -> None:
@@ -731,18 +765,60 @@ class SocketChannel:
             return None
         return conn
 
-    def read(self, conn: object) -> bytes | None:
-        """One request line from `conn`; None when the host closed it first."""
+    def receive(self) -> bytes | None:
+        """One request line from the connection; None when the host closed it first (or the
+        runner could not connect again)."""
+        conn = self.conn
+        if conn is None:
+            return None
         data = bytearray()
         while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)  # type: ignore[attr-defined]
+            try:
+                chunk = conn.recv(65536)  # type: ignore[attr-defined]
+            except OSError:
+                chunk = b""
             if not chunk:
                 return None
             data += chunk
         self.idle = False
         return bytes(data)
 
-    def redirect(self, conn: object | None) -> None:
+    def closed(self) -> int:
+        """The host dropped the connection: it wants no more of this runner."""
+        return 0
+
+    def refuse(self, problem: ValueError) -> bool:
+        print(f"runner: bad request: {problem}", file=sys.stderr)
+        return False
+
+    def begin(self, request: dict) -> None:
+        self._redirect(self.conn)
+
+    def retire(self, answer: dict) -> bool:
+        """The function left processes running in the container: the host must not reuse it."""
+        if _left_processes(self.pid):
+            answer["retire"] = True
+            return True
+        return False
+
+    def send(self, nonce: str, answer: dict) -> None:
+        try:
+            write_frame(self.conn.fileno(), nonce, answer)  # type: ignore[attr-defined]
+        except OSError:  # the host gave up on this request (its deadline): it kills us next
+            pass
+
+    def end(self) -> None:
+        self._redirect(None)
+        self.conn.close()  # type: ignore[attr-defined]
+        self.idle = True  # first: a SIGTERM from now on ends the runner at once
+
+    def after(self, exit_code: int) -> int | None:
+        if self.stopping:
+            return exit_code
+        self.conn = self.connect()
+        return None
+
+    def _redirect(self, conn: object | None) -> None:
         """Point fds 1 and 2 at `conn` for a request, or back at stderr with None."""
         try:
             sys.__stderr__.flush()  # what the runner itself printed goes where it was meant to
@@ -751,6 +827,135 @@ class SocketChannel:
         fd = conn.fileno() if conn is not None else self.stderr_fd  # type: ignore[attr-defined]
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+
+
+class HTTPChannel:
+    """HTTP mode (a warm pod): GET /healthz answers 200 once the function is imported (the
+    server listens only then); POST /invoke takes one request line and is answered with its
+    frame. One request at a time, one per connection. SIGTERM (the pod deleted or scaled down;
+    as PID 1 nothing else would end it) ends an idle runner, or one past its request's
+    deadline, at once, and a busy one after its answer, which the pod's grace period bounds.
+    """
+
+    def __init__(self, address: str) -> None:
+        import http.server
+        import signal
+
+        host, _, port = address.rpartition(":")
+        self.deadline: float | None = None  # of the request being served (None: unknown)
+        self.busy = False
+        self.stopping = False
+        self.pending = None  # the POST /invoke being served: its connection stays open
+        signal.signal(signal.SIGTERM, self._terminate)
+        channel = self
+
+        class Server(http.server.HTTPServer):
+            def shutdown_request(self, request: object) -> None:
+                if channel.pending is None or channel.pending.request is not request:
+                    super().shutdown_request(request)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *items: object) -> None:  # noqa: A002
+                pass
+
+            def reply(self, code: int, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.reply(200, b"ok\n") if self.path == "/healthz" else self.reply(404, b"")
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path != "/invoke":
+                    self.reply(404, b"")
+                    return
+                self.line = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                channel.pending = self  # answered by the request loop, then `end` closes it
+
+            def finish(self) -> None:
+                if channel.pending is not self:
+                    super().finish()
+
+        self.server = Server((host or "0.0.0.0", int(port)), Handler)
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        if not self.busy or (self.deadline is not None and time.time() >= self.deadline):
+            _exit_on_sigterm(signum, frame)
+        self.stopping = True
+
+    def receive(self) -> bytes | None:
+        while self.pending is None:
+            self.server.handle_request()
+        return self.pending.line
+
+    def closed(self) -> int:
+        return 0
+
+    def refuse(self, problem: ValueError) -> bool:
+        self._answer(400, f"bad request: {problem}\n".encode())
+        return True
+
+    def begin(self, request: dict) -> None:
+        deadline = (request.get("context") or {}).get("deadline")
+        self.deadline = float(deadline) if isinstance(deadline, (int, float)) else None
+        self.busy = True
+
+    def retire(self, answer: dict) -> bool:
+        return False
+
+    def send(self, nonce: str, answer: dict) -> None:
+        self._answer(200, frame_bytes(nonce, answer))
+
+    def end(self) -> None:
+        self.busy = False
+        self.deadline = None
+
+    def after(self, exit_code: int) -> int | None:
+        return 0 if self.stopping else None
+
+    def _answer(self, code: int, data: bytes) -> None:
+        """Answer the pending POST and close its connection."""
+        handler, self.pending = self.pending, None
+        try:
+            handler.reply(code, data)
+            handler.finish()
+        except OSError:  # the host gave up on this request (its deadline)
+            pass
+        self.server.shutdown_request(handler.request)
+
+
+def serve(runner: Runner, channel: Channel | SocketChannel | HTTPChannel) -> int:
+    """The one request loop of every mode: take a request, answer it, until the channel ends
+    or an answer retires the runner; returns the process's exit code."""
+    me = os.getpid()
+    while True:
+        line = channel.receive()
+        if line is None:
+            return channel.closed()
+        try:
+            nonce, request = parse_request(line)
+        except ValueError as exc:
+            if channel.refuse(exc):
+                continue
+            return 2
+        channel.begin(request)
+        try:
+            answer = runner.answer(request)
+            if os.getpid() != me:  # a process the function forked came back here: it never answers
+                os._exit(0)
+            exit_code = answer["exit_code"]
+            retire = channel.retire(answer) or answer["error_type"] in FATAL_ERROR_TYPES
+            channel.send(nonce, answer)
+        finally:
+            channel.end()
+        if retire:
+            return exit_code
+        end = channel.after(exit_code)
+        if end is not None:
+            return end
 
 
 def _left_processes(pid: int) -> bool:
@@ -845,152 +1050,22 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        channel = Channel(args.request_file, args.request_env)
+        channel: Channel | SocketChannel | HTTPChannel = Channel(
+            args.request_file, args.request_env, serve=args.serve)
     except OSError as exc:
         print(f"runner: cannot read the request: {exc}", file=sys.stderr)
         return 2
     if args.socket:
-        return _serve_socket(args)
+        channel = SocketChannel(args.socket)
+        # Before the import: the host sees a crash while importing as EOF.
+        channel.conn = channel.connect()
+        if channel.conn is None:
+            return 2
+    _setup_paths(args.root, args.path)
+    runner = Runner(args.handler, args.mode)
     if args.http:
-        return _serve_http(args)
-    _setup_paths(args.root, args.path)
-    runner = Runner(args.handler, args.mode)
-    me = os.getpid()
-    while True:
-        line = channel.read()
-        if line is None:  # the host closed stdin: a normal end when serving
-            if args.request_file or args.request_env:
-                print(f"runner: {args.request_file or '$' + args.request_env} holds no request",
-                      file=sys.stderr)
-            elif not args.serve:
-                print("runner: stdin closed before any request", file=sys.stderr)
-            return 0 if args.serve else 2
-        try:
-            nonce, request = parse_request(line)
-        except ValueError as exc:
-            print(f"runner: bad request: {exc}", file=sys.stderr)
-            return 2
-        answer = runner.answer(request)
-        if os.getpid() != me:  # a process the function forked came back here: it never answers
-            os._exit(0)
-        exit_code = answer["exit_code"]
-        fatal = answer["error_type"] in FATAL_ERROR_TYPES
-        channel.write(nonce, answer)
-        if fatal or not args.serve:
-            return exit_code
-
-
-def _serve_http(args: Arguments) -> int:
-    """HTTP mode (a warm pod): GET /healthz answers 200 once the function is imported; POST
-    /invoke takes one request line and answers with its frame. One request at a time, one per
-    connection; after a fatal error the runner exits (its pod restarts it)."""
-    import http.server
-    import signal
-
-    host, _, port = args.http.rpartition(":")
-    _setup_paths(args.root, args.path)
-    runner = Runner(args.handler, args.mode)
-    me = os.getpid()
-    ended: list[int] = []
-    # The request being served: its deadline (epoch seconds, None when idle or unknown).
-    busy: dict[str, float | None] = {}
-
-    def terminate(signum: int, frame: object) -> None:
-        """SIGTERM (the pod deleted or scaled down; as PID 1 nothing else would end it): idle
-        or past the request's deadline, exit now; otherwise after this answer, which the
-        pod's grace period bounds."""
-        deadline = busy.get("deadline", 0.0)
-        if "deadline" not in busy or (deadline is not None and time.time() >= deadline):
-            _exit_on_sigterm(signum, frame)
-        ended.append(0)
-    signal.signal(signal.SIGTERM, terminate)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *items: object) -> None:  # noqa: A002
-            pass
-
-        def _send(self, code: int, data: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._send(200, b"ok\n") if self.path == "/healthz" else self._send(404, b"")
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/invoke":
-                self._send(404, b"")
-                return
-            line = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                nonce, request = parse_request(line)
-            except ValueError as exc:
-                self._send(400, f"bad request: {exc}\n".encode())
-                return
-            deadline = (request.get("context") or {}).get("deadline")
-            busy["deadline"] = float(deadline) if isinstance(deadline, (int, float)) else None
-            answer = runner.answer(request)
-            if os.getpid() != me:  # a process the function forked came back here
-                os._exit(0)
-            if answer["error_type"] in FATAL_ERROR_TYPES:
-                ended.insert(0, answer["exit_code"])
-            try:
-                self._send(200, frame_bytes(nonce, answer))
-            finally:
-                busy.pop("deadline", None)
-
-    server = http.server.HTTPServer((host or "0.0.0.0", int(port)), Handler)
-    try:
-        while not ended:
-            server.handle_request()
-    finally:
-        server.server_close()
-    return ended[0]
-
-
-def _serve_socket(args: Arguments) -> int:
-    channel = SocketChannel(args.socket)
-    conn = channel.connect()  # before the import: the host sees a crash while importing as EOF
-    if conn is None:
-        return 2
-    _setup_paths(args.root, args.path)
-    runner = Runner(args.handler, args.mode)
-    me = channel.pid
-    while conn is not None:
-        try:
-            line = channel.read(conn)
-        except OSError:
-            line = None
-        if line is None:  # the host dropped the connection: it wants no more of this runner
-            return 0
-        try:
-            nonce, request = parse_request(line)
-        except ValueError as exc:
-            print(f"runner: bad request: {exc}", file=sys.stderr)
-            return 2
-        channel.redirect(conn)
-        try:
-            answer = runner.answer(request)
-            if os.getpid() != me:  # a process the function forked came back here
-                os._exit(0)
-            fatal = answer["error_type"] in FATAL_ERROR_TYPES
-            if _left_processes(me):
-                answer["retire"] = fatal = True
-            exit_code = answer["exit_code"]
-            try:
-                write_frame(conn.fileno(), nonce, answer)
-            except OSError:  # the host gave up on this request (its deadline): it kills us next
-                pass
-        finally:
-            channel.redirect(None)
-            conn.close()
-        channel.idle = True  # first: a SIGTERM from now on ends the runner at once
-        if fatal or channel.stopping:
-            return exit_code
-        conn = channel.connect()
-    return 0
+        channel = HTTPChannel(args.http)  # listening only now: ready once imported
+    return serve(runner, channel)
 
 
 if __name__ == "__main__":
