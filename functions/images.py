@@ -1,6 +1,8 @@
 """Container images of function versions: render the Dockerfile, build, push, pin by digest.
 
-Only the Docker SDK is used (never the `docker` CLI). Tags are content addressed — a digest of
+Only the Docker SDK is used (never the `docker` CLI), through the one client the platform builds
+(`executions.runtimes.docker.client`). The image's layout and user are the runtimes'
+`image_contract` (templates/functions/Dockerfile). Tags are content addressed — a digest of
 everything that goes into the image — so registering the same source again reuses the image
 already in the registry instead of building it again.
 """
@@ -22,6 +24,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from executions.runtimes import image_contract
 from executions.runtimes.base import FunctionSpec
 from executions.runtimes.docker.client import build_client
 
@@ -55,7 +58,9 @@ def render_dockerfile(spec: FunctionSpec) -> str:
     return render_to_string("functions/Dockerfile", {
         "base_image": settings.KUBEFUNCTION_BASE_IMAGE, "function": spec.function_name,
         "version": spec.version_number, "sha256": spec.sha256,
-        "requirements": spec.requirements.strip(),
+        "requirements": spec.requirements.strip(), "runner": image_contract.RUNNER,
+        "source_dir": image_contract.SOURCE_DIR, "deps_dir": image_contract.DEPS_DIR,
+        "user": image_contract.FUNCTION_USER,
     })
 
 

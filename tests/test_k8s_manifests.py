@@ -34,7 +34,7 @@ FUNCTION_POD_LABEL = ("io.kubefunction.managed", "true")
 WORKER_SERVICE_ACCOUNT = "kubefunction-worker"
 
 # Every (API group, resource, verb) the Kubernetes runtime calls in the functions namespace. It
-# must match executions/runtimes/kubernetes.py: add a line here when the runtime makes a new
+# must match executions/runtimes/kubernetes/: add a line here when the runtime makes a new
 # kind of call, and the test below makes sure the worker's Role allows it.
 API_GROUPS = {"jobs": "batch", "pods": "", "pods/log": "", "deployments": "apps",
               "services": "", "endpointslices": "discovery.k8s.io", "secrets": ""}
