@@ -469,8 +469,8 @@ def execution_cancel(*, execution: Execution, user=None) -> Execution:
 
     One conditional UPDATE to `cancelled` with its REVOKED Celery result: a queued one's
     message then finds nothing to claim, a running one's outcome nothing to finish (both are
-    conditional on the status). A running one's task is then revoked with `terminate`, which
-    makes the pool process raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call,
+    conditional on the status). A running one's pool process is then signalled
+    (`workers.kill`, after the commit), which makes it raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call,
     and the runtime kills the runner process or container on the way out. Conflict (409,
     naming `status`) when it already ended.
     """

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterable, Sequence
 
 from celery import Task
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.worker import state as worker_state
+from celery.worker.control import control_command
 from django.conf import settings
 from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -165,10 +169,33 @@ def send_callback(execution_id: str) -> None:
 
 
 def kill(task_id: str) -> None:
-    """Stop the pool process running `task_id` wherever it runs: a broadcast, which makes it
-    raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call. A kill that cannot be
-    sent is only logged."""
+    """Stop the pool process running `task_id` wherever it runs: a broadcast of `kill_run`,
+    which makes it raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call. A kill
+    that cannot be sent is only logged."""
     try:
-        app.control.revoke(task_id, terminate=True, signal="SIGUSR1")
+        app.control.broadcast("kill_run", arguments={"task_id": task_id})
     except Exception:  # the broker: the cancel stands, the run ends by itself
         logger.warning("could not send the kill of task %s", task_id, exc_info=True)
+
+
+@control_command(args=[("task_id", str)], signature="<task_id>")
+def kill_run(state, task_id: str) -> dict:
+    """Remote control command (runs in the worker's main process): SIGUSR1 to the pool process
+    running `task_id`, if this worker runs it.
+
+    Not `revoke(terminate=True)`: billiard marks a process it was asked to terminate as
+    terminated under control for good, and SIGUSR1 does not end it (the task raises and the
+    process takes the next one), so when that process later dies for real (SIGKILL, the OOM
+    killer) its task is taken for a terminated one — no WorkerLostError, no requeue of the
+    message — and the execution stays `running` until the reaper. Signalling the pid directly
+    leaves the pool's bookkeeping alone."""
+    if not isinstance(state.consumer.pool, PreforkPool):
+        return {"ok": "not a prefork pool: the run goes on to its end"}
+    for request in list(worker_state.active_requests):
+        if request.id == task_id and request.worker_pid and request.worker_pid != os.getpid():
+            try:
+                os.kill(request.worker_pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                return {"ok": "its pool process is gone"}
+            return {"ok": f"signalled pool process {request.worker_pid}"}
+    return {"ok": "not running here"}

@@ -8,6 +8,8 @@ and Docker engine.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
@@ -19,6 +21,7 @@ from django_celery_results.models import TaskResult
 
 from executions.models import Execution
 from executions.runtimes.docker.client import build_client
+from executions.workers import parse_worker
 from functions.builds import version_wait
 from functions.models import FunctionVersion
 from tests.docker_engine import needs_docker
@@ -103,6 +106,34 @@ def test_cancel_a_running_local_function_kills_it_within_2_s(api, celery_worker_
     response = api.post("/api/triggers/after-cancel/dispatch/?wait=30", {"payload": {}},
                         format="json")
     assert response.json()["status"] == "succeeded", response.content
+
+
+SLEEPY = b"import time\ndef handle(event, context):\n    time.sleep(3)\n    return 'done'\n"
+
+
+def test_a_pool_process_that_was_sent_a_cancel_still_hands_back_its_next_task_if_killed(
+        api, celery_worker_process):
+    """A cancel signals the pool process, which lives on and takes the next task. SIGKILLed in
+    the middle of that task, its message is still redelivered and run again (WorkerLostError and
+    requeue): the cancel must not have left the process marked as terminated under control
+    (what `revoke(terminate=True)` does), or the task would be taken for a terminated one and
+    the execution would stay `running` with nothing to run it."""
+    create(api, "busy-cancelled", BUSY, runtime="local")
+    create(api, "sleepy-killed", SLEEPY, runtime="local")
+    task_id = dispatch(api, "busy-cancelled")
+    cancelled_on = parse_worker(wait_status(task_id, "running").worker)[1]
+    time.sleep(0.5)
+    assert api.post(f"/api/executions/{task_id}/cancel/").status_code == 200
+    assert_cancelled_once(task_id, was="running")
+    # Both pool processes busy, so one of the two runs is on the process that got the cancel.
+    sleepers = [dispatch(api, "sleepy-killed") for _ in range(2)]
+    running = {parse_worker(wait_status(t, "running").worker)[1]: t for t in sleepers}
+    assert cancelled_on in running, (cancelled_on, running)
+    os.kill(cancelled_on, signal.SIGKILL)
+    for sleeper in sleepers:
+        execution = wait_status(sleeper, "succeeded", timeout=60)
+        assert execution.output == "done"
+    assert Execution.objects.get(task_id=running[cancelled_on]).attempt == 2
 
 
 @needs_docker

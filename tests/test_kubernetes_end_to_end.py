@@ -47,10 +47,6 @@ def test_register_build_dispatch_fifty_read_fifty(api, celery_worker_process, wo
     assert worker_kube.api_calls.count(("create", "jobs")) >= 50
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN, open: passes alone, but late in the full suite the SIGKILLed pool process's message "
-    "is not redelivered within 90 s and the execution stays running until the reaper; see the "
-    "closing note of 2026-12-02. Runs every time; XPASS when it holds."))
 def test_worker_killed_mid_job_gives_one_job_and_one_result(api, celery_worker_process,
                                                            worker_kube):
     """SIGKILL the worker's pool processes while the Job runs: the redelivered task adopts the
