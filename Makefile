@@ -51,10 +51,13 @@ worker: install
 test: install
 	@$(PY) scripts/check_services.py
 	@export KUBEFUNCTION_REDIS_DB=15 KUBEFUNCTION_QUEUE=kubefunction-test; $(ENV) \
-	  $(VENV)/bin/ruff check . && $(VENV)/bin/pytest $(PYTEST_ARGS)
+	  $(VENV)/bin/ruff check . && $(VENV)/bin/lint-imports && $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## lint: ruff, and the import contracts between and inside the apps (pyproject.toml,
+## docs/architecture.md "Layering").
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ## bench: the Celery floor vs the platform on the warm local runtime.
 bench: migrate

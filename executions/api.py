@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
+from kubefunction.api_input import wait_seconds
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
@@ -23,7 +24,6 @@ from .serializers import (
     ExecutionSerializer,
     ExecutionSummarySerializer,
     RerunSerializer,
-    wait_seconds,
 )
 
 # The error bodies of the verbs (kubefunction/api_errors.py): `detail`, or the field the error

@@ -17,7 +17,7 @@ from django_celery_results.models import TaskResult
 
 from kubefunction.celery import app
 
-RUN_TASK_NAME = "executions.run"
+from .workers import RUN_TASK
 
 
 class FunctionFailed(Exception):
@@ -42,4 +42,4 @@ def result_row(*, task_id: str, succeeded: bool, output: Any = None, error_type:
     _, _, meta = backend.encode_content({"children": []})
     return TaskResult(task_id=task_id, status=state, result=data, traceback=traceback, meta=meta,
                       content_type=content_type, content_encoding=content_encoding,
-                      task_name=RUN_TASK_NAME, worker=worker or None, date_done=timezone.now())
+                      task_name=RUN_TASK, worker=worker or None, date_done=timezone.now())

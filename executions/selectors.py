@@ -17,7 +17,7 @@ from django.db.models import Count, FloatField, IntegerField, OuterRef, QuerySet
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 
-from metrics.stats import percentile
+from kubefunction.stats import percentile
 
 from .models import FINISHED_STATUSES, Batch, Execution, ExecutionStatus
 

@@ -1,33 +1,16 @@
 """API representations of executions."""
 
-from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 
 from kubefunction.api_input import StrictInput
-from kubefunction.errors import InvalidInput
 
 from .models import Execution
 
 WAIT_PARAMETER = OpenApiParameter(
     "wait", OpenApiTypes.FLOAT, description="Seconds to wait for the result (bounded).")
-
-
-def wait_seconds(request) -> float:
-    """The `?wait=` query parameter as seconds, bounded by KUBEFUNCTION_MAX_WAIT."""
-    raw = request.query_params.get("wait")
-    if raw in (None, ""):
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput("wait must be a number of seconds.", field="wait") from None
-    if not 0 <= value <= settings.KUBEFUNCTION_MAX_WAIT:
-        raise InvalidInput(f"wait must be between 0 and {settings.KUBEFUNCTION_MAX_WAIT} seconds.",
-                           field="wait")
-    return value
 
 
 class AttemptSerializer(serializers.Serializer):

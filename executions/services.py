@@ -16,7 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -24,25 +24,20 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from functions.builds import builds_image
 from functions.models import FunctionVersion, VersionStatus
-from functions.specs import version_spec
+from functions.specs import FunctionSpec, version_spec
 from kubefunction.access import runtime_allowed, runtime_refusal
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from kubefunction.throttles import dispatch_reserve, user_ident
-from triggers.models import Trigger
 
 from . import concurrency, db_retry, hooks, retention, retries, transitions, workers
 from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
-from .runtimes.base import (
-    FunctionSpec,
-    InvocationContext,
-    Outcome,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from .runtimes.base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
+
+if TYPE_CHECKING:  # a trigger's row, read not imported: triggers/ sits above executions/
+    from triggers.models import Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +88,7 @@ def image_check(function, version: FunctionVersion, *, field: str) -> None:
     if not owner_may_run(runtime=function.runtime, owner_id=function.owner_id):
         raise Conflict(f"function '{function.name}' cannot run: "
                        f"{runtime_refusal(function.runtime)}", field="runtime")
-    if builds_image(function) and not version.image:
+    if get_runtime(function.effective_runtime).runs_images and not version.image:
         raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
                        f"{function.effective_runtime} runtime yet: build it "
                        f"(POST /api/functions/{function.name}/build/).", field=field)

@@ -8,7 +8,7 @@ the messages in the broker: they never change.
 
 import logging
 
-from celery import shared_task
+from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject
 from django.conf import settings
 
@@ -16,17 +16,24 @@ from functions.models import Function
 from kubefunction.errors import ServiceUnavailable
 
 from . import callbacks, reaper, retention, services, workers
-from .runtimes import get_runtime
+from .runtimes import close_runtimes, get_runtime
 from .runtimes.base import RuntimeFailure, RuntimeUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+# Here, with the tasks: every worker imports this module at start-up, before its pool forks.
+@signals.worker_process_shutdown.connect
+def _release_runtimes(**kwargs) -> None:
+    """A prefork child skips atexit hooks: stop its warm function processes explicitly."""
+    close_runtimes()
 
 
 # The runtime enforces each function's own timeout; the soft limit only catches a runtime that
 # hangs, raising inside `execution_run`, which then ends the attempt as a platform error.
 # Retries (function failures with the trigger's retries, platform failures) are decided by the
 # service, which sends this task again under the same id with the attempt's backoff.
-@shared_task(bind=True, name="executions.run", ignore_result=True,
+@shared_task(bind=True, name=workers.RUN_TASK, ignore_result=True,
              soft_time_limit=settings.KUBEFUNCTION_MAX_TIMEOUT + 60)
 def run_execution(self, execution_id: str, waits: int = 0, recover: bool = False) -> str:
     """Run one execution. The service stores its outcome and Celery result together (see
@@ -74,7 +81,7 @@ def reap(self) -> dict[str, int]:
     return reaper.reap(current_node=self.request.hostname or "")
 
 
-@shared_task(bind=True, name="executions.deliver_callback", ignore_result=True,
+@shared_task(bind=True, name=workers.CALLBACK_TASK, ignore_result=True,
              max_retries=None, acks_late=True)
 def deliver_callback(self, execution_id: str) -> None:
     """Deliver the callback of one execution; the service counts attempts in the database."""

@@ -16,7 +16,6 @@ import os
 import signal
 from collections.abc import Iterable, Sequence
 
-from celery import Task
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
@@ -31,6 +30,11 @@ from .runtimes.host import pid_alive
 logger = logging.getLogger(__name__)
 
 PING_TIMEOUT = 1.0  # seconds a worker has to answer
+
+# The tasks this module sends, by name: the contract with the messages in the broker
+# (executions/tasks.py registers them under these names; it imports this module, not the reverse).
+RUN_TASK = "executions.run"
+CALLBACK_TASK = "executions.deliver_callback"
 
 
 class BrokerUnreachable(Exception):
@@ -128,15 +132,15 @@ def held_by_workers(task_ids: list[str]) -> set[str]:
 
 # -- sending -------------------------------------------------------------------------------------
 
-def _send(task: Task, messages: Sequence[dict]) -> int:
-    """Publish `task` once per message (its `apply_async` options) over one producer; how many
-    were sent. Raises `BrokerUnreachable` (with how many were sent before) when the broker
-    fails."""
+def _send(task_name: str, messages: Sequence[dict]) -> int:
+    """Publish the task `task_name` once per message (its `send_task` options) over one producer,
+    its result ignored (the tasks store their own outcome); how many were sent. Raises
+    `BrokerUnreachable` (with how many were sent before) when the broker fails."""
     sent = 0
     try:
-        with task.app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             for options in messages:
-                task.apply_async(producer=producer, **options)
+                app.send_task(task_name, producer=producer, ignore_result=True, **options)
                 sent += 1
     except (KombuOperationalError, OSError) as exc:
         raise BrokerUnreachable(str(exc), sent=sent) from exc
@@ -150,12 +154,8 @@ def send_run(runs: Iterable[tuple[object, str]], *, countdown: float | None = No
     worker takes it (a retry's backoff, a concurrency wait); `waits`: how many times the
     execution already found its function full; `recover`: the reaper sends a lost worker's run
     to be taken over. Returns how many were sent; raises `BrokerUnreachable`."""
-    # Here, not at the top: a Celery task module imports what its tasks run (the services,
-    # which send through this module), and the web process imports it only to send.
-    from .tasks import run_execution
-
     kwargs = {**({"waits": waits} if waits else {}), **({"recover": True} if recover else {})}
-    return _send(run_execution, [
+    return _send(RUN_TASK, [
         {"args": [str(execution_id)], "kwargs": kwargs or None, "task_id": task_id,
          "countdown": None if countdown is None else max(0.0, countdown)}
         for execution_id, task_id in runs])
@@ -163,9 +163,7 @@ def send_run(runs: Iterable[tuple[object, str]], *, countdown: float | None = No
 
 def send_callback(execution_id: str) -> None:
     """Send the callback delivery task of one execution. Raises `BrokerUnreachable`."""
-    from .tasks import deliver_callback  # here, not at the top: as in `send_run`
-
-    _send(deliver_callback, [{"args": [execution_id]}])
+    _send(CALLBACK_TASK, [{"args": [execution_id]}])
 
 
 def kill(task_id: str) -> None:

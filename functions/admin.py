@@ -5,12 +5,11 @@ from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
 
-from executions.selectors import running_count, waiting_counts
 from kubefunction.access import permission_name
 from kubefunction.admin_display import pre
 from kubefunction.errors import KubeFunctionError
 
-from . import builds, services
+from . import builds, executor, services
 from .forms import FunctionAddForm, FunctionChangeForm
 from .models import Function, FunctionVersion
 
@@ -75,7 +74,7 @@ class FunctionAdmin(admin.ModelAdmin):
     def get_changelist_instance(self, request):
         """The page's queued counts in one grouped query (not one per function)."""
         changelist = super().get_changelist_instance(request)
-        counts = waiting_counts(function.pk for function in changelist.result_list)
+        counts = executor.waiting_counts(function.pk for function in changelist.result_list)
         for function in changelist.result_list:
             function.waiting_total = counts.get(function.pk, 0)
         return changelist
@@ -89,9 +88,9 @@ class FunctionAdmin(admin.ModelAdmin):
     def load(self, function):
         if function.pk is None:
             return "—"
-        waiting = waiting_counts([function.pk]).get(function.pk, 0)
+        waiting = executor.waiting_counts([function.pk]).get(function.pk, 0)
         limit = function.max_concurrency
-        running = f"{running_count(function.pk)} running" + (
+        running = f"{executor.running_count(function.pk)} running" + (
             f" (limit {limit})" if limit else " (no limit)")
         return f"{running}, {waiting} waiting in the queue"
 

@@ -11,13 +11,11 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from executions.serializers import wait_seconds
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
-from kubefunction.api_input import refuse_unknown
+from kubefunction.api_input import declared_length, refuse_unknown, wait_seconds
 from kubefunction.errors import PayloadTooLarge
-from kubefunction.middleware import declared_length
 
-from . import builds, services
+from . import builds, selectors, services
 from .artifacts import SourceSizeLimitHandler
 from .models import Function
 from .serializers import (
@@ -91,7 +89,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             owner=request.user, filename=upload.name, data=upload.read(),
             handler=data.pop("handler", None), mode=data.pop("mode", None), **data)
         if wait:
-            version = builds.version_wait(version=version, timeout=wait)
+            version = selectors.version_wait(version=version, timeout=wait)
         body = FunctionSerializer(version.function, context=self.get_serializer_context()).data
         body["version"] = VersionSerializer(version).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -122,7 +120,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"))
         version.refresh_from_db()
         if wait:
-            version = builds.version_wait(version=version, timeout=wait)
+            version = selectors.version_wait(version=version, timeout=wait)
         return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildSerializer, responses={202: VersionSerializer})

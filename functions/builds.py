@@ -1,37 +1,38 @@
 """Building versions: what each runtime needs before a version can run.
 
-The local runtime needs the requirements installed (its `prepare`); container runtimes need an
-image, built and pushed by `functions.images`. A version is pending until its build ends, then
+The local runtime needs the requirements installed (its `prepare`, reached through
+`functions.executor`); container runtimes need an image, built and pushed by
+`functions.images`. A version is pending until its build ends, then
 ready or failed; a failed build never becomes active and can be retried.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from django.db import transaction
 from django.utils import timezone
 
-from executions.runtimes import get_runtime
+from kubefunction.celery import app
 from kubefunction.errors import Conflict
 
-from . import images
+from . import executor, images
 from .build_logs import cap_log
 from .models import Function, FunctionVersion, VersionStatus
+from .selectors import builds_image
 from .specs import version_spec
 
 logger = logging.getLogger(__name__)
 
-def builds_image(function: Function) -> bool:
-    """True when the function's runtime runs container images (`Runtime.runs_images`)."""
-    return get_runtime(function.effective_runtime).runs_images
-
+# The build task, by name: the contract with the messages in the broker (functions/tasks.py
+# registers it under this name; it imports this module, not the reverse).
+BUILD_TASK = "functions.build_version"
 
 def _needs_build(version: FunctionVersion) -> bool:
     if builds_image(version.function):
         return not version.image
-    return get_runtime(version.function.effective_runtime).needs_prepare(version_spec(version))
+    return executor.runtime(version.function.effective_runtime).needs_prepare(
+        version_spec(version))
 
 
 def version_start_build(version: FunctionVersion) -> None:
@@ -44,9 +45,7 @@ def version_start_build(version: FunctionVersion) -> None:
 
 
 def _send_build(version_id: int) -> None:
-    from .tasks import build_version
-
-    build_version.delay(version_id)
+    app.send_task(BUILD_TASK, args=[version_id])
 
 
 def _mark_built(version: FunctionVersion, *, ok: bool, log: str) -> None:
@@ -104,7 +103,7 @@ def version_build(*, version_id: int) -> FunctionVersion | None:
         if builds_image(version.function):
             ok, log = _build_image(version)
         else:
-            result = get_runtime(version.function.effective_runtime).prepare(
+            result = executor.runtime(version.function.effective_runtime).prepare(
                 version_spec(version))
             ok, log = result.ok, result.log
     except Exception as exc:  # a build must end ready or failed, never stay 'building'
@@ -129,23 +128,3 @@ def version_request_build(*, version: FunctionVersion) -> None:
     FunctionVersion.objects.filter(pk=version.pk, status=VersionStatus.FAILED).update(
         status=VersionStatus.PENDING)
     transaction.on_commit(lambda: _send_build(version.pk))
-
-
-def version_is_built(version: FunctionVersion) -> bool:
-    """Whether the version's build has ended: failed, or ready with what its runtime needs."""
-    if version.status == VersionStatus.FAILED:
-        return True
-    return version.status == VersionStatus.READY and (
-        bool(version.image) or not builds_image(version.function))
-
-
-def version_wait(*, version: FunctionVersion, timeout: float) -> FunctionVersion:
-    """Re-read the version until its build ends or `timeout` seconds pass (bounded polling, for
-    a command or a request; a worker never waits for a build)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while not version_is_built(version) and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
-        version.refresh_from_db()
-    return version

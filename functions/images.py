@@ -1,10 +1,10 @@
 """Container images of function versions: render the Dockerfile, build, push, pin by digest.
 
 Only the Docker SDK is used (never the `docker` CLI), through the one client the platform builds
-(`executions.runtimes.docker.client`). The image's layout and user are the runtimes'
-`image_contract` (templates/functions/Dockerfile). Tags are content addressed — a digest of
-everything that goes into the image — so registering the same source again reuses the image
-already in the registry instead of building it again.
+(`kubefunction.docker_client`). The image's layout and user are `image_contract`, which the
+runtimes that run images follow too (templates/functions/Dockerfile). Tags are content
+addressed — a digest of everything that goes into the image — so registering the same source
+again reuses the image already in the registry instead of building it again.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from executions.runtimes import image_contract
-from executions.runtimes.base import FunctionSpec
-from executions.runtimes.docker.client import build_client
+from kubefunction.docker_client import build_client
 
+from . import image_contract, runner
 from . import requirements as reqs
-from . import runner
 from .artifacts import read_members
 from .build_logs import BoundedLog
+from .specs import FunctionSpec
 
 RUNNER_SOURCE = Path(runner.__file__).read_bytes()
 REPOSITORY_PREFIX = "kubefunction"

@@ -3,11 +3,11 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from executions.selectors import waiting_counts
 from kubefunction.access import runtime_check
 from kubefunction.api_input import StrictInput
 from kubefunction.errors import InvalidInput
 
+from . import executor
 from .models import Function, FunctionVersion, Mode, PayloadRetention, Runtime
 
 
@@ -65,7 +65,7 @@ class FunctionSerializer(StrictInput, serializers.ModelSerializer):
             page = self.parent.instance if isinstance(self.parent, serializers.ListSerializer) \
                 else [function]
             counts.update(dict.fromkeys((f.pk for f in page), 0))
-            counts.update(waiting_counts(f.pk for f in page))
+            counts.update(executor.waiting_counts(f.pk for f in page))
         return counts.get(function.pk, 0)
 
 

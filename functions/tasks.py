@@ -5,7 +5,7 @@ from celery import shared_task
 from . import builds
 
 
-@shared_task(name="functions.build_version", acks_late=True)
+@shared_task(name=builds.BUILD_TASK, acks_late=True)
 def build_version(version_id: int) -> str | None:
     """Prepare a version on its runtime (install requirements, build an image)."""
     version = builds.version_build(version_id=version_id)

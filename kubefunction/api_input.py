@@ -9,10 +9,15 @@ covered too); the OpenAPI schema says the same (`additionalProperties: false` on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
+from django.conf import settings
+from django.http import HttpRequest
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
+
+from .errors import InvalidInput
 
 # Keys the framework itself puts in a body: the browsable API's CSRF token and its content
 # override form (`_content`, `_content_type`, `_method`).
@@ -90,3 +95,28 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
 
     def get_offset(self, request):
         return self._bounded(request, self.offset_query_param, low=0, high=self.max_offset) or 0
+
+
+# RFC 9110: Content-Length is 1*DIGIT. int() would also take "+5", " 5", "5_0" or "-1".
+CONTENT_LENGTH_FORMAT = re.compile(r"[0-9]{1,18}")
+
+
+def declared_length(request: HttpRequest) -> int | None:
+    """The request's Content-Length, or None when it has none (or an unreadable one)."""
+    value = request.META.get("CONTENT_LENGTH") or ""
+    return int(value) if CONTENT_LENGTH_FORMAT.fullmatch(value) else None
+
+
+def wait_seconds(request) -> float:
+    """The `?wait=` query parameter as seconds, bounded by KUBEFUNCTION_MAX_WAIT."""
+    raw = request.query_params.get("wait")
+    if raw in (None, ""):
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput("wait must be a number of seconds.", field="wait") from None
+    if not 0 <= value <= settings.KUBEFUNCTION_MAX_WAIT:
+        raise InvalidInput(f"wait must be between 0 and {settings.KUBEFUNCTION_MAX_WAIT} seconds.",
+                           field="wait")
+    return value

@@ -32,11 +32,3 @@ def _mask_secrets_in_worker_logs(logger=None, **kwargs) -> None:
     from kubefunction.log_redaction import install_secret_filter
 
     install_secret_filter(logger)
-
-
-@signals.worker_process_shutdown.connect
-def _release_runtimes(**kwargs) -> None:
-    """A prefork child skips atexit hooks: stop its warm function processes explicitly."""
-    from executions.runtimes import close_runtimes  # Celery: imported before Django is set up
-
-    close_runtimes()

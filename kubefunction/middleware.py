@@ -4,7 +4,6 @@ answered with 503 instead of a 500 traceback."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from django.conf import settings
@@ -14,22 +13,13 @@ from functions.artifacts import AdminSourceSizeLimitHandler
 from triggers.webhooks import on_webhook_origin
 
 from .api_errors import DATABASE_ERRORS, database_unavailable_response
+from .api_input import CONTENT_LENGTH_FORMAT, declared_length
 
 # Paths whose request bodies are bounded here: the API and the HTTP triggers.
 BOUNDED_PATH_PREFIXES = ("/api/", "/t/")
 # The admin's function forms take source uploads: bounded while they stream, like the API's.
 ADMIN_UPLOAD_PREFIX = "/admin/functions/"
 BODY_METHODS = ("POST", "PUT", "PATCH")
-
-
-# RFC 9110: Content-Length is 1*DIGIT. int() would also take "+5", " 5", "5_0" or "-1".
-CONTENT_LENGTH_FORMAT = re.compile(r"[0-9]{1,18}")
-
-
-def declared_length(request: HttpRequest) -> int | None:
-    """The request's Content-Length, or None when it has none (or an unreadable one)."""
-    value = request.META.get("CONTENT_LENGTH") or ""
-    return int(value) if CONTENT_LENGTH_FORMAT.fullmatch(value) else None
 
 
 def bad_request(detail: str, *, header: str) -> JsonResponse:

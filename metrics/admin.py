@@ -4,8 +4,9 @@ from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from kubefunction.stats import ms
+
 from .models import LoadTestRun
-from .stats import ms
 
 
 @admin.register(LoadTestRun)

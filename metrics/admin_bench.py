@@ -15,12 +15,12 @@ from django.utils import timezone
 from executions.models import Execution, ExecutionStatus
 from functions.models import Function
 from functions.services import function_register
+from kubefunction.stats import percentile
 from triggers.models import Trigger
 from triggers.services import trigger_create
 
 from . import rollup
 from .models import ExecutionRollup, LatencyRollup
-from .stats import percentile
 
 NAME = "bench-admin"
 STATUSES = [ExecutionStatus.SUCCEEDED] * 8 + [ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT]

@@ -26,10 +26,10 @@ from executions.services import execution_dispatch, execution_dispatch_many
 from functions.models import Function
 from functions.services import function_register
 from kubefunction.celery import app
+from kubefunction.stats import percentile
 from triggers.models import Trigger
 from triggers.services import trigger_create
 
-from .stats import percentile
 from .tasks import noop
 
 BENCH_SOURCE = b"def handle(event):\n    return event\n"

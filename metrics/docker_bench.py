@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 import docker
 from django.conf import settings
 
-from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.docker.client import build_client
+from executions.runtimes.base import InvocationContext
 from executions.runtimes.docker.runtime import DockerRuntime
 from executions.runtimes.warm_pool import PoolLimits
 from functions import images
-
-from .stats import percentile
+from functions.specs import FunctionSpec
+from kubefunction.docker_client import build_client
+from kubefunction.stats import percentile
 
 BENCH_SOURCE = b"def handle(event):\n    return event\n"
 

@@ -6,12 +6,12 @@ hold every Prometheus bucket bound (`PROMETHEUS_BUCKETS`), so Prometheus' cumula
 are exact sums of buckets. Counts add up across minutes, hours, functions and triggers: that is
 what makes the rollup tables mergeable.
 
-A percentile is estimated as `metrics.stats.percentile` would compute it over the samples (linear
-interpolation between the two ranked samples around the fraction), with each sample replaced by
-its bucket's geometric midpoint. Each midpoint is within `ERROR_BOUND` (4.6 %) of every value in
-its bucket, and an interpolation of such stand-ins stays within the same relative bound of the
-exact figure. Below 100 µs the error is at most 50 µs; over the top bound the estimate is the top
-bound.
+A percentile is estimated as `kubefunction.stats.percentile` would compute it over the samples
+(linear interpolation between the two ranked samples around the fraction), with each sample
+replaced by its bucket's geometric midpoint. Each midpoint is within `ERROR_BOUND` (4.6 %) of
+every value in its bucket, and an interpolation of such stand-ins stays within the same relative
+bound of the exact figure. Below 100 µs the error is at most 50 µs; over the top bound the
+estimate is the top bound.
 """
 
 from __future__ import annotations

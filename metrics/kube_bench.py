@@ -29,14 +29,14 @@ from pathlib import Path
 import docker
 from django.test import override_settings
 
-from executions.runtimes.base import FunctionSpec, InvocationContext
-from executions.runtimes.docker.client import build_client
+from executions.runtimes.base import InvocationContext
 from executions.runtimes.kubernetes.manifests import job_manifest
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from executions.runtimes.wire import runner_request
 from functions.images import build_image
-
-from .stats import percentile
+from functions.specs import FunctionSpec
+from kubefunction.docker_client import build_client
+from kubefunction.stats import percentile
 
 BENCH_SOURCE = b"def handle(event):\n    return event\n"
 

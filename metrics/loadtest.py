@@ -28,11 +28,11 @@ from django.utils.safestring import SafeString, mark_safe
 
 from executions.models import FINISHED_STATUSES, Execution, ExecutionStatus
 from executions.services import USE_DEFAULT, execution_dispatch
+from kubefunction.stats import percentile
 from triggers.models import Trigger
 
 from .charts import COLOURS, HEIGHT, WIDTH, Series, chart
 from .models import LoadTestRun
-from .stats import percentile
 
 POLL_SECONDS = 0.005
 

@@ -17,11 +17,11 @@ from django_celery_results.models import TaskResult
 from rest_framework.test import APIClient
 
 from executions.hooks import batch_close_if_done
-from executions.management.commands import dispatch as dispatch_command
 from executions.models import Batch, Execution, ExecutionStatus
 from executions.selectors import progress_of
 from executions.services import execution_dispatch_many
 from functions import services as function_services
+from triggers.management.commands import dispatch as dispatch_command
 from triggers.services import trigger_create
 
 HANDLER = b"def handle(event, context):\n    return event\n"

@@ -28,13 +28,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from executions.runtimes.docker.client import build_client
 from functions import builds, images
 from functions.build_logs import TRUNCATED, cap_log
-from functions.builds import version_wait
 from functions.models import Function, FunctionVersion
 from functions.requirements import check_requirements
+from functions.selectors import version_wait
 from functions.services import function_register
+from kubefunction.docker_client import build_client
 from tests.archives import make_zip
 from tests.docker_engine import needs_docker
 

@@ -20,10 +20,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_results.models import TaskResult
 
 from executions.models import Execution
-from executions.runtimes.docker.client import build_client
 from executions.workers import parse_worker
-from functions.builds import version_wait
 from functions.models import FunctionVersion
+from functions.selectors import version_wait
+from kubefunction.docker_client import build_client
 from tests.docker_engine import needs_docker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]

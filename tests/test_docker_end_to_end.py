@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from docker.errors import ImageNotFound
 
-from executions.runtimes.docker.client import build_client
-from functions.builds import version_wait
 from functions.models import FunctionVersion
+from functions.selectors import version_wait
+from kubefunction.docker_client import build_client
 from tests.archives import make_zip
 from tests.docker_engine import needs_docker, registry_repositories
 

@@ -21,14 +21,10 @@ from pathlib import Path
 import pytest
 from docker.errors import NotFound
 
-from executions.runtimes.base import (
-    FunctionSpec,
-    InvocationContext,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from executions.runtimes.base import InvocationContext, RuntimeFailure, RuntimeUnavailable
 from executions.runtimes.wire import FrameReader
 from functions import runner
+from functions.specs import FunctionSpec
 
 RUNNER = Path(runner.__file__)
 SKIP_MESSAGE = "no Docker engine: run `make services` to enable the Docker tests"

@@ -16,8 +16,8 @@ from django_celery_results.models import TaskResult
 
 from executions.models import Execution
 from executions.tasks import run_execution
-from functions.builds import version_wait
 from functions.models import FunctionVersion
+from functions.selectors import version_wait
 from kubefunction.celery import app as celery_app
 from tests.archives import make_zip
 from tests.conftest import example

@@ -14,7 +14,7 @@ from executions.hooks import batch_close_if_done
 from executions.models import Batch, Execution, ExecutionStatus
 from executions.selectors import progress_of
 from executions.services import execution_dispatch_many
-from functions.builds import version_wait
+from functions.selectors import version_wait
 from metrics import dashboard, selectors
 from tests import test_batches
 from tests.kube.fixtures import fake_kube  # noqa: F401 - a fixture

@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from executions.runtimes.docker.client import build_client
 from functions import builds, images
 from functions.models import FunctionVersion
 from functions.services import function_register, version_create
 from functions.specs import version_spec
+from kubefunction.docker_client import build_client
 from tests.archives import make_zip
 from tests.docker_engine import needs_docker, registry_repositories
 

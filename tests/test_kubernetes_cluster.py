@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from executions.runtimes.base import FunctionSpec, InvocationContext
+from executions.runtimes.base import InvocationContext
 from executions.runtimes.kubernetes.manifests import job_manifest, job_name, request_secret
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from executions.runtimes.wire import runner_request
+from functions.specs import FunctionSpec
 
 CONTRACT_SOURCE = b"""\
 import signal, time

@@ -8,8 +8,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from executions.models import Execution
-from functions.builds import version_wait
 from functions.models import FunctionVersion
+from functions.selectors import version_wait
 from tests.docker_engine import needs_docker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, needs_docker]

@@ -12,15 +12,11 @@ import uuid
 import pytest
 
 from executions.runtimes import RUNTIMES
-from executions.runtimes.base import (
-    FunctionSpec,
-    InvocationContext,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from executions.runtimes.base import InvocationContext, RuntimeFailure, RuntimeUnavailable
 from executions.runtimes.kubernetes.client import COLD_PERMISSIONS, PERMISSIONS
 from executions.runtimes.kubernetes.manifests import job_manifest, job_name
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
+from functions.specs import FunctionSpec
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 
 IMAGE = "127.0.0.1:5000/kubefunction/hello@sha256:" + "a" * 64

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from executions.runtimes.base import FunctionSpec, InvocationContext, RuntimeFailure
+from executions.runtimes.base import InvocationContext, RuntimeFailure
 from executions.runtimes.local.runtime import LocalRuntime, deps_dir, source_dir
 from executions.runtimes.wire import FrameError, FrameReader, LogBuffer, join_logs
 from functions.runner import frame_header
+from functions.specs import FunctionSpec
 
 _versions = itertools.count(1)
 

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from executions.models import Execution, ExecutionStatus
 from functions import services
+from kubefunction.stats import floor_table, percentile, save_report
 from metrics import histogram, rollup, selectors
 from metrics.charts import nice_max
 from metrics.models import ExecutionRollup, LatencyRollup
-from metrics.stats import floor_table, percentile, save_report
 from triggers.services import trigger_create
 
 pytestmark = pytest.mark.django_db

@@ -11,9 +11,9 @@ from rest_framework.response import Response
 
 from executions import services as execution_services
 from executions.selectors import execution_wait
-from executions.serializers import WAIT_PARAMETER, ExecutionSerializer, wait_seconds
+from executions.serializers import WAIT_PARAMETER, ExecutionSerializer
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
-from kubefunction.api_input import refuse_unknown
+from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge
 from kubefunction.throttles import dispatch_throttles
 

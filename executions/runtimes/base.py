@@ -1,7 +1,8 @@
 """The one interface every runtime implements, and the plain values it speaks in.
 
-Runtimes see no Django model: the run service turns a `FunctionVersion` into a `FunctionSpec`, and
-the runtime answers with an `Outcome`. A runtime raises `RuntimeUnavailable` when the platform
+Runtimes see no Django model: the run service turns a `FunctionVersion` into a `FunctionSpec`
+(`functions.specs`, with `PrepareResult`, what `prepare` answers), and the runtime answers with an
+`Outcome`. A runtime raises `RuntimeUnavailable` when the platform
 (not the function) failed and the invocation may be retried, `RuntimeFailure` when it failed for
 good.
 """
@@ -9,35 +10,10 @@ good.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """Everything a runtime needs to run one version of a function."""
-
-    version_id: int
-    function_name: str
-    version_number: int
-    sha256: str
-    source_name: str
-    read_source: Callable[[], bytes] = field(compare=False, repr=False)
-    handler: str = "handler.handle"
-    mode: str = "handler"  # "handler" or "script"
-    requirements: str = ""
-    timeout_seconds: float = 30
-    memory_mb: int = 256
-    env: dict[str, str] = field(default_factory=dict, compare=False)
-    # Container runtimes: the version's built image, pinned by digest
-    # ("127.0.0.1:5000/kubefunction/<function>@sha256:…"); empty until it is built.
-    image: str = ""
-    network: bool = False  # the function asked for network access (containers have none otherwise)
-    # What the run keeps of the payload: "keep", "days" or "hash" (executions.retention).
-    payload_retention: str = "keep"
-    # The owner is staff: the local runtime without a sandbox runs only such functions.
-    owner_trusted: bool = False
+from functions.specs import FunctionSpec, PrepareResult
 
 
 @dataclass(frozen=True)
@@ -70,12 +46,6 @@ class Outcome:
     # plus the runner's import time. None for a warm invocation, and when the runner never
     # answered.
     init_seconds: float | None = None
-
-
-@dataclass
-class PrepareResult:
-    ok: bool
-    log: str = ""
 
 
 class RuntimeUnavailable(Exception):

@@ -21,7 +21,9 @@ from typing import Protocol
 
 from django.conf import settings
 
-from .base import FunctionSpec, Runtime
+from functions.specs import FunctionSpec
+
+from .base import Runtime
 from .wire import Exchange, max_frame_bytes, reusable
 
 

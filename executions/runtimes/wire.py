@@ -20,8 +20,9 @@ from typing import Any
 from django.conf import settings
 
 from functions.runner import FRAME_MARKER, Capture, utf8_prefix
+from functions.specs import FunctionSpec
 
-from .base import FunctionSpec, InvocationContext, Outcome, RuntimeFailure
+from .base import InvocationContext, Outcome, RuntimeFailure
 
 MIB = 1024 * 1024
 

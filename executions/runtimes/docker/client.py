@@ -1,27 +1,15 @@
-"""The one place a Docker SDK client is built (the docker runtime, image builds, benchmarks),
-and the engine's errors as the runtime's."""
+"""The Docker engine's errors as the runtime's. (Its client is built in one place for the
+docker runtime, image builds and benchmarks: `kubefunction.docker_client`.)"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-import docker
 import requests
-from django.conf import settings
 from docker.errors import APIError, DockerException
 
 from ..base import RuntimeFailure, RuntimeUnavailable
-
-
-def build_client() -> docker.DockerClient:
-    """A Docker SDK client for KUBEFUNCTION_DOCKER_URL (or DOCKER_HOST and the rest of the
-    environment when it is empty), with the API timeout in seconds; asks the engine its API
-    version, so it fails here when the engine does not answer."""
-    timeout = settings.KUBEFUNCTION_DOCKER_TIMEOUT
-    if settings.KUBEFUNCTION_DOCKER_URL:
-        return docker.DockerClient(base_url=settings.KUBEFUNCTION_DOCKER_URL, timeout=timeout)
-    return docker.from_env(timeout=timeout)
 
 
 @contextlib.contextmanager

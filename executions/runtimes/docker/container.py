@@ -21,9 +21,11 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig, Mount, Ulimit
 
-from ..base import FunctionSpec, RuntimeFailure
+from functions.image_contract import FUNCTION_UID, FUNCTION_USER, SOURCE_DIR
+from functions.specs import FunctionSpec
+
+from ..base import RuntimeFailure
 from ..host import folder_prefix
-from ..image_contract import FUNCTION_UID, FUNCTION_USER, SOURCE_DIR
 from ..wire import Exchange, FrameReader, LogBuffer
 
 LABEL = "io.kubefunction"

@@ -10,8 +10,10 @@ from typing import Any
 
 import requests
 
-from ..base import FunctionSpec, RuntimeUnavailable
-from ..image_contract import runner_command
+from functions.image_contract import runner_command
+from functions.specs import FunctionSpec
+
+from ..base import RuntimeUnavailable
 from ..wire import Exchange, FrameError, FrameReader, LogBuffer
 from .client import engine_errors
 from .container import (

@@ -17,18 +17,14 @@ import requests
 from django.conf import settings
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from ..base import (
-    FunctionSpec,
-    InvocationContext,
-    Outcome,
-    PrepareResult,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from functions.specs import FunctionSpec, PrepareResult
+from kubefunction.docker_client import build_client
+
+from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
 from ..host import pid_alive, remove_stale_folders
 from ..warm_pool import PooledRuntime, PoolLimits, WarmPool
 from ..wire import exchange_outcome, late_outcome, max_frame_bytes, runner_request
-from .client import build_client, engine_errors
+from .client import engine_errors
 from .container import LABEL, MANAGED_LABEL, OWNER_LABEL, Limits, owner_id
 from .oneshot import run_once
 from .warm import WarmContainer

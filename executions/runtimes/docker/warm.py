@@ -20,8 +20,9 @@ from typing import Any
 
 import requests
 
-from ..base import FunctionSpec
-from ..image_contract import runner_command
+from functions.image_contract import runner_command
+from functions.specs import FunctionSpec
+
 from ..wire import Exchange, FrameError, FrameReader, LogBuffer
 from .client import engine_errors
 from .container import (

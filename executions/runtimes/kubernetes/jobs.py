@@ -36,7 +36,9 @@ from django.conf import settings
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..base import FunctionSpec, InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
+from functions.specs import FunctionSpec
+
+from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
 from ..wire import late_outcome, max_frame_bytes, runner_request
 from . import outcomes
 from .client import KubeClient, api_errors

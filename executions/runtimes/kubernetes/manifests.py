@@ -15,8 +15,10 @@ from typing import Any
 
 from django.conf import settings
 
-from ..base import FunctionSpec, InvocationContext
-from ..image_contract import FUNCTION_UID, SOURCE_DIR, runner_command
+from functions.image_contract import FUNCTION_UID, SOURCE_DIR, runner_command
+from functions.specs import FunctionSpec
+
+from ..base import InvocationContext
 
 CONTAINER = "function"
 # The request Secret's volume in the function's container (read-only, the runner reads the file).

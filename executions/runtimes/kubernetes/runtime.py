@@ -11,15 +11,9 @@ from typing import Any
 
 from django.conf import settings
 
-from ..base import (
-    FunctionSpec,
-    InvocationContext,
-    Outcome,
-    PrepareResult,
-    Runtime,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from functions.specs import FunctionSpec, PrepareResult
+
+from ..base import InvocationContext, Outcome, Runtime, RuntimeFailure, RuntimeUnavailable
 from .client import KubeClient, api_errors
 from .jobs import Jobs
 from .warm import WarmDeployments

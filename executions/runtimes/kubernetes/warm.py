@@ -31,7 +31,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes.client.rest import ApiException
 
-from ..base import FunctionSpec, InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
+from functions.specs import FunctionSpec
+
+from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
 from ..wire import FrameError, FrameReader, frame_outcome, late_outcome, runner_request
 from .client import KubeClient, api_errors
 from .manifests import (

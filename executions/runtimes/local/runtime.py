@@ -20,15 +20,9 @@ from django.conf import settings
 
 from functions.artifacts import SourceRejected, unpack
 from functions.requirements import install_for_local
+from functions.specs import FunctionSpec, PrepareResult
 
-from ..base import (
-    FunctionSpec,
-    InvocationContext,
-    Outcome,
-    PrepareResult,
-    RuntimeFailure,
-    RuntimeUnavailable,
-)
+from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
 from ..host import remove_stale_folders
 from ..warm_pool import PooledRuntime, PoolLimits, WarmPool
 from ..wire import exchange_outcome, late_outcome, runner_request

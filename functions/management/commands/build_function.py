@@ -4,7 +4,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from functions import builds
+from functions import builds, selectors
 from functions.models import Function, VersionStatus
 from kubefunction.commands import domain_errors_as_command_errors
 
@@ -40,7 +40,7 @@ class Command(BaseCommand):
             self.stdout.write(version.build_log[shown:], ending="")
             shown = len(version.build_log)
             done = version.status in (VersionStatus.READY, VersionStatus.FAILED) and (
-                version.image or not builds.builds_image(version.function)
+                version.image or not selectors.builds_image(version.function)
                 or version.status == VersionStatus.FAILED)
             if done:
                 break

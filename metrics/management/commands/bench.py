@@ -3,8 +3,8 @@
 
 from django.core.management.base import BaseCommand
 
+from kubefunction.stats import ms, save_report
 from metrics.bench import as_dict, run_bench
-from metrics.stats import ms, save_report
 
 
 class Command(BaseCommand):

@@ -4,8 +4,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from kubefunction.stats import floor_table, save_report
 from metrics.docker_bench import as_dict, run_docker_bench
-from metrics.stats import floor_table, save_report
 
 COLD_GOAL = 1.3  # cold invocation within 1.3x the floor
 WARM_GOAL = 0.015  # warm p50 under 15 ms

@@ -4,8 +4,8 @@ runtime on the fake API server, cold (Job) and warm (Deployment)."""
 
 from django.core.management.base import BaseCommand
 
+from kubefunction.stats import floor_table, save_report
 from metrics.kube_bench import as_dict, run_kube_bench
-from metrics.stats import floor_table, save_report
 
 
 class Command(BaseCommand):

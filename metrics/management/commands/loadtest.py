@@ -7,8 +7,8 @@ from tqdm import tqdm
 
 from executions.services import USE_DEFAULT
 from kubefunction.commands import domain_errors_as_command_errors
+from kubefunction.stats import ms
 from metrics.loadtest import run_loadtest
-from metrics.stats import ms
 from triggers.models import Trigger
 
 

@@ -13,7 +13,7 @@ from executions import services
 from executions.models import Batch, Execution, ExecutionStatus
 from executions.selectors import finished_among, progress_of
 from kubefunction.commands import command_user, domain_errors_as_command_errors
-from metrics.stats import ms, percentile
+from kubefunction.stats import ms, percentile
 from triggers.models import Trigger
 
 CHUNK = 500

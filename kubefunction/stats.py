@@ -1,4 +1,5 @@
-"""Small statistics over timing samples, shared by the dispatch summary, load test and bench."""
+"""Small statistics over timing samples, shared by the apps: a batch's progress and the dispatch
+summary (percentiles), the load test and the benchmarks (tables, reports)."""
 
 from __future__ import annotations
 

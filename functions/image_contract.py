@@ -8,7 +8,7 @@ and the kubernetes runtime's pods run it as that user with the command `runner_c
 
 from __future__ import annotations
 
-from .base import FunctionSpec
+from .specs import FunctionSpec
 
 FUNCTION_UID = 10001
 FUNCTION_USER = f"{FUNCTION_UID}:{FUNCTION_UID}"

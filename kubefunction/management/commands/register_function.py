@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from functions import builds, services
+from functions import selectors, services
 from functions.models import Function, VersionStatus
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from triggers.models import Trigger
@@ -66,7 +66,7 @@ class Command(BaseCommand):
                 trigger_create(name=trigger, function=function, user=user)
         version.refresh_from_db()
         if wait:
-            version = builds.version_wait(version=version, timeout=wait_timeout)
+            version = selectors.version_wait(version=version, timeout=wait_timeout)
         line = (f"{function.name} v{version.number} ({version.mode} {version.handler}): "
                 f"{version.status}" + (f" {version.image}" if version.image else "")
                 + (f"; trigger '{trigger}'" if trigger else ""))
@@ -75,7 +75,7 @@ class Command(BaseCommand):
         elif version.status == VersionStatus.FAILED:
             tail = "\n".join(version.build_log.rstrip().splitlines()[-LOG_TAIL_LINES:])
             raise CommandError(f"{line}: the build failed.\n{tail}")
-        elif not builds.version_is_built(version):
+        elif not selectors.version_is_built(version):
             raise CommandError(f"{line}: the build did not end within {wait_timeout:g} s; it goes "
                                f"on in the worker (manage.py build_function {name} --wait).")
         else:
