@@ -1,17 +1,19 @@
 from django.apps import AppConfig
 
+from functions import executor
+
+from .runtimes import get_runtime
+
 
 class ExecutionsConfig(AppConfig):
     name = "executions"
 
     def ready(self) -> None:
-        # Here, not at the top: Django imports an app's config before any app's models are
-        # loaded, and the selectors and runtimes import models. (functions/ sits below
-        # executions/ and reaches it only through `functions.executor`, connected here.)
-        from functions import executor
-
+        """Connect what functions/ asks of this app (`functions.executor`): functions/ sits below
+        executions/ and never imports it."""
+        # Here, not at the top: Django imports an app's config before any models are loaded,
+        # and the selectors query them.
         from . import selectors
-        from .runtimes import get_runtime
 
         executor.connect(executor.Executor(runtime=get_runtime,
                                            waiting_counts=selectors.waiting_counts,

@@ -5,4 +5,6 @@ class TriggersConfig(AppConfig):
     name = "triggers"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (connects the post_delete handler)
+        # Here, not at the top: Django imports an app's config before any models are loaded,
+        # and the handlers (post_delete of a trigger) import them.
+        from . import signals  # noqa: F401  (connects the handlers)

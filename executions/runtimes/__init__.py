@@ -1,15 +1,16 @@
 """Runtimes: where an invocation runs. `get_runtime(name)` returns one shared instance per name.
 
-    base.py            the interface (`Runtime`) and the plain values it speaks in (`FunctionSpec`,
-                       `InvocationContext`, `Outcome`)
+    base.py            the interface (`Runtime`) and the plain values it answers with
+                       (`InvocationContext`, `Outcome`); what it runs is a `functions.specs`
+                       `FunctionSpec`, in an image laid out as `functions.image_contract` says
     wire.py            the host side of the runner's protocol (`functions.runner`): the request,
                        the answer's frame, an `Exchange` and the `Outcome` it makes
     warm_pool.py       the warm pool of runners and the one invoke loop over it (local, docker)
-    image_contract.py  what a function's image holds and runs as (docker, kubernetes)
     host.py            folders a worker process owns on its host, and whether it is alive
     local/             runtime.py, process.py (one runner child process), sandbox.py (bubblewrap)
-    docker/            runtime.py, client.py (the one Docker client), container.py (the hardened
-                       container spec), oneshot.py and warm.py (its two modes)
+    docker/            runtime.py, client.py (the engine's errors as the runtime's; the client
+                       is `kubefunction.docker_client`), container.py (the hardened container
+                       spec), oneshot.py and warm.py (its two modes)
     kubernetes/        runtime.py, client.py (the API, the Role's permissions), manifests.py,
                        jobs.py (cold mode), warm.py (warm mode), outcomes.py (a Job's end)
 """

@@ -2,8 +2,8 @@
 folder mounted into it, and what the engine tells about it (state, cgroup figures, logs).
 
 Everything goes through the Docker SDK's low-level `APIClient` (one call per step, no hidden
-inspects); nothing shells out to the `docker` CLI. The image's layout and user are the
-`image_contract`; the runtime always passes the whole command (`image_contract.runner_command`).
+inspects); nothing shells out to the `docker` CLI. The image's layout and user are
+`functions.image_contract`; the runtime always passes the whole command (`runner_command`).
 """
 
 from __future__ import annotations
