@@ -25,6 +25,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from functions.models import FunctionVersion, VersionStatus
+from functions.selectors import builds_image
 from functions.specs import FunctionSpec, version_spec
 from kubefunction.access import runtime_allowed, runtime_refusal
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
@@ -88,7 +89,7 @@ def image_check(function, version: FunctionVersion, *, field: str) -> None:
     if not owner_may_run(runtime=function.runtime, owner_id=function.owner_id):
         raise Conflict(f"function '{function.name}' cannot run: "
                        f"{runtime_refusal(function.runtime)}", field="runtime")
-    if get_runtime(function.effective_runtime).runs_images and not version.image:
+    if builds_image(function) and not version.image:
         raise Conflict(f"version {version.number} of '{function.name}' has no image for the "
                        f"{function.effective_runtime} runtime yet: build it "
                        f"(POST /api/functions/{function.name}/build/).", field=field)
