@@ -2,8 +2,8 @@
 
 The local runtime needs the requirements installed (its `prepare`, reached through
 `functions.executor`); container runtimes need an image, built and pushed by
-`functions.images`. A version is pending until its build ends, then
-ready or failed; a failed build never becomes active and can be retried.
+`functions.images`. A version is pending until its build ends, then ready or failed; a failed
+build never becomes active and can be retried.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # The build task, by name: the contract with the messages in the broker (functions/tasks.py
 # registers it under this name; it imports this module, not the reverse).
 BUILD_TASK = "functions.build_version"
+
 
 def _needs_build(version: FunctionVersion) -> bool:
     if builds_image(version.function):
