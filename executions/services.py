@@ -466,9 +466,9 @@ def execution_cancel(*, execution: Execution, user=None) -> Execution:
     One conditional UPDATE to `cancelled` with its REVOKED Celery result: a queued one's
     message then finds nothing to claim, a running one's outcome nothing to finish (both are
     conditional on the status). A running one's pool process is then signalled
-    (`workers.kill`, after the commit), which makes it raise `SoftTimeLimitExceeded` (SIGUSR1) inside the runtime's call,
-    and the runtime kills the runner process or container on the way out. Conflict (409,
-    naming `status`) when it already ended.
+    (`workers.kill`, after the commit), which makes it raise `SoftTimeLimitExceeded` (SIGUSR1)
+    inside the runtime's call, and the runtime kills the runner process or container on the way
+    out. Conflict (409, naming `status`) when it already ended.
     """
     who = getattr(user, "get_username", lambda: "")() if user is not None else ""
     reason = f"cancelled by {who}" if who else "cancelled"
