@@ -246,8 +246,9 @@ def handle(event, context):
 """
 
 
-@pytest.fixture(scope="module")
-def built_image():
+def handler_image(function_name: str, handler: str) -> str:
+    """The image `functions.images` builds for a zip holding `handler` as handler.py (the test
+    is skipped without a Docker engine)."""
     from tests.docker_engine import engine_problem
 
     if engine_problem():
@@ -257,11 +258,16 @@ def built_image():
     from functions import images
     from tests.archives import make_zip
 
-    data = make_zip({"handler.py": HANDLER})
-    spec = make_spec(function_name="kube-docker", source_name="code.zip",
+    data = make_zip({"handler.py": handler})
+    spec = make_spec(function_name=function_name, source_name="code.zip",
                      read_source=lambda: data, sha256=hashlib.sha256(data).hexdigest(), image="")
     built, _ = images.build_image(spec)
     return built.image
+
+
+@pytest.fixture(scope="module")
+def built_image():
+    return handler_image("kube-docker", HANDLER)
 
 
 @pytest.mark.parametrize("fake_kube", ["docker"], indirect=True)

@@ -3,7 +3,6 @@ image (built by `functions.images`), with no network, reached through their loop
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 from tests.test_kubernetes_runtime import (  # noqa: F401 - runtime: a fixture
     context,
     deployment,
+    handler_image,
     make_spec,
     runtime,
     used_long_ago,
@@ -32,18 +32,7 @@ def handle(event, context):
 
 @pytest.fixture(scope="module")
 def warm_image():
-    from tests.docker_engine import engine_problem
-
-    if engine_problem():
-        pytest.skip(engine_problem())
-    from functions import images
-    from tests.archives import make_zip
-
-    data = make_zip({"handler.py": WARM_HANDLER})
-    spec = make_spec(function_name="kube-warm-docker", source_name="code.zip",
-                     read_source=lambda: data, sha256=hashlib.sha256(data).hexdigest(), image="")
-    built, _ = images.build_image(spec)
-    return built.image
+    return handler_image("kube-warm-docker", WARM_HANDLER)
 
 
 @pytest.fixture

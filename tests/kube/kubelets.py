@@ -468,8 +468,11 @@ class DockerKubelet:
         raise RuntimeError("the docker kubelet runs real images; it takes no scripts")
 
     def run(self, pod: dict) -> None:
-        thread = threading.Thread(target=self._run, args=(pod,), daemon=True,
-                                  name=f"fake-kubelet-{pod['metadata']['name']}")
+        self._start(threading.Thread(target=self._run, args=(pod,), daemon=True,
+                                     name=f"fake-kubelet-{pod['metadata']['name']}"))
+
+    def _start(self, thread: threading.Thread) -> None:
+        """Start `thread` unless the kubelet is closed; `close()` joins the threads it started."""
         with self.lock:
             if self.closed:
                 return
@@ -558,13 +561,8 @@ class DockerKubelet:
             p["status"]["conditions"] = _conditions(False)
             p["status"]["containerStatuses"][0]["ready"] = False
         cluster.mutate("pods", ns, name, running)
-        thread = threading.Thread(target=self._probe, args=(pod, tunnel), daemon=True,
-                                  name=f"fake-kubelet-probe-{name}")
-        with self.lock:
-            if self.closed:
-                return
-            self.threads.append(thread)
-        thread.start()
+        self._start(threading.Thread(target=self._probe, args=(pod, tunnel), daemon=True,
+                                     name=f"fake-kubelet-probe-{name}"))
 
     def _probe(self, pod: dict, tunnel: PodTunnel) -> None:
         """The readinessProbe (httpGet on the tunnelled port; none: Ready at once)."""

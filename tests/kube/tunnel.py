@@ -25,11 +25,14 @@ import threading
 import time
 from pathlib import Path
 
+# The host end copies bytes as the container end does: the agent's own `pipe` (the agent stays
+# standard library only and self-contained: its text is what `docker exec` runs).
+from .tunnel_agent import pipe
+
 AGENT_SOURCE = (Path(__file__).with_name("tunnel_agent.py")).read_text()
 MOUNT_POINT = "/run/kubefunction-tunnel"  # in the container, read-only
 SOCKET_NAME = "tunnel.sock"
 AGENT_WAIT_SECONDS = 5.0  # how long a client waits for the agent's next connection
-READ_SIZE = 65536
 
 
 def agent_command(port: int) -> list[str]:
@@ -113,10 +116,10 @@ class PodTunnel:
             agent.setblocking(True)
             if not self._track(agent):
                 return
-            back = threading.Thread(target=_pipe, args=(agent, client), daemon=True,
+            back = threading.Thread(target=pipe, args=(agent, client), daemon=True,
                                     name=f"fake-tunnel-{self.address}-back")
             back.start()
-            _pipe(client, agent)
+            pipe(client, agent)
             back.join()
         finally:
             for sock in (client, agent):
@@ -163,21 +166,6 @@ class PodTunnel:
         shutil.rmtree(self.folder, ignore_errors=True)
         os.close(self.wake_read)
         os.close(self.wake_write)
-
-
-def _pipe(source: socket.socket, target: socket.socket) -> None:
-    """Copy until `source` ends, then half-close `target`."""
-    try:
-        while True:
-            data = source.recv(READ_SIZE)
-            if not data:
-                break
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            target.shutdown(socket.SHUT_WR)
 
 
 def probe(address: str, port: int, path: str, timeout: float = 1.0) -> bool:
