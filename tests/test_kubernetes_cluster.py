@@ -36,6 +36,7 @@ from executions.runtimes.kubernetes.manifests import job_manifest, job_name, req
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from executions.runtimes.wire import runner_request
 from functions.specs import FunctionSpec
+from tests.waiting import wait_until
 
 CONTRACT_SOURCE = b"""\
 import signal, time
@@ -239,15 +240,6 @@ def test_memory_hog_is_oomkilled(target, runtime):
     assert (outcome.status, outcome.error_type) == ("failed", "MemoryError"), outcome
     assert "64 MiB" in outcome.error
     assert jobs_left(runtime, target) == []
-
-
-def wait_until(predicate, seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_warm_scales_up_from_zero_and_back(target, runtime, settings):

@@ -24,6 +24,7 @@ from executions.runtimes.local.runtime import LocalRuntime, deps_dir, source_dir
 from executions.runtimes.wire import FrameError, FrameReader, LogBuffer, join_logs
 from functions.runner import frame_header
 from functions.specs import FunctionSpec
+from tests.waiting import wait_until
 
 _versions = itertools.count(1)
 
@@ -91,15 +92,6 @@ def gone(pid: int) -> bool:
         except FileNotFoundError:
             pass
     return True
-
-
-def wait_for(predicate, seconds: float = 5.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 PID = """
@@ -256,7 +248,7 @@ def test_timeout_kills_the_whole_process_group(unboxed, tmp_path):
     assert "started, now hanging" in outcome.logs  # saved by the runner before the deadline
     runner_pid, child_pid = json.loads(pid_file.read_text())
     assert gone(runner_pid)
-    assert wait_for(lambda: gone(child_pid), 2)
+    assert wait_until(lambda: gone(child_pid), 2, every=0.02)
     assert runtime.warm_count == 0
 
 
@@ -470,7 +462,7 @@ def test_idle_processes_are_swept_without_calls(unboxed, settings):
     settings.KUBEFUNCTION_WARM_IDLE_SECONDS = 1
     pid = runtime.invoke(make_spec(PID), None, context()).output["pid"]
     assert runtime.warm_count == 1
-    assert wait_for(lambda: runtime.warm_count == 0 and gone(pid), 4)
+    assert wait_until(lambda: runtime.warm_count == 0 and gone(pid), 4, every=0.02)
 
 
 def test_per_version_cap(unboxed, settings):
@@ -544,7 +536,7 @@ def test_a_warm_process_that_died_idle_is_replaced(unboxed):
     spec = make_spec(PID)
     pid = runtime.invoke(spec, None, context()).output["pid"]
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: gone(pid))
+    assert wait_until(lambda: gone(pid), every=0.02)
     outcome = runtime.invoke(spec, None, context())
     assert outcome.status == "succeeded", outcome
     assert outcome.cold is True

@@ -32,6 +32,7 @@ from functions.models import FunctionVersion
 from functions.specs import version_spec
 from kubefunction.celery import app as celery_app
 from tests.processes import ROOT, celery_env, start_worker
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -219,15 +220,6 @@ def descendants(pid: int) -> list[int]:
                 found.append(child)
                 todo.append(child)
     return found
-
-
-def wait_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def failed_with(result: dict, *codes: int) -> bool:
