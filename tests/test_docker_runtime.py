@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -203,8 +204,26 @@ def _serve(listener: socket.socket, request: bytes, timeout: float = 30) -> byte
     return data
 
 
+@contextlib.contextmanager
+def _socket_runner(tmp_path: Path, code: str) -> Iterator[tuple[socket.socket, subprocess.Popen]]:
+    """A runner in socket mode on `code`, connecting to the yielded listener; killed after."""
+    src = _source(tmp_path, code)
+    path = str(tmp_path / "runner.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    process = _runner(src, "--socket", path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    try:
+        yield listener, process
+    finally:
+        process.kill()
+        process.communicate()
+        listener.close()
+
+
 def test_runner_socket_mode_serves_one_request_per_connection(tmp_path):
-    src = _source(tmp_path, """
+    with _socket_runner(tmp_path, """
 import os
 
 def handle(event):
@@ -214,14 +233,7 @@ def handle(event):
     if event == "exit":
         raise SystemExit(5)
     return {"pid": os.getpid(), "event": event}
-""")
-    path = str(tmp_path / "runner.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    process = _runner(src, "--socket", path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
-    try:
+""") as (listener, process):
         first, stray = _frame(_serve(listener, _request("a" * 16, "été")), "a" * 16)
         assert first["output"]["event"] == "été"
         assert first["logs"] == "printed\n"
@@ -236,31 +248,16 @@ def handle(event):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         conn.close()
-    finally:
-        process.kill()
-        process.communicate()
-        listener.close()
 
 
 def test_runner_socket_mode_ends_when_the_host_stops_listening(tmp_path):
-    src = _source(tmp_path, "def handle(event):\n    return event\n")
-    path = str(tmp_path / "runner.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    process = _runner(src, "--socket", path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE)
-    try:
+    with _socket_runner(tmp_path, "def handle(event):\n    return event\n") as (listener, process):
         frame, _ = _frame(_serve(listener, _request("d" * 16, 7)), "d" * 16)
         assert frame["output"] == 7
         listener.settimeout(30)
         conn, _ = listener.accept()
         conn.close()  # the host hangs up on an idle runner: it ends
         assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.communicate()
-        listener.close()
 
 
 def test_an_engine_that_does_not_answer_is_transient(settings, tmp_path):

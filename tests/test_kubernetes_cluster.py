@@ -36,6 +36,7 @@ from executions.runtimes.kubernetes.manifests import job_manifest, job_name, req
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from executions.runtimes.wire import runner_request
 from functions.specs import FunctionSpec
+from tests.runtimes import runtime_under
 from tests.waiting import wait_until
 
 CONTRACT_SOURCE = b"""\
@@ -158,15 +159,11 @@ def target(request, tmp_path_factory, contract_image):
 
 @pytest.fixture
 def runtime(target, settings):
-    settings.KUBEFUNCTION_KUBECONFIG = target.kubeconfig
-    settings.KUBEFUNCTION_KUBE_NAMESPACE = target.namespace
-    settings.KUBEFUNCTION_KUBE_MODE = "cold"
-    settings.KUBEFUNCTION_KUBE_START_GRACE = int(target.start_seconds)
-    settings.KUBEFUNCTION_KUBE_WATCH_SECONDS = 5
-    settings.KUBEFUNCTION_KUBE_TIMEOUT = 10
-    runtime = KubernetesRuntime()
-    yield runtime
-    runtime.close()
+    yield from runtime_under(
+        settings, KubernetesRuntime, KUBEFUNCTION_KUBECONFIG=target.kubeconfig,
+        KUBEFUNCTION_KUBE_NAMESPACE=target.namespace, KUBEFUNCTION_KUBE_MODE="cold",
+        KUBEFUNCTION_KUBE_START_GRACE=int(target.start_seconds),
+        KUBEFUNCTION_KUBE_WATCH_SECONDS=5, KUBEFUNCTION_KUBE_TIMEOUT=10)
 
 
 def jobs_left(runtime: KubernetesRuntime, target: Target, seconds: float = 30) -> list[str]:

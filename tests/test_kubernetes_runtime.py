@@ -18,6 +18,7 @@ from executions.runtimes.kubernetes.manifests import job_manifest, job_name
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
 from functions.specs import FunctionSpec
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
+from tests.runtimes import runtime_under
 
 IMAGE = "127.0.0.1:5000/kubefunction/hello@sha256:" + "a" * 64
 
@@ -37,14 +38,10 @@ def context(seconds: float = 5, execution_id: str | None = None) -> InvocationCo
 
 @pytest.fixture
 def runtime(fake_kube, settings):  # noqa: F811 - pytest fixtures are passed by name
-    settings.KUBEFUNCTION_KUBECONFIG = str(fake_kube.kubeconfig_path)
-    settings.KUBEFUNCTION_KUBE_NAMESPACE = fake_kube.namespace
-    settings.KUBEFUNCTION_KUBE_START_GRACE = 3
-    settings.KUBEFUNCTION_KUBE_WATCH_SECONDS = 2
-    settings.KUBEFUNCTION_KUBE_TIMEOUT = 5
-    runtime = KubernetesRuntime()
-    yield runtime
-    runtime.close()
+    yield from runtime_under(
+        settings, KubernetesRuntime, KUBEFUNCTION_KUBECONFIG=str(fake_kube.kubeconfig_path),
+        KUBEFUNCTION_KUBE_NAMESPACE=fake_kube.namespace, KUBEFUNCTION_KUBE_START_GRACE=3,
+        KUBEFUNCTION_KUBE_WATCH_SECONDS=2, KUBEFUNCTION_KUBE_TIMEOUT=5)
 
 
 def gone(fake) -> bool:

@@ -24,6 +24,7 @@ from executions.runtimes.local.runtime import LocalRuntime, deps_dir, source_dir
 from executions.runtimes.wire import FrameError, FrameReader, LogBuffer, join_logs
 from functions.runner import frame_header
 from functions.specs import FunctionSpec
+from tests.runtimes import runtime_under
 from tests.waiting import wait_until
 
 _versions = itertools.count(1)
@@ -31,15 +32,11 @@ _versions = itertools.count(1)
 
 @pytest.fixture
 def runtime(settings, tmp_path):
-    settings.KUBEFUNCTION_WORK_DIR = tmp_path / "work"
-    settings.KUBEFUNCTION_MAX_OUTPUT_BYTES = 64 * 1024
-    settings.KUBEFUNCTION_MAX_LOG_BYTES = 16 * 1024
-    settings.KUBEFUNCTION_WARM_POOL_SIZE = 8
-    settings.KUBEFUNCTION_WARM_POOL_PER_VERSION = 2
-    settings.KUBEFUNCTION_WARM_IDLE_SECONDS = 300
-    runtime = LocalRuntime()
-    yield runtime
-    runtime.close()
+    yield from runtime_under(
+        settings, LocalRuntime, KUBEFUNCTION_WORK_DIR=tmp_path / "work",
+        KUBEFUNCTION_MAX_OUTPUT_BYTES=64 * 1024, KUBEFUNCTION_MAX_LOG_BYTES=16 * 1024,
+        KUBEFUNCTION_WARM_POOL_SIZE=8, KUBEFUNCTION_WARM_POOL_PER_VERSION=2,
+        KUBEFUNCTION_WARM_IDLE_SECONDS=300)
 
 
 @pytest.fixture
