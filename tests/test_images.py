@@ -77,20 +77,17 @@ def test_bad_requirement_fails_with_the_reason_and_never_activates(user):
     assert FunctionVersion.objects.get(pk=version.pk).status == "pending"
 
 
-def test_registry_down_fails_the_build_with_the_reason(user, settings):
-    settings.KUBEFUNCTION_REGISTRY = "127.0.0.1:1"
-    version = register(user, "no-registry", {"handler.py": "def handle(e):\n    return 2\n"})
+@pytest.mark.parametrize(("setting", "value", "name", "returns", "log_says"), [
+    ("KUBEFUNCTION_REGISTRY", "127.0.0.1:1", "no-registry", 2, "127.0.0.1:1"),  # the reason
+    ("KUBEFUNCTION_BASE_IMAGE", "kubefunction/no-such-base:1", "no-base", 3, "make services"),
+], ids=["registry-down-says-why", "missing-base-image-says-how-to-fix"])
+def test_a_missing_dependency_fails_the_build_and_says_so(user, settings, setting, value, name,
+                                                          returns, log_says):
+    setattr(settings, setting, value)
+    version = register(user, name, {"handler.py": f"def handle(e):\n    return {returns}\n"})
     built = builds.version_build(version_id=version.pk)
     assert built.status == "failed"
-    assert "127.0.0.1:1" in built.build_log
-
-
-def test_missing_base_image_fails_with_how_to_fix(user, settings):
-    settings.KUBEFUNCTION_BASE_IMAGE = "kubefunction/no-such-base:1"
-    version = register(user, "no-base", {"handler.py": "def handle(e):\n    return 3\n"})
-    built = builds.version_build(version_id=version.pk)
-    assert built.status == "failed"
-    assert "make services" in built.build_log
+    assert log_says in built.build_log
 
 
 def test_new_version_of_a_docker_function_is_pending_until_built(user):

@@ -98,10 +98,16 @@ def check(summary, want):
                 percentile(samples, fraction), rel=histogram.ERROR_BOUND), (duration, fraction)
 
 
-@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
-def test_summary_matches_the_rows(table, monkeypatch, in_database):
-    if not in_database:
+@pytest.fixture(params=[True, False], ids=["database", "python-fallback"])
+def in_database(request, monkeypatch) -> bool:
+    """A test twice: on the Postgres queries, then on the Python fallback (as on SQLite)."""
+    if not request.param:
         monkeypatch.setattr(selectors, "_postgres", lambda: False)
+        monkeypatch.setattr(rollup, "_postgres", lambda: False)
+    return request.param
+
+
+def test_summary_matches_the_rows(table, in_database):
     now = table["now"]
     scope = selectors.scope_for("6h", now=now)
     check(selectors.summary(scope), expected(table["rows_a"] + table["rows_b"], scope.since, now))
@@ -116,10 +122,7 @@ def test_summary_matches_the_rows(table, monkeypatch, in_database):
     assert by_trigger.invocations == summary.invocations
 
 
-@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
-def test_breakdown_and_timeseries(table, monkeypatch, in_database):
-    if not in_database:
-        monkeypatch.setattr(selectors, "_postgres", lambda: False)
+def test_breakdown_and_timeseries(table, in_database):
     now = table["now"]
     scope = selectors.scope_for("24h", now=now)
     rows = selectors.breakdown(scope, by="function")
@@ -207,15 +210,7 @@ def test_metrics_token(client, settings, db):
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
 
 
-def python_path(monkeypatch):
-    monkeypatch.setattr(selectors, "_postgres", lambda: False)
-    monkeypatch.setattr(rollup, "_postgres", lambda: False)
-
-
-@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
-def test_overview_matches_the_other_selectors(table, monkeypatch, in_database):
-    if not in_database:
-        python_path(monkeypatch)
+def test_overview_matches_the_other_selectors(table, in_database):
     scope = selectors.scope_for("24h", now=table["now"])
     view = selectors.overview(scope, width=3600)
     exact = selectors.summary(scope)
@@ -259,10 +254,7 @@ def rolled():
                                           "count"))
 
 
-@pytest.mark.parametrize("in_database", [True, False], ids=["database", "python-fallback"])
-def test_the_rollup_answers_like_the_raw_table(table, monkeypatch, in_database):
-    if not in_database:
-        python_path(monkeypatch)
+def test_the_rollup_answers_like_the_raw_table(table, in_database):
     now, alpha = table["now"], table["a"]
     raw = figures(now, alpha.pk)
     # Unfinished executions younger than STUCK_AFTER hold the watermark back: an hour ago.
