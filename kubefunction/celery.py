@@ -2,11 +2,39 @@
 
 import os
 
+import kombu
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kubefunction.settings")
 
-app = Celery("kubefunction")
+
+class BrokerConnection(kombu.Connection):
+    """kombu's connection, with a `collect()` that lets go of the channel it tried to close.
+
+    When the broker goes away under a consuming worker, Celery (5.7) first `collect()`s the
+    broken connection, which closes the default channel and detaches the transport, then
+    `close()`s it. On Redis a channel's close fails part-way while the server is down (it reads
+    the BRPOP in flight, deletes its fanout queues) and stays open, so the second close runs
+    it again against a transport that no longer knows its broker: AttributeError, which is not
+    a connection error, and the worker dies with "Unrecoverable error" instead of
+    reconnecting. A collected connection has nothing left to close: its channel is dropped.
+    The messages it held unacknowledged go back to the queue by the broker's visibility
+    timeout (or the reaper), as after any lost connection.
+    """
+
+    def collect(self, socket_timeout=None):
+        try:
+            super().collect(socket_timeout)
+        finally:
+            self._default_channel = None
+
+
+class BrokerAMQP(AMQP):
+    Connection = BrokerConnection
+
+
+app = Celery("kubefunction", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 

@@ -284,6 +284,43 @@ def test_redis_restarted_with_100_queued_then_worker_and_reaper(
     assert_all_succeeded_once(task_ids, marks)
 
 
+def test_a_consumers_connection_lost_to_redis_mid_read_closes_without_killing_the_worker(
+        private_redis):
+    """What a worker's consumer holds when Redis dies under it, and what Celery does next
+    (`Consumer.on_connection_error_after_connected`: collect, then close): a BRPOP in flight,
+    a message delivered and not acknowledged, a fanout queue bound. With plain kombu the close
+    raises AttributeError (the channel's first close failed part-way, the transport is gone),
+    which is not a connection error, and the worker dies instead of reconnecting."""
+    import kombu
+    from celery.worker.consumer.consumer import COLLECT_SOCKET_TIMEOUT
+    from kombu.common import ignore_errors
+
+    connection = celery_app.connection_for_read(private_redis.url)
+    work = kombu.Queue("faults-work")
+    broadcast = kombu.Queue("faults-broadcast", kombu.Exchange("faults-fanout", type="fanout"),
+                            auto_delete=True)
+    with connection.Producer() as producer:
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=work.name, declare=[work])
+    delivered = []
+    consumer = connection.Consumer([work, broadcast], prefetch_count=10,
+                                   callbacks=[lambda body, message: delivered.append(message)])
+    consumer.consume()
+    connection.drain_events(timeout=2)
+    assert delivered, "a message delivered and not acknowledged"
+    channel = connection.default_channel
+    channel._brpop_start()  # what the worker's event loop keeps in flight
+    assert channel._in_poll
+    private_redis.kill()
+
+    try:
+        connection.collect(socket_timeout=COLLECT_SOCKET_TIMEOUT)
+    except Exception:  # Celery ignores whatever collect raises
+        pass
+    ignore_errors(connection, connection.close)  # raises only what is not a connection error
+    channel.qos._on_collect.cancel()  # not again at this process's exit: the server is gone
+
+
 def test_redis_restarted_under_a_consuming_worker(api, private_redis, broker_at, processes,
                                                   tmp_path):
     broker_at(private_redis.url)
