@@ -14,11 +14,13 @@ resends), so racing workers, redeliveries, a cancel and the reaper cannot move a
 whoever changes the row wins, and the others find nothing to change. What to do next (send
 the task again, run the after-finish hooks) is the caller's (`executions.services`, the reaper).
 
-Claim and finish sit on every invocation's critical path: on Postgres each is one statement —
-one round trip, atomic on its own; elsewhere (the embedded SQLite) the same effect comes from the
-ORM in a transaction. A function with a concurrency limit (`Function.max_concurrency`) leaves the
-one-statement claim: its claims are serialised per function (a Postgres advisory lock; SQLite's
-single writer) so that no more than the limit ever run; unlimited functions keep the fast path.
+Claim and finish sit on every invocation's critical path: on Postgres each is one statement — one
+round trip, atomic on its own, and the claim does not wait for its WAL flush (what the reaper
+recovers need not be durable; the accepted dispatch and the outcome are); elsewhere (the embedded
+SQLite) the same effect comes from the ORM in a transaction. A function with a concurrency limit
+(`Function.max_concurrency`) leaves the one-statement claim: its claims are serialised per function
+(a Postgres advisory lock; SQLite's single writer) so that no more than the limit ever run;
+unlimited functions keep the fast path.
 """
 
 from __future__ import annotations
@@ -122,7 +124,12 @@ def _claim_statement(unlimited_only: bool) -> str:
     only_unlimited = (
         f"AND (SELECT {_column(Function, 'max_concurrency')} FROM {_table(Function)} "
         f"WHERE id = {_table(Execution)}.{function_id}) IS NULL" if unlimited_only else "")
+    # The claim need not wait for its WAL flush (`synchronous_commit = off` for its own
+    # transaction, set in the same round trip: the two statements of one query string are one
+    # implicit transaction): lost in a database crash, the execution is found queued again and
+    # the reaper sends it once more, as after any lost message. Dispatch and finish stay durable.
     return f"""
+        SET LOCAL synchronous_commit = off;
         WITH claimed AS (
             UPDATE {_table(Execution)} SET status = %s, started_at = %s, worker = %s
             WHERE id = %s AND status = %s {only_unlimited}

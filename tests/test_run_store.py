@@ -40,6 +40,21 @@ def test_claim_once(path, execution):
     assert execution.started_at is not None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_claims_unflushed_commit_does_not_leak_to_the_finish(execution):
+    """The claim skips its WAL flush (`SET LOCAL synchronous_commit = off`, a lost claim is
+    recovered by the reaper); the setting ends with the claim's own transaction, so the finish
+    on the same connection, what the user is promised, still waits for its flush."""
+    from django.db import connection
+
+    assert transitions.claim(str(execution.pk), "w1") is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    execution.refresh_from_db()
+    assert execution.status == "running"
+
+
 def test_finish_stores_outcome_and_result_together(path, execution):
     assert not transitions.finish(str(execution.pk), "t-1", {"status": "succeeded"}, worker="w"), \
         "a queued execution cannot be finished"
