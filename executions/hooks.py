@@ -35,21 +35,29 @@ def execution_finished(execution_id: str, *, callback_url: str = "",
     transaction.on_commit(react)
 
 
-def batch_close_if_done(*, batch_id) -> bool:
-    """Set the batch's `finished_at` (its last execution's end) when none of its executions is
-    queued or running and all `size` of them exist. One conditional UPDATE: the unfinished check
-    comes first (an index probe), so the count runs only once the batch looks done.
-    """
+def batch_close_if_done(*, batch_id=None, limit: int = 1000) -> int:
+    """Set a batch's `finished_at` (its last execution's end) when none of its executions is
+    queued or running and all `size` of them exist; how many batches it closed. One conditional
+    UPDATE: the unfinished check comes first (an index probe), so the count runs only once the
+    batch looks done. Without `batch_id`, the `limit` oldest open batches (the reaper's sweep,
+    for a batch whose last two executions finished at the same moment, each seeing the other
+    still running)."""
     execution, batch = Execution._meta.db_table, Batch._meta.db_table
+    if batch_id is None:
+        which = f"id IN (SELECT id FROM {batch} WHERE finished_at IS NULL " \
+                f"ORDER BY created_at LIMIT %s)"
+        chosen = [limit]
+    else:
+        which = "id = %s"
+        chosen = [Batch._meta.pk.get_db_prep_value(uuid.UUID(str(batch_id)), connection)]
     sql = f"""
         UPDATE {batch} SET finished_at = COALESCE(
             (SELECT max(finished_at) FROM {execution} WHERE batch_id = {batch}.id), %s)
-        WHERE id = %s AND finished_at IS NULL AND CASE
+        WHERE {which} AND finished_at IS NULL AND CASE
             WHEN EXISTS (SELECT 1 FROM {execution}
                          WHERE batch_id = {batch}.id AND status IN (%s, %s)) THEN FALSE
             ELSE (SELECT count(*) FROM {execution} WHERE batch_id = {batch}.id) >= size END"""
-    key = Batch._meta.pk.get_db_prep_value(uuid.UUID(str(batch_id)), connection)
     now = Batch._meta.get_field("finished_at").get_db_prep_value(timezone.now(), connection)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [now, key, *(status.value for status in ACTIVE)])
-        return cursor.rowcount == 1
+        cursor.execute(sql, [now, *chosen, *(status.value for status in ACTIVE)])
+        return cursor.rowcount

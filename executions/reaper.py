@@ -14,6 +14,9 @@ Beat runs `executions.reap` every `KUBEFUNCTION_REAPER_INTERVAL` seconds (docs/r
   answer, or answers without that task in that process) is run again as its next attempt
   (`WorkerLost`, a platform retry) or failed when no platform retry is left; a resumable
   runtime's is sent again to be taken over.
+- An open batch whose executions have all ended is closed (`hooks.batch_close_if_done`): the
+  run path closes a batch when its last execution finishes, but two last executions finishing
+  at the same moment each see the other still running.
 
 Every change is a conditional UPDATE (`executions.transitions`), so a worker finishing at the
 same moment, a redelivery or a second reaper wins and nothing is written twice; what the broker
@@ -32,7 +35,7 @@ from django.db import connection
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.utils import timezone
 
-from . import transitions, workers
+from . import hooks, transitions, workers
 from .models import Execution, ExecutionStatus
 from .runtimes import get_runtime
 from .services import execution_fail, execution_lost
@@ -168,6 +171,9 @@ def reap(*, current_node: str = "") -> dict[str, int]:
         except BrokerUnreachable as exc:
             logger.warning("reaper: the broker is unreachable (%s): %s skipped, next run "
                            "tries again", exc, sweep.__name__)
+    closed = hooks.batch_close_if_done()
+    if closed:
+        done["batches_closed"] = closed
     if any(done.values()):
         logger.info("reaper: %s", done)
     return done

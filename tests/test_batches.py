@@ -129,6 +129,28 @@ def test_a_batch_is_not_closed_before_all_its_executions_exist(trigger, user):
 
 
 @pytest.mark.django_db
+def test_the_reaper_closes_the_batches_whose_executions_all_ended(trigger, user):
+    """The sweep behind the run path's close: two batches whose executions ended without the
+    run path closing them (their last two finished at the same moment), one still running."""
+    from executions import reaper
+
+    ended = [execution_dispatch_many(trigger=trigger, payloads=[1, 2], user=user)
+             for _ in range(2)]
+    running = execution_dispatch_many(trigger=trigger, payloads=[1, 2], user=user)
+    done_at = timezone.now()
+    Execution.objects.filter(pk__in=[e.pk for pair in ended for e in pair]).update(
+        status=ExecutionStatus.SUCCEEDED, finished_at=done_at)
+    Execution.objects.filter(pk=running[0].pk).update(
+        status=ExecutionStatus.SUCCEEDED, finished_at=done_at)
+    assert reaper.reap(current_node="")["batches_closed"] == 2
+    closed = {pair[0].batch_id: Batch.objects.get(pk=pair[0].batch_id).finished_at
+              for pair in ended}
+    assert set(closed.values()) == {done_at}
+    assert Batch.objects.get(pk=running[0].batch_id).finished_at is None
+    assert "batches_closed" not in reaper.reap(current_node="")
+
+
+@pytest.mark.django_db
 def test_batch_api_is_owner_scoped(api, trigger, user, other_user):
     execution_dispatch_many(trigger=trigger, payloads=[1, 2], user=user, source="api")
     listed = api.get("/api/batches/").json()
