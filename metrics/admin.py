@@ -16,7 +16,7 @@ class LoadTestRunAdmin(admin.ModelAdmin):
     list_filter = ["runtime"]
     search_fields = ["trigger_name", "function_name"]
     fields = ["created_at", "trigger_name", "function_name", "runtime", "requests", "payload",
-              "cpu_count", "csv_path", "table", "chart"]
+              "cpu_count", "csv_path", "warmup", "table", "chart"]
     readonly_fields = fields
 
     def has_add_permission(self, request):
@@ -31,14 +31,20 @@ class LoadTestRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="results")
     def table(self, run):
+        def rate(value):
+            return "—" if value is None else f"{value:.1f}"
+
         rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                                "<td>{}</td><td>{} %</td><td>{}</td></tr>", (
+                                "<td>{}</td><td>{} %</td><td>{}</td><td>{}</td><td>{}</td>"
+                                "<td>{}</td></tr>", (
             (lv["concurrency"], lv["requests"], lv["errors"], ms(lv["p50"]), ms(lv["p95"]),
-             ms(lv["max"]), f"{lv['cpu_percent']:.1f}", f"{lv['throughput']:.1f}")
+             ms(lv["max"]), f"{lv['cpu_percent']:.1f}", rate(lv["throughput"]),
+             ms(lv.get("floor_p50")), ms(lv.get("floor_p95")), rate(lv.get("floor_throughput")))
             for lv in run.levels))
         return format_html("<table><thead><tr><th>concurrency</th><th>requests</th>"
                            "<th>errors</th><th>p50</th><th>p95</th><th>max</th><th>CPU</th>"
-                           "<th>req/s</th></tr></thead><tbody>{}</tbody></table>", rows)
+                           "<th>req/s</th><th>Celery floor p50</th><th>floor p95</th>"
+                           "<th>floor req/s</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.display(description="chart")
     def chart(self, run):

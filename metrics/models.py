@@ -12,11 +12,15 @@ class LoadTestRun(models.Model):
     runtime = models.CharField(max_length=16, help_text="Runtime the function ran on.")
     requests = models.PositiveIntegerField(
         null=True, blank=True,
-        help_text="Requests per level; empty: as many as the level's concurrency (one wave).")
+        help_text="Requests per level; empty: the default, ten per client and at least 50.")
     payload = models.JSONField(null=True, blank=True)
     levels = models.JSONField(
         default=list, help_text="One entry per concurrency level: concurrency, requests, errors, "
-                                "p50/p95/max retrieval seconds, CPU utilisation (%), seconds.")
+                                "p50/p95/max retrieval seconds, CPU utilisation (%), seconds, "
+                                "and the Celery floor's p50/p95/throughput at that level.")
+    warmup = models.JSONField(
+        null=True, blank=True, help_text="The warm-up before the levels, in the same form; not "
+                                         "part of the figures.")
     cpu_count = models.PositiveIntegerField(help_text="Logical CPUs of the machine it ran on.")
     csv_path = models.CharField(max_length=500, blank=True)
     chart_svg = models.TextField(blank=True, help_text="Retrieval time and CPU against "

@@ -82,19 +82,32 @@ def test_metrics_counters_match_the_table_after_a_burst(client, trigger, rolled,
 
 def test_loadtest_prints_the_table_and_stores_the_run(admin_client, trigger, tmp_path):
     out = StringIO()
-    call_command("loadtest", "metered", "--concurrency", "1,2,4,8,10",
+    call_command("loadtest", "metered", "--concurrency", "1,2,4",
                  "--payload", '{"x": 1}', "--out", str(tmp_path), stdout=out, stderr=StringIO())
     text = out.getvalue()
-    assert "concurrency" in text and "p95" in text and "CPU" in text
+    assert "concurrency" in text and "p95" in text and "CPU" in text and "floor p50" in text
+    assert "warm-up: 4 requests at concurrency 4" in text
     run = LoadTestRun.objects.get()
-    assert [lv["concurrency"] for lv in run.levels] == [1, 2, 4, 8, 10]
-    assert all(lv["requests"] == lv["concurrency"] and lv["errors"] == 0 for lv in run.levels)
+    assert [lv["concurrency"] for lv in run.levels] == [1, 2, 4]
+    # By default enough requests for percentiles at every level, after a warm-up kept apart.
+    assert all(lv["requests"] == 50 and lv["errors"] == 0 for lv in run.levels)
     assert all(0 < lv["p50"] <= lv["p95"] <= lv["max"] < 30 for lv in run.levels)
+    assert (run.warmup["concurrency"], run.warmup["requests"]) == (4, 4)
+    # The Celery floor at the same concurrency beside each level.
+    assert all(0 < lv["floor_p50"] <= lv["floor_p95"] < 30 and lv["floor_throughput"] > 0
+               for lv in run.levels)
     rows = list(csv.DictReader(Path(run.csv_path).open()))
-    assert [int(r["concurrency"]) for r in rows] == [1, 2, 4, 8, 10]
+    assert [int(r["concurrency"]) for r in rows] == [1, 2, 4]
     svg = Path(run.csv_path).with_suffix(".svg").read_text()
-    assert svg.count('<circle class="kf-point"') == 3 * 5  # p50/p95/max at each level
+    assert svg.count('<circle class="kf-point"') == 3 * 3  # p50/p95/max at each level
     assert "Machine CPU utilisation" in svg and "CPU %" in svg
     page = admin_client.get(reverse("admin:metrics_loadtestrun_change", args=[run.pk]))
     assert page.status_code == 200 and b"loadtest-latency" in page.content
-    assert Execution.objects.filter(function__name="metered").count() == 25
+    assert b"Celery floor p50" in page.content
+    assert Execution.objects.filter(function__name="metered").count() == 4 + 3 * 50
+    call_command("loadtest", "metered", "--concurrency", "2", "--requests", "3", "--warmup",
+                 "0", "--no-floor", "--out", str(tmp_path), stdout=StringIO(),
+                 stderr=StringIO())
+    run = LoadTestRun.objects.first()
+    assert run.warmup is None and run.levels[0]["requests"] == 3
+    assert run.levels[0]["floor_p50"] is None
