@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from kubefunction.access import permission_name
-from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json
+from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json, shown
 from kubefunction.errors import KubeFunctionError
 
 from .models import Batch, Execution, ExecutionStatus
@@ -33,6 +33,13 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _progress(batch):
+    """The batch's progress, read once per row however many columns show it."""
+    if getattr(batch, "_progress", None) is None:
+        batch._progress = progress_of(batch)
+    return batch._progress
 
 
 class DeadLetterFilter(admin.SimpleListFilter):
@@ -216,42 +223,22 @@ class ExecutionAdmin(admin.ModelAdmin):
         colour = STATUS_COLOURS.get(execution.status, "#777")
         return format_html('<b style="color:{}">{}</b>', colour, execution.get_status_display())
 
-    @admin.display(description="total (dispatch → result)")
-    def duration(self, execution):
-        return _seconds(execution.total_seconds)
+    duration = shown("total_seconds", _seconds, description="total (dispatch → result)")
+    queue_time = shown("queue_seconds", _seconds, description="queue wait")
+    run_time = shown("run_seconds", _seconds, description="run time")
+    input_json = shown("input", pretty_json, description="input")
+    output_json = shown("output", pretty_json, description="output")
+    error_text = shown("error", pre, description="error")
+    logs_text = shown("logs", pre, description="logs")
 
     @admin.display(description="start", ordering="cold")
     def start(self, execution):
         return {True: "cold", False: "warm"}.get(execution.cold, "—")
 
-    @admin.display(description="queue wait")
-    def queue_time(self, execution):
-        return _seconds(execution.queue_seconds)
-
-    @admin.display(description="run time")
-    def run_time(self, execution):
-        return _seconds(execution.run_seconds)
-
     @admin.display(description="peak memory")
     def peak_memory(self, execution):
         value = execution.peak_memory_bytes
         return f"{value / 1024 / 1024:.1f} MiB" if value else "—"
-
-    @admin.display(description="input")
-    def input_json(self, execution):
-        return pretty_json(execution.input)
-
-    @admin.display(description="output")
-    def output_json(self, execution):
-        return pretty_json(execution.output)
-
-    @admin.display(description="error")
-    def error_text(self, execution):
-        return pre(execution.error)
-
-    @admin.display(description="logs")
-    def logs_text(self, execution):
-        return pre(execution.logs)
 
     @admin.display(description="attempt")
     def attempt_count(self, execution):
@@ -326,18 +313,13 @@ class BatchAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # a machine record, like its executions
 
-    def _progress(self, batch):
-        if getattr(batch, "_progress", None) is None:
-            batch._progress = progress_of(batch)
-        return batch._progress
-
     @admin.display(description="batch")
     def short_id(self, batch):
         return str(batch.pk)[:8]
 
     @admin.display(description="progress")
     def progress_bar(self, batch):
-        progress = self._progress(batch)
+        progress = _progress(batch)
         ok = 100.0 * progress.succeeded / progress.size if progress.size else 0
         bad = 100.0 * progress.failed / progress.size if progress.size else 0
         cut = 100.0 * progress.cancelled / progress.size if progress.size else 0
@@ -351,34 +333,17 @@ class BatchAdmin(admin.ModelAdmin):
             progress.done, progress.size, f"{ok:.2f}", f"{bad:.2f}", f"{cut:.2f}", progress.done,
             progress.size, f"{progress.percent:.0f}")
 
-    @admin.display(description="succeeded")
-    def succeeded(self, batch):
-        return self._progress(batch).succeeded
-
-    @admin.display(description="failed")
-    def failed(self, batch):
-        return self._progress(batch).failed
-
-    @admin.display(description="of which timed out")
-    def timed_out(self, batch):
-        return self._progress(batch).timed_out
-
-    @admin.display(description="cancelled")
-    def cancelled(self, batch):
-        return self._progress(batch).cancelled
+    succeeded = shown("succeeded", description="succeeded", of=_progress)
+    failed = shown("failed", description="failed", of=_progress)
+    timed_out = shown("timed_out", description="of which timed out", of=_progress)
+    cancelled = shown("cancelled", description="cancelled", of=_progress)
+    p50 = shown("p50_seconds", _seconds, description="p50 retrieval", of=_progress)
+    p95 = shown("p95_seconds", _seconds, description="p95 retrieval", of=_progress)
 
     @admin.display(description="queued / running")
     def in_flight(self, batch):
-        progress = self._progress(batch)
+        progress = _progress(batch)
         return f"{progress.queued} / {progress.running}"
-
-    @admin.display(description="p50 retrieval")
-    def p50(self, batch):
-        return _seconds(self._progress(batch).p50_seconds)
-
-    @admin.display(description="p95 retrieval")
-    def p95(self, batch):
-        return _seconds(self._progress(batch).p95_seconds)
 
     @admin.display(description="executions")
     def executions_link(self, batch):

@@ -140,16 +140,20 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
 class BatchSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="batch-detail")
     trigger = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
-    done = serializers.SerializerMethodField()
-    succeeded = serializers.SerializerMethodField()
-    failed = serializers.SerializerMethodField(help_text="Failed or timed out.")
-    timed_out = serializers.SerializerMethodField()
-    cancelled = serializers.SerializerMethodField(help_text="Cancelled before or while running.")
-    queued = serializers.SerializerMethodField()
-    running = serializers.SerializerMethodField()
-    p50_seconds = serializers.SerializerMethodField(
+    done = serializers.IntegerField(source="_progress.done", read_only=True)
+    succeeded = serializers.IntegerField(source="_progress.succeeded", read_only=True)
+    failed = serializers.IntegerField(source="_progress.failed", read_only=True,
+                                      help_text="Failed or timed out.")
+    timed_out = serializers.IntegerField(source="_progress.timed_out", read_only=True)
+    cancelled = serializers.IntegerField(source="_progress.cancelled", read_only=True,
+                                         help_text="Cancelled before or while running.")
+    queued = serializers.IntegerField(source="_progress.queued", read_only=True)
+    running = serializers.IntegerField(source="_progress.running", read_only=True)
+    p50_seconds = serializers.FloatField(
+        source="_progress.p50_seconds", read_only=True, allow_null=True,
         help_text="Median retrieval time (dispatched → finished) of its finished executions.")
-    p95_seconds = serializers.SerializerMethodField()
+    p95_seconds = serializers.FloatField(source="_progress.p95_seconds", read_only=True,
+                                         allow_null=True)
 
     class Meta:
         model = Batch
@@ -157,37 +161,11 @@ class BatchSerializer(serializers.ModelSerializer):
                   "timed_out", "cancelled", "queued", "running", "p50_seconds", "p95_seconds",
                   "created_at", "finished_at"]
 
-    def _progress(self, batch):
+    def to_representation(self, batch):
+        # The progress figures' fields read `_progress`: one `progress_of` per batch.
         if getattr(batch, "_progress", None) is None:
             batch._progress = progress_of(batch)
-        return batch._progress
-
-    def get_done(self, batch) -> int:
-        return self._progress(batch).done
-
-    def get_succeeded(self, batch) -> int:
-        return self._progress(batch).succeeded
-
-    def get_failed(self, batch) -> int:
-        return self._progress(batch).failed
-
-    def get_timed_out(self, batch) -> int:
-        return self._progress(batch).timed_out
-
-    def get_cancelled(self, batch) -> int:
-        return self._progress(batch).cancelled
-
-    def get_queued(self, batch) -> int:
-        return self._progress(batch).queued
-
-    def get_running(self, batch) -> int:
-        return self._progress(batch).running
-
-    def get_p50_seconds(self, batch) -> float | None:
-        return self._progress(batch).p50_seconds
-
-    def get_p95_seconds(self, batch) -> float | None:
-        return self._progress(batch).p95_seconds
+        return super().to_representation(batch)
 
 
 class BatchViewSet(viewsets.ReadOnlyModelViewSet):

@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from kubefunction.access import permission_name
-from kubefunction.admin_display import pre
+from kubefunction.admin_display import pre, shown
 from kubefunction.errors import KubeFunctionError
 
 from . import builds, executor, services
@@ -178,13 +178,8 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     def short_sha(self, version):
         return version.sha256[:12]
 
-    @admin.display(description="installed packages")
-    def installed_text(self, version):
-        return pre(version.installed_packages)
-
-    @admin.display(description="build log")
-    def build_log_text(self, version):
-        return pre(version.build_log)
+    installed_text = shown("installed_packages", pre, description="installed packages")
+    build_log_text = shown("build_log", pre, description="build log")
 
     def _apply(self, request, queryset, operation, verb: str) -> None:
         done = 0

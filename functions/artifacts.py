@@ -148,6 +148,21 @@ class _Members:
                 f"archive unpacks to more than {MAX_COMPRESSION_RATIO} times its size "
                 "(a zip bomb?).")
 
+    def admit(self, name: str, *, size: int, folder: bool, special: bool) -> list[str] | None:
+        """Check one member of either archive format: its path, its kind (`special`: a link or
+        device) and its count against the limits. A folder is recorded (None); for a file, the
+        parts of its path are returned, to read its content and `add_file` it."""
+        parts = _member_parts(name)
+        if special:
+            raise SourceRejected(f"archive member '{name}' is a link or device.")
+        self.take(0 if folder else size)
+        if folder:
+            self.add_folder(parts)
+            return None
+        if not parts:
+            raise SourceRejected(f"archive member '{name}' has an empty path.")
+        return parts
+
     def add_folder(self, parts: list[str]) -> None:
         for depth in range(1, len(parts) + 1):
             folder = "/".join(parts[:depth])
@@ -177,16 +192,11 @@ def _zip_members(data: bytes) -> dict[str, bytes]:
     members = _Members(len(data))
     with archive:
         for info in archive.infolist():
-            parts = _member_parts(info.filename)
-            mode = info.external_attr >> 16
-            if (mode & 0o170000) not in (0, 0o100000, 0o040000):
-                raise SourceRejected(f"archive member '{info.filename}' is a link or device.")
-            members.take(0 if info.is_dir() else info.file_size)
-            if info.is_dir():
-                members.add_folder(parts)
+            kind = (info.external_attr >> 16) & 0o170000  # no bits: a zip written without modes
+            parts = members.admit(info.filename, size=info.file_size, folder=info.is_dir(),
+                                  special=kind not in (0, 0o100000, 0o040000))
+            if parts is None:
                 continue
-            if not parts:
-                raise SourceRejected(f"archive member '{info.filename}' has an empty path.")
             try:
                 # Read at most the declared size + 1 so a lying header cannot inflate us.
                 with archive.open(info) as handle:
@@ -230,15 +240,10 @@ def _tar_members(data: bytes) -> dict[str, bytes]:
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             for info in archive:
-                parts = _member_parts(info.name)
-                if not (info.isdir() or info.isfile()):
-                    raise SourceRejected(f"archive member '{info.name}' is a link or device.")
-                members.take(0 if info.isdir() else info.size)
-                if info.isdir():
-                    members.add_folder(parts)
+                parts = members.admit(info.name, size=info.size, folder=info.isdir(),
+                                      special=not (info.isdir() or info.isfile()))
+                if parts is None:
                     continue
-                if not parts:
-                    raise SourceRejected(f"archive member '{info.name}' has an empty path.")
                 handle = archive.extractfile(info)
                 content = handle.read() if handle else b""
                 if len(content) != info.size:

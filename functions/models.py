@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from kubefunction.models import NamedModel
+
 DNS1123_LABEL = RegexValidator(
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
     "Use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit "
@@ -39,7 +41,7 @@ class PayloadRetention(models.TextChoices):
     HASH = "hash", "Store only their SHA-256 hashes"
 
 
-class Function(models.Model):
+class Function(NamedModel):
     name = models.CharField(
         max_length=63, unique=True, validators=[DNS1123_LABEL],
         help_text="DNS-1123 label: lowercase letters, digits and '-'; part of image and pod names.",
@@ -92,15 +94,6 @@ class Function(models.Model):
         "FunctionVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
         help_text="The version invocations run; only a ready version can be active.",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
     @property
     def effective_runtime(self) -> str:
         return self.runtime or settings.KUBEFUNCTION_RUNTIME

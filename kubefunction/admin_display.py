@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -20,6 +23,19 @@ def pretty_json(value) -> str:
 def pre(text: str) -> str:
     """Plain text (logs, tracebacks) inside <pre>, escaped."""
     return format_html('<pre class="kf-pre">{}</pre>', text) if text else "—"
+
+
+def shown(field: str, render: Callable[[Any], Any] | None = None, *, description: str,
+          of: Callable[[Any], Any] | None = None) -> Callable:
+    """A ModelAdmin display method showing one attribute of the object (or of `of(object)`),
+    through `render` if given, e.g. `logs_text = shown("logs", pre, description="logs")`."""
+
+    @admin.display(description=description)
+    def display(model_admin, obj):
+        value = getattr(of(obj) if of else obj, field)
+        return render(value) if render else value
+
+    return display
 
 
 class CappedCountPaginator(Paginator):

@@ -39,9 +39,9 @@ class RollupWidth(models.IntegerChoices):
     HOUR = 3600, "hour"
 
 
-class ExecutionRollup(models.Model):
-    """How many executions dispatched in [start, start + width) had this function, trigger,
-    status and cold flag, and the CPU they used. Written only by `metrics.rollup`."""
+class Rollup(models.Model):
+    """A count of the executions dispatched in [start, start + width) with this function and
+    trigger (and what each table adds to the key). Written only by `metrics.rollup`."""
 
     width = models.PositiveIntegerField(choices=RollupWidth.choices)
     start = models.DateTimeField()
@@ -50,9 +50,18 @@ class ExecutionRollup(models.Model):
                                  db_constraint=False, db_index=False, related_name="+")
     trigger = models.ForeignKey("triggers.Trigger", on_delete=models.DO_NOTHING, null=True,
                                 db_constraint=False, db_index=False, related_name="+")
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class ExecutionRollup(Rollup):
+    """How many executions dispatched in [start, start + width) had this function, trigger,
+    status and cold flag, and the CPU they used."""
+
     status = models.CharField(max_length=16)
     cold = models.BooleanField(null=True)
-    count = models.PositiveIntegerField()
     cpu_seconds = models.FloatField(default=0.0)
 
     class Meta:
@@ -67,19 +76,12 @@ class ExecutionRollup(models.Model):
         return f"{self.count} {self.status} at {self.start:%Y-%m-%d %H:%M} (+{self.width} s)"
 
 
-class LatencyRollup(models.Model):
+class LatencyRollup(Rollup):
     """Histogram bucket counts (see `metrics.histogram`) of one duration of the executions
     dispatched in [start, start + width) with this function and trigger."""
 
-    width = models.PositiveIntegerField(choices=RollupWidth.choices)
-    start = models.DateTimeField()
-    function = models.ForeignKey("functions.Function", on_delete=models.DO_NOTHING,
-                                 db_constraint=False, db_index=False, related_name="+")
-    trigger = models.ForeignKey("triggers.Trigger", on_delete=models.DO_NOTHING, null=True,
-                                db_constraint=False, db_index=False, related_name="+")
     kind = models.CharField(max_length=8, help_text="queue, run, total or init (cold start).")
     bucket = models.PositiveSmallIntegerField()
-    count = models.PositiveIntegerField()
     sum_seconds = models.FloatField(default=0.0)
 
     class Meta:

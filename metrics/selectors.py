@@ -283,20 +283,18 @@ def _gather_python(read: rollup.Plan, filters: dict, width: int | None, group: s
 
     rolled = [(width_, ranges) for width_, ranges in ((rollup.HOUR, read.hours),
                                                       (rollup.MINUTE, read.minutes)) if ranges]
+    # Each rollup table into its cells: (bucket, group, its two key columns) → (count, its sum).
+    tables = ((ExecutionRollup, counts, ("status", "cold", "cpu_seconds")),
+              (LatencyRollup, fine, ("kind", "bucket", "sum_seconds")))
     for width_, ranges in rolled:
         where = rollup.range_q("start", ranges)
-        for start, f, t, status, cold, n, cpu in ExecutionRollup.objects.filter(
-                where, width=width_, **conditions).values_list(
-                "start", "function_id", "trigger_id", "status", "cold", "count", "cpu_seconds"):
-            cell = counts[(key_of(start), group_of(f, t), status, cold)]
-            cell[0] += n
-            cell[1] += cpu
-        for start, f, t, kind, idx, n, seconds in LatencyRollup.objects.filter(
-                where, width=width_, **conditions).values_list(
-                "start", "function_id", "trigger_id", "kind", "bucket", "count", "sum_seconds"):
-            cell = fine[(key_of(start), group_of(f, t), kind, idx)]
-            cell[0] += n
-            cell[1] += seconds
+        for model, cells, (first, second, summed) in tables:
+            for start, f, t, a, b, n, value in model.objects.filter(
+                    where, width=width_, **conditions).values_list(
+                    "start", "function_id", "trigger_id", first, second, "count", summed):
+                cell = cells[(key_of(start), group_of(f, t), a, b)]
+                cell[0] += n
+                cell[1] += value
     if read.raw:
         rows = Execution.objects.filter(rollup.range_q("dispatched_at", read.raw), **conditions)\
             .order_by("-dispatched_at").values_list(

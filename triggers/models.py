@@ -4,6 +4,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from kubefunction.models import NamedModel
+
 TRIGGER_NAME = RegexValidator(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
     "Use letters, digits, '-', '_' and '.', starting with a letter or digit (at most 100).",
@@ -16,7 +18,7 @@ class TriggerKind(models.TextChoices):
     SCHEDULE = "schedule", "Schedule (crontab)"
 
 
-class Trigger(models.Model):
+class Trigger(NamedModel):
     name = models.CharField(max_length=100, unique=True, validators=[TRIGGER_NAME],
                             help_text="Unique name used to dispatch, e.g. in URLs and commands.")
     function = models.ForeignKey("functions.Function", on_delete=models.CASCADE,
@@ -52,11 +54,3 @@ class Trigger(models.Model):
                                              "execution ends (must be allowed by settings).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
                                    null=True, blank=True, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
