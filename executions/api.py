@@ -18,13 +18,14 @@ from kubefunction.throttles import dispatch_throttles
 from . import reruns, services
 from .callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, callback_key
 from .models import Batch, Execution, ExecutionStatus
-from .selectors import execution_wait, progress_of, with_progress
+from .selectors import progress_of, with_progress
 from .serializers import (
     WAIT_PARAMETER,
     ExecutionSerializer,
     ExecutionSummarySerializer,
     RerunSerializer,
 )
+from .waiters import execution_wait
 
 # The error bodies of the verbs (kubefunction/api_errors.py): `detail`, or the field the error
 # names with its messages. Built once: spectacular warns about two components of one name.

@@ -10,8 +10,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from executions import services as execution_services
-from executions.selectors import execution_wait
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer
+from executions.waiters import execution_wait
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge

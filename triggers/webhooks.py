@@ -40,8 +40,8 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.settings import api_settings
 
 from executions.models import Execution, ExecutionStatus
-from executions.selectors import execution_wait
 from executions.services import USE_DEFAULT, execution_dispatch
+from executions.waiters import execution_wait
 from kubefunction.errors import (
     InvalidInput,
     KubeFunctionError,
