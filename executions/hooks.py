@@ -39,9 +39,8 @@ def batch_close_if_done(*, batch_id=None, limit: int = 1000) -> int:
     """Set a batch's `finished_at` (its last execution's end) when none of its executions is
     queued or running and all `size` of them exist; how many batches it closed. One conditional
     UPDATE: the unfinished check comes first (an index probe), so the count runs only once the
-    batch looks done. Without `batch_id`, the `limit` oldest open batches (the reaper's sweep,
-    for a batch whose last two executions finished at the same moment, each seeing the other
-    still running)."""
+    batch looks done. Without `batch_id`, the `limit` oldest open batches: the reaper's sweep,
+    for a batch whose last execution's worker died between its finish and this check."""
     execution, batch = Execution._meta.db_table, Batch._meta.db_table
     if batch_id is None:
         which = f"id IN (SELECT id FROM {batch} WHERE finished_at IS NULL " \

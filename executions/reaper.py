@@ -15,8 +15,8 @@ Beat runs `executions.reap` every `KUBEFUNCTION_REAPER_INTERVAL` seconds (docs/r
   (`WorkerLost`, a platform retry) or failed when no platform retry is left; a resumable
   runtime's is sent again to be taken over.
 - An open batch whose executions have all ended is closed (`hooks.batch_close_if_done`): the
-  run path closes a batch when its last execution finishes, but two last executions finishing
-  at the same moment each see the other still running.
+  run path closes a batch after its last execution's finish commits, which a worker dying
+  between the two leaves undone.
 
 Every change is a conditional UPDATE (`executions.transitions`), so a worker finishing at the
 same moment, a redelivery or a second reaper wins and nothing is written twice; what the broker

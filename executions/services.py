@@ -244,12 +244,16 @@ def _finish(execution_id: str, claimed: transitions.Claimed, outcome: Outcome, w
         stored = _finish_unstorable(execution_id, claimed, exc, worker, fields=fields)
     if not stored:
         return False
-    _finished_hooks(execution_id, callback_url=claimed.callback_url, batch_id=claimed.batch_id)
+    batch_id = claimed.batch_id
+    if isinstance(stored, transitions.Finished) and not stored.batch_may_close:
+        batch_id = None  # some of its batch are still queued: a later one closes it
+    _finished_hooks(execution_id, callback_url=claimed.callback_url, batch_id=batch_id)
     return True
 
 
 def _finish_unstorable(execution_id: str, claimed: transitions.Claimed, exc: DatabaseError,
-                       worker: str, *, fields: dict[str, Any]) -> bool:
+                       worker: str, *, fields: dict[str, Any],
+                       ) -> transitions.Finished | bool | None:
     """The database refused the outcome itself (a value it cannot hold): store one failed
     outcome that says so, without what it refused. Leaving the execution `running` would make
     the reaper run the function again as a lost worker's; it ran once and must stay run once."""

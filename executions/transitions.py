@@ -281,10 +281,22 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
-def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: str) -> bool:
-    """Store a running execution's outcome `fields` and its Celery result, atomically.
+class Finished(NamedTuple):
+    """An outcome stored. `batch_may_close`: the execution is in a batch none of whose
+    executions was queued as it finished, so closing the batch is worth its statement after the
+    commit. A queued one will finish later and check then; the last to finish sees none queued,
+    and of those finishing together at the end each checks after its own commit, so the last
+    commit sees them all (`hooks.batch_close_if_done`)."""
 
-    Returns False (and writes nothing) when the execution is no longer running.
+    batch_may_close: bool
+
+
+def finish(execution_id: str, task_id: str, fields: dict[str, Any], *,
+           worker: str) -> Finished | None:
+    """Store a running execution's outcome `fields` and its Celery result, atomically, and say
+    whether its batch may now be closed, in the same round trip.
+
+    Returns None (and writes nothing) when the execution is no longer running.
     """
     succeeded = fields["status"] == ExecutionStatus.SUCCEEDED
     row = result_row(task_id=task_id, succeeded=succeeded, output=fields.get("output"),
@@ -294,36 +306,45 @@ def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: s
         with transaction.atomic():
             if not Execution.objects.filter(pk=execution_id, status=ExecutionStatus.RUNNING)\
                     .update(**fields):
-                return False
+                return None
             TaskResult.objects.bulk_create(
                 [row], update_conflicts=True, unique_fields=["task_id"],
                 update_fields=[f for f in _result_columns() if f != "task_id"])
             notifications.announce(task_id)
-            return True
+            batch_id = Execution.objects.filter(pk=execution_id).values_list(
+                "batch_id", flat=True).get()
+            return Finished(batch_id is not None and not Execution.objects.filter(
+                batch_id=batch_id, status=ExecutionStatus.QUEUED).exists())
     assignments = ", ".join(f"{_column(Execution, name)} = %s" for name in fields)
     columns = _result_columns()
     values = [_prep(TaskResult, name, TaskResult._meta.get_field(name).pre_save(row, True))
               for name in columns]
     quoted = [_column(TaskResult, name) for name in columns]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in quoted if c != '"task_id"')
+    batch, status = _column(Execution, "batch"), _column(Execution, "status")
     # The announcement comes last, from the stored result row: Postgres delivers it when this
-    # statement's transaction commits, with both rows written (executions.notifications).
+    # statement's transaction commits, with both rows written (executions.notifications). The
+    # batch's queued executions are probed on the (batch, status) index.
     sql = f"""
         WITH finished AS (
             UPDATE {_table(Execution)} SET {assignments}
             WHERE id = %s AND status = %s
-            RETURNING 1),
+            RETURNING id, {batch}),
         stored AS (
             INSERT INTO {_table(TaskResult)} ({", ".join(quoted)})
             SELECT {", ".join(["%s"] * len(values))} FROM finished
             ON CONFLICT ({_column(TaskResult, "task_id")}) DO UPDATE SET {updates}
             RETURNING 1)
-        SELECT pg_notify(%s, %s) FROM stored"""
+        SELECT pg_notify(%s, %s), f.{batch} IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM {_table(Execution)} other
+            WHERE other.{batch} = f.{batch} AND other.{status} = %s)
+        FROM stored, finished f"""
     params = [_prep(Execution, name, value) for name, value in fields.items()]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, execution_id, ExecutionStatus.RUNNING, *values,
-                             notifications.CHANNEL, task_id])
-        return cursor.fetchone() is not None
+                             notifications.CHANNEL, task_id, ExecutionStatus.QUEUED])
+        stored = cursor.fetchone()
+    return None if stored is None else Finished(bool(stored[1]))
 
 
 def _result_columns() -> list[str]:

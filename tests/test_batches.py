@@ -131,7 +131,7 @@ def test_a_batch_is_not_closed_before_all_its_executions_exist(trigger, user):
 @pytest.mark.django_db
 def test_the_reaper_closes_the_batches_whose_executions_all_ended(trigger, user):
     """The sweep behind the run path's close: two batches whose executions ended without the
-    run path closing them (their last two finished at the same moment), one still running."""
+    run path closing them (a worker that died after the finish's commit), one still running."""
     from executions import reaper
 
     ended = [execution_dispatch_many(trigger=trigger, payloads=[1, 2], user=user)

@@ -75,6 +75,29 @@ def test_finish_stores_outcome_and_result_together(path, execution):
     assert AsyncResult("t-1", app=app).state == "SUCCESS"
 
 
+def test_finish_says_when_its_batch_may_close(path, execution):
+    """The batch check rides on the finish: a batch is worth closing only once none of its
+    executions is queued (the finish of every earlier one skips the statement)."""
+    from executions.models import Batch
+
+    batch = Batch.objects.create(size=3, source="api")
+    siblings = [Execution.objects.create(
+        task_id=f"b-{n}", function=execution.function, version=execution.version, input=n,
+        dispatched_at=timezone.now(), batch=batch) for n in range(3)]
+    first, second, third = (str(e.pk) for e in siblings)
+    for pk in (first, second):
+        transitions.claim(pk, "w")
+    finished = transitions.finish(first, "b-0", {"status": "succeeded"}, worker="w")
+    assert finished and not finished.batch_may_close  # the third is still queued
+    transitions.claim(third, "w")
+    finished = transitions.finish(second, "b-1", {"status": "succeeded"}, worker="w")
+    assert finished.batch_may_close  # none queued: checked after the commit (the third runs)
+    assert transitions.finish(third, "b-2", {"status": "failed"}, worker="w").batch_may_close
+    transitions.claim(str(execution.pk), "w")
+    assert not transitions.finish(str(execution.pk), "t-1", {"status": "succeeded"},
+                                  worker="w").batch_may_close  # no batch
+
+
 def test_failure_result_carries_the_error(path, execution):
     transitions.claim(str(execution.pk), "w")
     transitions.finish(str(execution.pk), "t-1", {
