@@ -16,7 +16,9 @@ import os
 import signal
 from collections.abc import Iterable, Sequence
 
+from celery import signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 from django.conf import settings
@@ -186,7 +188,12 @@ def kill_run(state, task_id: str) -> dict:
     process takes the next one), so when that process later dies for real (SIGKILL, the OOM
     killer) its task is taken for a terminated one — no WorkerLostError, no requeue of the
     message — and the execution stays `running` until the reaper. Signalling the pid directly
-    leaves the pool's bookkeeping alone."""
+    leaves the pool's bookkeeping alone.
+
+    The pid cannot be stale: this loop is the one that reaps dead pool processes (dropping their
+    requests in the same step; until then the pid is a zombie's) and, with the default fair
+    scheduling, hands a pool process its next task only after it has seen the previous one end
+    (docs/executions.md, "Limits")."""
     if not isinstance(state.consumer.pool, PreforkPool):
         return {"ok": "not a prefork pool: the run goes on to its end"}
     for request in list(worker_state.active_requests):
@@ -197,3 +204,31 @@ def kill_run(state, task_id: str) -> dict:
                 return {"ok": "its pool process is gone"}
             return {"ok": f"signalled pool process {request.worker_pid}"}
     return {"ok": "not running here"}
+
+
+# The other end, in each pool process. Whoever sends SIGUSR1 to stop a task (`kill_run`,
+# billiard's soft time limit) can only aim at the process that held it: a run that ended in that
+# instant leaves the signal to the process idle, where billiard's handler would raise in its wait
+# for the next task and end the process. Installed at a pool process's first task: billiard sets
+# its own handler after `worker_process_init`.
+_pool_process = False
+
+
+@signals.worker_process_init.connect
+def _mark_pool_process(**kwargs) -> None:
+    global _pool_process
+    _pool_process = True
+
+
+@signals.task_prerun.connect
+def _stop_only_a_running_task(**kwargs) -> None:
+    """In a prefork pool process (never the worker's main process, where SIGUSR1 dumps the
+    stacks): SIGUSR1 raises `SoftTimeLimitExceeded` in the running task, and does nothing
+    between tasks."""
+    if _pool_process and signal.getsignal(signal.SIGUSR1) is not _soft_stop:
+        signal.signal(signal.SIGUSR1, _soft_stop)
+
+
+def _soft_stop(signum, frame) -> None:
+    if app.current_worker_task is not None:
+        raise SoftTimeLimitExceeded()
