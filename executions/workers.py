@@ -1,12 +1,14 @@
 """Workers as the run path sees them: who runs an execution, whether that process still lives,
-what the broker and the workers hold, and the one place tasks are sent from.
+what the broker and the workers hold, the one place the run path's tasks are sent from, and the
+kill of a running task (`kill`, `kill_run`).
 
 An execution's `worker` field names the process that claimed it: "<Celery node>/<pid>"
 (`worker_id`). Whether that process still runs it (`holder_alive`) is asked of its node over the
-broker. Every message of the run path goes through `send_run` (the run task: dispatch, retries,
-concurrency waits, the reaper, re-runs) or `send_callback`; a broker that fails raises
-`BrokerUnreachable`, which says how many messages went out before it failed, and each caller
-decides what that means for it (a 503, a requeued message, a retry at the reaper's next run).
+broker. Every run task goes through `send_run` (dispatch, retries, concurrency waits, the reaper,
+re-runs), and a callback's first delivery through `send_callback` (its retries are the task's
+own `Task.retry`); a broker that fails raises `BrokerUnreachable`, which says how many messages
+went out before it failed, and each caller decides what that means for it (a 503, a requeued
+message, a retry at the reaper's next run). Builds are sent by `functions.builds`.
 """
 
 from __future__ import annotations
