@@ -1,12 +1,14 @@
 """Workers as the run path sees them: who runs an execution, whether that process still lives,
-what the broker and the workers hold, and the one place tasks are sent from.
+what the broker and the workers hold, the one place the run path's tasks are sent from, and the
+kill of a running task (`kill`, `kill_run`).
 
 An execution's `worker` field names the process that claimed it: "<Celery node>/<pid>"
 (`worker_id`). Whether that process still runs it (`holder_alive`) is asked of its node over the
-broker. Every message of the run path goes through `send_run` (the run task: dispatch, retries,
-concurrency waits, the reaper, re-runs) or `send_callback`; a broker that fails raises
-`BrokerUnreachable`, which says how many messages went out before it failed, and each caller
-decides what that means for it (a 503, a requeued message, a retry at the reaper's next run).
+broker. Every run task goes through `send_run` (dispatch, retries, concurrency waits, the reaper,
+re-runs), and a callback's first delivery through `send_callback` (its retries are the task's
+own `Task.retry`); a broker that fails raises `BrokerUnreachable`, which says how many messages
+went out before it failed, and each caller decides what that means for it (a 503, a requeued
+message, a retry at the reaper's next run). Builds are sent by `functions.builds`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import os
 import signal
 from collections.abc import Iterable, Sequence
 
+from celery import signals
 from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 from django.conf import settings
@@ -186,7 +190,12 @@ def kill_run(state, task_id: str) -> dict:
     process takes the next one), so when that process later dies for real (SIGKILL, the OOM
     killer) its task is taken for a terminated one — no WorkerLostError, no requeue of the
     message — and the execution stays `running` until the reaper. Signalling the pid directly
-    leaves the pool's bookkeeping alone."""
+    leaves the pool's bookkeeping alone.
+
+    The pid cannot be stale: this loop is the one that reaps dead pool processes (dropping their
+    requests in the same step; until then the pid is a zombie's) and, with the default fair
+    scheduling, hands a pool process its next task only after it has seen the previous one end
+    (docs/executions.md, "Limits")."""
     if not isinstance(state.consumer.pool, PreforkPool):
         return {"ok": "not a prefork pool: the run goes on to its end"}
     for request in list(worker_state.active_requests):
@@ -197,3 +206,31 @@ def kill_run(state, task_id: str) -> dict:
                 return {"ok": "its pool process is gone"}
             return {"ok": f"signalled pool process {request.worker_pid}"}
     return {"ok": "not running here"}
+
+
+# The other end, in each pool process. Whoever sends SIGUSR1 to stop a task (`kill_run`,
+# billiard's soft time limit) can only aim at the process that held it: a run that ended in that
+# instant leaves the signal to the process idle, where billiard's handler would raise in its wait
+# for the next task and end the process. Installed at a pool process's first task: billiard sets
+# its own handler after `worker_process_init`.
+_pool_process = False
+
+
+@signals.worker_process_init.connect
+def _mark_pool_process(**kwargs) -> None:
+    global _pool_process
+    _pool_process = True
+
+
+@signals.task_prerun.connect
+def _stop_only_a_running_task(**kwargs) -> None:
+    """In a prefork pool process (never the worker's main process, where SIGUSR1 dumps the
+    stacks): SIGUSR1 raises `SoftTimeLimitExceeded` in the running task, and does nothing
+    between tasks."""
+    if _pool_process and signal.getsignal(signal.SIGUSR1) is not _soft_stop:
+        signal.signal(signal.SIGUSR1, _soft_stop)
+
+
+def _soft_stop(signum, frame) -> None:
+    if app.current_worker_task is not None:
+        raise SoftTimeLimitExceeded()

@@ -38,7 +38,7 @@ class FunctionSpec:
     network: bool = False  # the function asked for network access (containers have none otherwise)
     # What the run keeps of the payload: "keep", "days" or "hash" (executions.retention).
     payload_retention: str = "keep"
-    # The owner is staff: the local runtime without a sandbox runs only such functions.
+    # The owner is a superuser: the local runtime without a sandbox runs only such functions.
     owner_trusted: bool = False
 
 

@@ -136,6 +136,29 @@ def test_a_pool_process_that_was_sent_a_cancel_still_hands_back_its_next_task_if
     assert Execution.objects.get(task_id=running[cancelled_on]).attempt == 2
 
 
+def test_a_kill_that_reaches_a_pool_process_once_its_run_has_ended_leaves_it_alive(
+        api, celery_worker_process):
+    """`kill_run` signals the pool process that held the task when the command arrived; a run
+    that ended in that instant leaves the SIGUSR1 to the process idle, waiting for its next task.
+    It must live on (billiard's handler would raise there and end it) and run the next task."""
+    create(api, "quick-then-killed", QUICK, runtime="local")
+    response = api.post("/api/triggers/quick-then-killed/dispatch/?wait=30", {"payload": {}},
+                        format="json")
+    assert response.json()["status"] == "succeeded", response.content
+    pool_pid = parse_worker(Execution.objects.get(task_id=response.json()["task_id"]).worker)[1]
+    assert pool_pid in descendants(psutil.Process(celery_worker_process.pid))
+    time.sleep(0.5)  # idle: waiting for its next task
+    os.kill(pool_pid, signal.SIGUSR1)
+    time.sleep(2)
+    process = psutil.Process(pool_pid) if psutil.pid_exists(pool_pid) else None
+    assert process is not None and process.status() != psutil.STATUS_ZOMBIE, \
+        "the idle pool process died of the signal"
+    for _ in range(2):  # both pool processes, the signalled one among them, still run tasks
+        response = api.post("/api/triggers/quick-then-killed/dispatch/?wait=30", {"payload": {}},
+                            format="json")
+        assert response.json()["status"] == "succeeded", response.content
+
+
 @needs_docker
 def test_cancel_a_running_docker_function_kills_its_container_within_2_s(
         api, celery_worker_process):

@@ -39,10 +39,7 @@ class Command(BaseCommand):
             version.refresh_from_db()
             self.stdout.write(version.build_log[shown:], ending="")
             shown = len(version.build_log)
-            done = version.status in (VersionStatus.READY, VersionStatus.FAILED) and (
-                version.image or not selectors.builds_image(version.function)
-                or version.status == VersionStatus.FAILED)
-            if done:
+            if selectors.version_is_built(version):
                 break
             time.sleep(0.5)
         else:
