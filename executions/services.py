@@ -209,9 +209,16 @@ def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=Non
 
 
 @lru_cache(maxsize=256)
-def _cached_spec(version_id: int, function_updated_at) -> FunctionSpec:
-    """A version's spec, cached per worker process until its function's settings change."""
-    return version_spec(FunctionVersion.objects.select_related("function").get(pk=version_id))
+def _cached_spec(version_id: int, function_updated_at,
+                 owner_trusted: bool) -> FunctionSpec:
+    """A version's spec, cached per worker process until its function's settings change or its
+    owner gains or loses superuser status (whether it may run unsandboxed)."""
+    return version_spec(FunctionVersion.objects.select_related("function__owner").get(
+        pk=version_id))
+
+
+def _spec(claimed: transitions.Claimed) -> FunctionSpec:
+    return _cached_spec(claimed.version_id, claimed.function_updated_at, claimed.owner_trusted)
 
 
 def _finish(execution_id: str, claimed: transitions.Claimed, outcome: Outcome, worker: str, *,
@@ -234,7 +241,7 @@ def _finish(execution_id: str, claimed: transitions.Claimed, outcome: Outcome, w
         fields["dead_letter"] = True
     # A `hash` function's payload is replaced by its hashes in this same write.
     fields = retention.finish_fields(
-        _cached_spec(claimed.version_id, claimed.function_updated_at).payload_retention,
+        _spec(claimed).payload_retention,
         claimed.payload, fields, earlier_attempts=claimed.attempt > 1)
     fields = transitions.bounded_figures(fields)
     try:
@@ -389,7 +396,7 @@ def _invoke(execution_id: str, claimed: transitions.Claimed) -> tuple[Outcome, r
             return Outcome(status=ExecutionStatus.FAILED, error_type="RuntimeNotAllowed",
                            error=runtime_refusal(claimed.runtime), cold=None), \
                 retries.Cause.PERMANENT
-    spec = _cached_spec(claimed.version_id, claimed.function_updated_at)
+    spec = _spec(claimed)
     runtime = get_runtime(claimed.runtime or settings.KUBEFUNCTION_RUNTIME)
     context = InvocationContext(execution_id=str(execution_id), task_id=claimed.task_id,
                                 deadline=time.time() + spec.timeout_seconds,

@@ -36,6 +36,7 @@ from functools import cache
 from typing import Any, NamedTuple
 from uuid import UUID
 
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Count, F, IntegerField, Model, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -74,6 +75,9 @@ class Claimed(NamedTuple):
     callback_url: str
     batch_id: UUID | None
     started_at: datetime
+    # Whether the function's owner is a superuser now (functions/specs.py `owner_trusted`), read
+    # by the claim so that a cached spec never outlives a change of it.
+    owner_trusted: bool = False
 
 
 class AtConcurrencyLimit(Exception):
@@ -87,6 +91,9 @@ class AtConcurrencyLimit(Exception):
 
 _RETURNED = ("task_id", "input", "runtime", "version_id", "attempt", "max_retries",
              "retry_backoff_seconds", "synchronous", "callback_url", "batch_id")
+
+
+User = get_user_model()
 
 
 def _fast() -> bool:
@@ -139,10 +146,11 @@ def _claim_statement(unlimited_only: bool) -> str:
             UPDATE {_table(Execution)} SET status = %s, started_at = %s, worker = %s
             WHERE id = %s AND status = %s {only_unlimited}
             RETURNING {returned})
-        SELECT c.*, f.updated_at
+        SELECT c.*, f.updated_at, COALESCE(u.is_superuser, FALSE)
         FROM claimed c
         JOIN {_table(FunctionVersion)} v ON v.id = c.version_id
-        JOIN {_table(Function)} f ON f.id = v.function_id"""
+        JOIN {_table(Function)} f ON f.id = v.function_id
+        LEFT JOIN {_table(User)} u ON u.id = f.{_column(Function, "owner")}"""
 
 
 def _claim_sql(execution_id: str, worker: str, from_status: str, *,
@@ -157,10 +165,10 @@ def _claim_sql(execution_id: str, worker: str, from_status: str, *,
     if row is None:
         return None
     (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
-     callback_url, batch_id, updated_at) = row
+     callback_url, batch_id, updated_at, owner_trusted) = row
     return Claimed(task_id, None if payload is None else json.loads(payload), runtime,
                    version_id, updated_at, attempt, max_retries, backoff, synchronous,
-                   callback_url, batch_id, now)
+                   callback_url, batch_id, now, bool(owner_trusted))
 
 
 def _running_count(function_id: int, timeout_seconds: int, now: datetime) -> int:
@@ -222,11 +230,12 @@ def _claim_orm(execution_id: str, worker: str, from_status: str) -> Claimed | No
                 raise AtConcurrencyLimit(task_id, limit)
             return None
         values = Execution.objects.filter(pk=execution_id).values_list(
-            *_RETURNED, "version__function__updated_at").get()
+            *_RETURNED, "version__function__updated_at",
+            "version__function__owner__is_superuser").get()
     (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
-     callback_url, batch_id, updated_at) = values
+     callback_url, batch_id, updated_at, owner_trusted) = values
     return Claimed(task_id, payload, runtime, version_id, updated_at, attempt, max_retries,
-                   backoff, synchronous, callback_url, batch_id, now)
+                   backoff, synchronous, callback_url, batch_id, now, bool(owner_trusted))
 
 
 # Column ranges of the figures a run reports (Postgres integer, bigint; floats kept finite and

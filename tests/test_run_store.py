@@ -98,6 +98,22 @@ def test_finish_says_when_its_batch_may_close(path, execution):
                                   worker="w").batch_may_close  # no batch
 
 
+def test_a_cached_spec_follows_its_owners_superuser_status(path, execution, user):
+    """Whether a function may run unsandboxed (its owner is a superuser) is read by the claim:
+    a worker's cached spec does not outlive the owner's demotion."""
+    from executions import services
+
+    user.is_superuser = True
+    user.save()
+    claimed = transitions.claim(str(execution.pk), "w")
+    assert claimed.owner_trusted and services._spec(claimed).owner_trusted
+    user.is_superuser = False
+    user.save()  # the function itself is unchanged: its updated_at too
+    Execution.objects.filter(pk=execution.pk).update(status="queued")
+    claimed = transitions.claim(str(execution.pk), "w")
+    assert not claimed.owner_trusted and not services._spec(claimed).owner_trusted
+
+
 def test_failure_result_carries_the_error(path, execution):
     transitions.claim(str(execution.pk), "w")
     transitions.finish(str(execution.pk), "t-1", {
