@@ -1,20 +1,25 @@
-"""The Kubernetes benchmark: the kubernetes runtime on the fake API server against `docker run`.
+"""The Kubernetes benchmark: the kubernetes runtime on the fake API server against `docker run`,
+and its warm mode against the docker runtime's.
 
 The floor is a raw `docker run --rm` of the function's own image through the SDK with the very
-command, environment, user and limits the Job's pod gets (`containers.run(..., remove=True)`).
-Against it, on the fake API server with its docker kubelet (every pod a container of that image,
-without network):
+command, environment, user and limits the Job's pod gets (`containers.run(..., remove=True)`),
+its request file bind-mounted read-only where the Job's Secret volume would be. Against it, on
+the fake API server with its docker kubelet (every pod a container of that image, without
+network):
 
 - cold: `KubernetesRuntime.invoke` in Job mode (create, watch, log, delete), alternating with the
   floor, from `invoke()` to the outcome;
 - warm: the same runtime in Deployment mode. The first invocation scales the Deployment from zero
   and waits for its pod's readiness (a container started, its runner imported and answering the
-  readinessProbe); the others reuse that pod: Deployment read, EndpointSlice list, and POST
-  /invoke to the pod IP, which the docker kubelet tunnels into the container (tests/kube/tunnel.py).
+  readinessProbe); the others reuse that pod: POST /invoke to the pod IP, which the docker
+  kubelet tunnels into the container (tests/kube/tunnel.py). Every request the fake API server
+  receives meanwhile is counted (`warm_api_requests`).
+- the docker runtime's warm invocations of the same image (an idle pooled container answering
+  over its socket), alternating with the warm Kubernetes ones in rounds: what warm Kubernetes is
+  measured against (`WARM_GOAL`).
 
 The fake server and its kubelets live in the test tree (tests/kube/); they are imported lazily,
 so this module needs a source checkout with tests/ (the platform image leaves tests/ out).
-The fake's handler is given TCP_NODELAY here, as a real API server has (see run_kube_bench).
 """
 
 from __future__ import annotations
@@ -23,15 +28,17 @@ import hashlib
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 from django.test import override_settings
 
-from executions.runtimes.base import InvocationContext
-from executions.runtimes.kubernetes.manifests import job_manifest
+from executions.runtimes.base import InvocationContext, Runtime
+from executions.runtimes.docker.runtime import DockerRuntime
+from executions.runtimes.kubernetes.manifests import REQUEST_DIR, REQUEST_KEY, job_manifest
 from executions.runtimes.kubernetes.runtime import KubernetesRuntime
+from executions.runtimes.warm_pool import PoolLimits
 from executions.runtimes.wire import runner_request
 from functions.images import build_image
 from functions.specs import FunctionSpec
@@ -39,6 +46,8 @@ from kubefunction.docker_client import build_client
 from kubefunction.stats import percentile
 
 BENCH_SOURCE = b"def handle(event):\n    return event\n"
+WARM_GOAL = 1.2  # warm p50 within 1.2x the docker runtime's warm p50
+ROUNDS = 4  # warm Kubernetes and warm docker invocations alternate in this many rounds
 
 
 @dataclass
@@ -48,6 +57,9 @@ class KubeFigures:
     warm_first: float  # seconds of the first warm invocation (Deployment scaled from zero)
     warm_p50: float  # warm invocations reusing the Deployment's pod (a docker container)
     warm_p95: float
+    warm_api_requests: int  # requests the fake API server received during those
+    docker_warm_p50: float  # the docker runtime's warm invocations of the same image
+    docker_warm_p95: float
     samples: int
     warm_samples: int
     image: str
@@ -65,8 +77,7 @@ def _context(spec: FunctionSpec) -> InvocationContext:
                              deadline=time.time() + spec.timeout_seconds)
 
 
-def _timed_invoke(runtime: KubernetesRuntime, spec: FunctionSpec,
-                  payload: object) -> tuple[float, bool]:
+def _timed_invoke(runtime: Runtime, spec: FunctionSpec, payload: object) -> tuple[float, bool]:
     started = time.perf_counter()
     outcome = runtime.invoke(spec, payload, _context(spec))
     elapsed = time.perf_counter() - started
@@ -75,38 +86,51 @@ def _timed_invoke(runtime: KubernetesRuntime, spec: FunctionSpec,
     return elapsed, outcome.cold
 
 
+def _warm_series(runtime: Runtime, spec: FunctionSpec, count: int, first: int) -> list[float]:
+    """`count` warm invocations; a cold one is a failure of the bench."""
+    times = []
+    for index in range(first, first + count):
+        elapsed, was_cold = _timed_invoke(runtime, spec, {"n": index})
+        if was_cold:
+            raise RuntimeError(f"the {runtime.name} runtime did not reuse its warm runner")
+        times.append(elapsed)
+    return times
+
+
 def _floor_run(client: docker.DockerClient, spec: FunctionSpec, payload: object) -> float:
-    """`docker run --rm` of the image with the command, env, user and limits of the Job's pod."""
+    """`docker run --rm` of the image with the command, env, user and limits of the Job's pod,
+    the request where the pod's Secret volume puts it."""
     context = _context(spec)
     request, nonce = runner_request(spec, payload, context)
-    pod = job_manifest(spec, "floor", request, context)["spec"]["template"]["spec"]
+    pod = job_manifest(spec, "floor", context)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     memory = 1024 * 1024 * spec.memory_mb
-    started = time.perf_counter()
-    out = client.containers.run(
-        spec.image, entrypoint=container["command"], working_dir=container["workingDir"],
-        environment={e["name"]: e["value"] for e in container["env"]},
-        user=f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}",
-        network_mode="none", read_only=True, tmpfs={"/tmp": "rw,nosuid,size=64m"},
-        cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit=memory,
-        memswap_limit=memory, init=True, remove=True, stdout=True, stderr=True)
-    elapsed = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="kubefunction-bench-") as folder:
+        Path(folder).chmod(0o755)
+        (Path(folder) / REQUEST_KEY).write_bytes(request)
+        (Path(folder) / REQUEST_KEY).chmod(0o444)
+        started = time.perf_counter()
+        out = client.containers.run(
+            spec.image, entrypoint=container["command"], working_dir=container["workingDir"],
+            environment={e["name"]: e["value"] for e in container["env"]},
+            user=f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}",
+            network_mode="none", read_only=True, tmpfs={"/tmp": "rw,nosuid,size=64m"},
+            volumes={folder: {"bind": REQUEST_DIR, "mode": "ro"}},
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit=memory,
+            memswap_limit=memory, init=True, remove=True, stdout=True, stderr=True)
+        elapsed = time.perf_counter() - started
     if nonce.encode() not in out:  # the runner's framed answer carries the nonce
         raise RuntimeError(f"the floor container did not answer: {out[-300:]!r}")
     return elapsed
 
 
 def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures:
-    from tests.kube import server
     from tests.kube.fixtures import running_fake_kube  # the test tree (see the docstring)
 
-    # The fake writes a response's headers and body separately; with Nagle's algorithm on, each
-    # keep-alive API call then waits ~40 ms for a delayed ACK. Real API servers (Go) set
-    # TCP_NODELAY, so the bench does too.
-    server.Handler.disable_nagle_algorithm = True
-
     client = build_client()
-    floor, cold, warm = [], [], []
+    floor, cold, warm, docker_warm = [], [], [], []
+    requests = 0
+    docker_runtime = DockerRuntime(PoolLimits(size=1, per_key=1, idle_seconds=600))
     try:
         built, _ = build_image(_spec(), client=client)
         spec = _spec(built.image)
@@ -126,21 +150,23 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
                     warm_first, was_cold = _timed_invoke(runtime, spec, -1)
                     if not was_cold:
                         raise RuntimeError("the first warm invocation found a ready pod")
-                    for index in range(warm_samples):
-                        elapsed, was_cold = _timed_invoke(runtime, spec, {"n": index})
-                        if was_cold:
-                            raise RuntimeError("the warm Deployment's pod was not reused")
-                        warm.append(elapsed)
+                    _timed_invoke(docker_runtime, spec, -1)  # its warm container started
+                    per_round = max(1, warm_samples // ROUNDS)
+                    for first in range(0, warm_samples, per_round):
+                        count = min(per_round, warm_samples - first)
+                        before = fake.request_count()
+                        warm += _warm_series(runtime, spec, count, first)
+                        requests += fake.request_count() - before
+                        docker_warm += _warm_series(docker_runtime, spec, count, first)
                     runtime.release(spec)
             finally:
                 runtime.close()
     finally:
+        docker_runtime.close()
         client.close()
-    return KubeFigures(floor=percentile(floor, 0.5), cold=percentile(cold, 0.5),
-                       warm_first=warm_first, warm_p50=percentile(warm, 0.5),
-                       warm_p95=percentile(warm, 0.95), samples=samples,
-                       warm_samples=warm_samples, image=spec.image)
-
-
-def as_dict(figures: KubeFigures) -> dict:
-    return asdict(figures)
+    return KubeFigures(
+        floor=percentile(floor, 0.5), cold=percentile(cold, 0.5), warm_first=warm_first,
+        warm_p50=percentile(warm, 0.5), warm_p95=percentile(warm, 0.95),
+        warm_api_requests=requests, docker_warm_p50=percentile(docker_warm, 0.5),
+        docker_warm_p95=percentile(docker_warm, 0.95), samples=samples,
+        warm_samples=warm_samples, image=spec.image)
