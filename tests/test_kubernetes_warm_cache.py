@@ -1,7 +1,7 @@
 """Warm mode's steady state: the informer's watches keep what an invocation needs, so a warm
-invocation is one HTTP call to a pod and no API request. On the fake API server, whose every
-request is counted, with the scripted kubelet's pods running the real runner as local
-processes."""
+invocation is one HTTP call to a pod and no API request; and that call is bounded in size and
+in time. On the fake API server, whose every request is counted, with the scripted kubelet's
+pods running the real runner as local processes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from executions.runtimes.kubernetes import warm as warm_module
 from executions.runtimes.kubernetes.informer import SERVICE_LABEL
 from executions.runtimes.kubernetes.manifests import warm_name
+from executions.runtimes.wire import max_frame_bytes, runner_request
 from tests.kube.fixtures import fake_kube  # noqa: F401 - the fixture
 from tests.test_kubernetes_runtime import (  # noqa: F401 - runtime and warm: fixtures
     context,
@@ -255,6 +256,72 @@ def test_a_stale_cache_falls_back_to_one_fresh_list(fake_kube, steady):  # noqa:
     slices = f"/apis/discovery.k8s.io/v1/namespaces/{fake_kube.namespace}/endpointslices"
     assert [r for r in made if r[0] != "watch"] == [("list", slices)]
     assert outputs[0]["pid"] != old_pid
+
+
+# --- the pod's answer, bounded -------------------------------------------------------------
+
+
+def pod_call(runtime, settings, serve, seconds: float = 1.0):  # noqa: F811
+    """The runtime's call to a warm pod whose server is `serve(connection)`; (outcome or the
+    exception raised, seconds it took)."""
+    spec = make_spec(timeout_seconds=seconds)
+    ctx = context(seconds=seconds)
+    request, nonce = runner_request(spec, {}, ctx)
+    address = "127.20.250.251"
+    with listener(address, settings.KUBEFUNCTION_KUBE_WARM_PORT, serve):
+        started = time.monotonic()
+        try:
+            result = runtime.warm._call(spec, (address, "no-such-pod"), request, nonce, ctx,
+                                        cold=False)
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            result = exc
+        return result, time.monotonic() - started
+
+
+def read_request(conn) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+
+
+def test_a_pod_trickling_its_answer_is_timed_out_at_the_deadline(fake_kube, steady,  # noqa: F811
+                                                                 settings):
+    def trickle(conn):
+        with conn:
+            read_request(conn)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            end = time.monotonic() + 6
+            with contextlib.suppress(OSError):
+                while time.monotonic() < end:  # a byte at a time, each well within the timeout
+                    conn.sendall(b"x")
+                    time.sleep(0.1)
+
+    outcome, seconds = pod_call(steady, settings, trickle, seconds=1.0)
+    assert getattr(outcome, "status", outcome) == "timed_out", outcome
+    assert seconds < 2.0  # the deadline bounds the whole answer, not each read
+
+
+def test_an_answer_larger_than_any_frame_is_not_read_whole(fake_kube, steady,  # noqa: F811
+                                                           settings):
+    settings.KUBEFUNCTION_MAX_OUTPUT_BYTES = 1000
+    settings.KUBEFUNCTION_MAX_LOG_BYTES = 1000
+    limit = 2 * max_frame_bytes()
+
+    def flood(conn, length: bool):
+        with conn:
+            read_request(conn)
+            head = f"Content-Length: {limit + 1}\r\n" if length else ""
+            conn.sendall(f"HTTP/1.0 200 OK\r\n{head}\r\n".encode())
+            with contextlib.suppress(OSError):
+                for _ in range(4 * limit // 65536):
+                    conn.sendall(b"x" * 65536)
+
+    for length in (True, False):  # declared too long, or streamed on and on
+        outcome, _ = pod_call(steady, settings, lambda conn, length=length: flood(conn, length),
+                              seconds=10)
+        assert (getattr(outcome, "status", outcome), getattr(outcome, "error_type", "")) == (
+            "failed", "ProtocolError"), outcome
+        assert f"at most {limit}" in outcome.error
 
 
 def test_a_forked_child_starts_watches_of_its_own(fake_kube, steady):  # noqa: F811

@@ -4,7 +4,7 @@ The Deployment's pods run the runner in HTTP mode (`runner --http :PORT`: GET /h
 readiness probe, POST /invoke one request). What the worker needs to know of them — each
 Deployment's replicas and ready state, the ready endpoints of its Service's EndpointSlices —
 comes from this process's watches (`informer.WarmCache`), so a warm invocation in steady state
-is one HTTP call to a pod and no API request. A scaled-up or restarted pod is used
+is one HTTP call to a pod (`podcall`) and no API request. A scaled-up or restarted pod is used
 as soon as its endpoint is ready; an endpoint that refuses the connection (the cache behind the
 cluster: the pod is gone) is dropped and the invocation goes on with another, after one fresh
 list of the Service's endpoints, or waits for one. Replicas follow the in-flight load of this
@@ -34,7 +34,6 @@ import time
 import weakref
 from typing import Any
 
-import urllib3
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes.client.rest import ApiException
@@ -42,7 +41,16 @@ from kubernetes.client.rest import ApiException
 from functions.specs import FunctionSpec
 
 from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
-from ..wire import FrameError, FrameReader, frame_outcome, late_outcome, runner_request
+from ..wire import (
+    FrameError,
+    FrameReader,
+    frame_outcome,
+    late_outcome,
+    max_frame_bytes,
+    runner_request,
+    unreadable_outcome,
+)
+from . import podcall
 from .client import KubeClient, api_errors
 from .informer import SERVICE_LABEL, WarmCache, ready_endpoints
 from .manifests import (
@@ -60,10 +68,6 @@ logger = logging.getLogger(__name__)
 
 TOUCH_SECONDS = 5.0  # a worker process stamps a version's last use at most this often
 SCAN_SECONDS = 60.0  # and looks for idle Deployments on its own at most this often
-
-
-class Unreachable(Exception):
-    """The pod did not take the connection: the function never saw the request."""
 
 
 def idle_at(deployment: dict, idle_seconds: float) -> float:
@@ -93,7 +97,6 @@ class WarmDeployments:
         self.touched: dict[str, float] = {}  # name -> when this process last stamped its use
         self.scanned = time.monotonic()  # when this process last looked for idle Deployments
         self.upkeep = Upkeep(self)
-        self._pool: tuple[int, urllib3.PoolManager] | None = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref()))
 
@@ -223,7 +226,7 @@ class WarmDeployments:
                                error="no pod of the warm Deployment became ready in time")
             try:
                 return self._call(spec, endpoint, request, nonce, context, cold)
-            except Unreachable as exc:
+            except podcall.Unreachable as exc:
                 address = endpoint[0]
                 logger.info("the warm pod %s at %s refused the request (%s): trying another",
                             endpoint[1], address, exc)
@@ -236,47 +239,39 @@ class WarmDeployments:
 
     def _call(self, spec: FunctionSpec, endpoint: tuple[str, str], request: bytes, nonce: str,
               context: InvocationContext, cold: bool) -> Outcome:
-        """POST the request to the pod. Raises Unreachable when the pod never got it."""
+        """POST the request to the pod: the whole answer by the deadline, at most twice the
+        largest frame (see `podcall`). Raises podcall.Unreachable when the pod never got it."""
         address, pod = endpoint
-        port = settings.KUBEFUNCTION_KUBE_WARM_PORT
-        remaining = max(0.1, context.deadline - time.time())
-        host = f"[{address}]" if ":" in address else address
+        limit = 2 * max_frame_bytes()
+        deadline = time.monotonic() + max(0.1, context.deadline - time.time())
         try:
-            response = self._http().request(
-                "POST", f"http://{host}:{port}/invoke", body=request,
-                headers={"Content-Type": "application/json"},
-                timeout=urllib3.Timeout(connect=settings.KUBEFUNCTION_KUBE_TIMEOUT,
-                                        read=remaining))
+            status, body = podcall.post_invoke(
+                address, settings.KUBEFUNCTION_KUBE_WARM_PORT, request, deadline=deadline,
+                connect_timeout=settings.KUBEFUNCTION_KUBE_TIMEOUT, limit=limit)
         except SoftTimeLimitExceeded:
             # A cancel's kill (or the task's soft time limit): the pod is busy with a request
             # no one will read; recycle it like a timed-out one.
             self._delete_pod(pod)
             raise
-        except (urllib3.exceptions.NewConnectionError,
-                urllib3.exceptions.ConnectTimeoutError) as exc:
-            raise Unreachable(str(exc)) from exc
-        except urllib3.exceptions.ReadTimeoutError:
+        except podcall.Late:
             self._delete_pod(pod)  # still busy with the function: its Deployment replaces it
             return Outcome(status="timed_out", error_type="Timeout", cold=cold,
                            error=f"function did not finish within {spec.timeout_seconds:g} s")
-        except urllib3.exceptions.HTTPError as exc:
+        except podcall.TooLong as exc:
+            self._delete_pod(pod)  # not a runner's answer: this pod is not to be trusted
+            return unreadable_outcome(str(exc), cold=cold)
+        except podcall.BadAnswer as exc:
             raise RuntimeUnavailable(f"the warm pod at {address} did not answer: {exc}") from exc
-        if response.status != 200:
+        if status != 200:
             raise RuntimeFailure(f"the warm pod at {address} refused the request: "
-                                 f"{response.status} {response.data[:200]!r}")
-        reader = FrameReader(nonce, settings.KUBEFUNCTION_MAX_LOG_BYTES)
+                                 f"{status} {body[:200]!r}")
+        reader = FrameReader(nonce, settings.KUBEFUNCTION_MAX_LOG_BYTES, max_frame_bytes())
         try:
-            reader.feed(response.data)
+            reader.feed(body)
             frame = reader.result()
         except FrameError as exc:
             raise RuntimeUnavailable(f"the warm pod's answer could not be read: {exc}") from exc
         return frame_outcome(frame, reader.stray.text(), reader.stray.truncated, cold=cold)
-
-    def _http(self) -> urllib3.PoolManager:
-        """The connection pool for pods, this process's own (a forked child makes its own)."""
-        if self._pool is None or self._pool[0] != os.getpid():
-            self._pool = (os.getpid(), urllib3.PoolManager(retries=False))
-        return self._pool[1]
 
     def _delete_pod(self, pod: str) -> None:
         if not pod:
