@@ -4,9 +4,10 @@ The docker kubelet runs this file's text in the pod's container (`docker exec`, 
 `python3 -I -S -c <this> SOCKET PORT`). The container has no network but its own loopback, where
 the pod's command (the runner's HTTP mode) listens on PORT. The agent connects to the kubelet's
 unix SOCKET (a host folder mounted read-only in the container) and waits there; when the kubelet
-hands that connection a client, the agent connects to 127.0.0.1:PORT inside the container, splices
-the two and opens the next waiting connection. Standard library only (Python 3.9+): it runs on the
-function image's interpreter. It ends once the kubelet stops listening.
+hands that connection a client (the client's own socket, as a file descriptor), the agent opens
+the next waiting connection, connects to 127.0.0.1:PORT inside the container and splices the two.
+Standard library only (Python 3.9+: socket.recv_fds): it runs on the function image's
+interpreter. It ends once the kubelet stops listening.
 """
 
 import socket
@@ -33,24 +34,23 @@ def pipe(source, target):
             pass
 
 
-def splice(tunnel, first, port):
+def splice(client, port):
     try:
         target = socket.create_connection(("127.0.0.1", port), timeout=5)
     except OSError:  # nothing listens yet (the runner is importing): the client sees EOF
-        tunnel.close()
+        client.close()
         return
     target.settimeout(None)
     try:
-        target.sendall(first)
-        back = threading.Thread(target=pipe, args=(target, tunnel), daemon=True)
+        back = threading.Thread(target=pipe, args=(target, client), daemon=True)
         back.start()
-        pipe(tunnel, target)
+        pipe(client, target)
         back.join()
     except OSError:
         pass
     finally:
         target.close()
-        tunnel.close()
+        client.close()
 
 
 def main(path, port):
@@ -60,14 +60,14 @@ def main(path, port):
             tunnel.connect(path)
         except OSError:
             return 0  # the kubelet no longer listens: the pod is gone
-        try:
-            first = tunnel.recv(READ_SIZE)  # waits until the kubelet hands it a client
+        try:  # waits until the kubelet hands it a client's socket
+            _, fds, _, _ = socket.recv_fds(tunnel, 1, 1)
         except OSError:
-            first = b""
-        if not first:  # a client that sent nothing, or the kubelet hung up
-            tunnel.close()
-            continue
-        threading.Thread(target=splice, args=(tunnel, first, port), daemon=True).start()
+            fds = []
+        tunnel.close()
+        if fds:
+            client = socket.socket(fileno=fds[0])
+            threading.Thread(target=splice, args=(client, port), daemon=True).start()
 
 
 if __name__ == "__main__":
