@@ -10,6 +10,7 @@ Standard library only (Python 3.9+: socket.recv_fds): it runs on the function im
 interpreter. It ends once the kubelet stops listening.
 """
 
+import selectors
 import socket
 import sys
 import threading
@@ -17,38 +18,40 @@ import threading
 READ_SIZE = 65536
 
 
-def pipe(source, target):
-    """Copy until `source` ends, then end `target`'s direction (a half close)."""
-    try:
-        while True:
-            data = source.recv(READ_SIZE)
-            if not data:
-                break
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
 def splice(client, port):
+    """Copy both ways between `client` and 127.0.0.1:PORT on one thread, each direction half
+    closed when its source ends, until both have ended. (A blocking send holds the other
+    direction: fine for HTTP, where one side speaks at a time.)"""
     try:
         target = socket.create_connection(("127.0.0.1", port), timeout=5)
     except OSError:  # nothing listens yet (the runner is importing): the client sees EOF
         client.close()
         return
     target.settimeout(None)
+    peers = {client: target, target: client}
+    selector = selectors.DefaultSelector()
     try:
-        back = threading.Thread(target=pipe, args=(target, client), daemon=True)
-        back.start()
-        pipe(client, target)
-        back.join()
-    except OSError:
-        pass
+        for sock in peers:
+            selector.register(sock, selectors.EVENT_READ)
+        open_ends = 2
+        while open_ends:
+            for key, _ in selector.select():
+                source = key.fileobj
+                try:
+                    data = source.recv(READ_SIZE)
+                    if data:
+                        peers[source].sendall(data)
+                        continue
+                except OSError:
+                    pass
+                selector.unregister(source)  # this direction is over
+                open_ends -= 1
+                try:
+                    peers[source].shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
     finally:
+        selector.close()
         target.close()
         client.close()
 
