@@ -15,8 +15,12 @@ network):
   kubelet tunnels into the container (tests/kube/tunnel.py). Every request the fake API server
   receives meanwhile is counted (`warm_api_requests`).
 - the docker runtime's warm invocations of the same image (an idle pooled container answering
-  over its socket), alternating with the warm Kubernetes ones in rounds: what warm Kubernetes is
-  measured against (`WARM_GOAL`).
+  over its socket), alternating with the warm Kubernetes ones in rounds;
+- through the platform (`platform` > 0): the same function registered twice, on the kubernetes
+  runtime in warm mode and on the docker runtime, built by the platform, dispatched one at a
+  time through a Celery worker subprocess (`metrics.bench.worker_process`) pointed at this fake
+  API server, dispatched → finished as `make bench` times it; warm Kubernetes against warm
+  docker there is the goal (`WARM_GOAL`).
 
 The fake server and its kubelets live in the test tree (tests/kube/); they are imported lazily,
 so this module needs a source checkout with tests/ (the platform image leaves tests/ out).
@@ -48,6 +52,7 @@ from kubefunction.stats import percentile
 BENCH_SOURCE = b"def handle(event):\n    return event\n"
 WARM_GOAL = 1.2  # warm p50 within 1.2x the docker runtime's warm p50
 ROUNDS = 4  # warm Kubernetes and warm docker invocations alternate in this many rounds
+PLATFORM_ROUND = 20  # through the platform, they alternate every this many dispatches
 
 
 @dataclass
@@ -63,6 +68,13 @@ class KubeFigures:
     samples: int
     warm_samples: int
     image: str
+    # through the platform, dispatched -> finished (None when not measured)
+    platform_samples: int = 0
+    platform_kube_p50: float | None = None
+    platform_kube_p95: float | None = None
+    platform_kube_api_requests: int = 0  # received by the fake API server meanwhile
+    platform_docker_p50: float | None = None
+    platform_docker_p95: float | None = None
 
 
 def _spec(image: str = "") -> FunctionSpec:
@@ -124,12 +136,99 @@ def _floor_run(client: docker.DockerClient, spec: FunctionSpec, payload: object)
     return elapsed
 
 
-def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures:
+def _platform_trigger(runtime: str):
+    """A trigger of the bench function registered on `runtime` (by a superuser, who may use any
+    runtime), its version built by the worker."""
+    from django.contrib.auth import get_user_model
+
+    from functions.models import Function
+    from functions.selectors import version_wait
+    from functions.services import function_register
+    from triggers.models import Trigger
+    from triggers.services import trigger_create
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-kube",
+                                                     defaults={"is_superuser": True})
+    name = f"bench-kube-{runtime}"
+    function = Function.objects.filter(name=name).first()
+    if function is None:
+        function = function_register(name=name, owner=user, filename="handler.py",
+                                     data=BENCH_SOURCE, runtime=runtime).function
+    version = version_wait(version=function.versions.order_by("-pk").first(), timeout=300)
+    if version.status != "ready":
+        raise RuntimeError(f"the bench function did not build for {runtime}: "
+                           f"{version.build_log[-500:]}")
+    trigger = Trigger.objects.filter(name=name).first() or trigger_create(
+        name=name, function=function, user=user)
+    return Trigger.objects.select_related("function__active_version").get(pk=trigger.pk)
+
+
+def _platform_series(trigger, count: int) -> list[float]:
+    """`count` dispatches of the trigger one at a time, dispatched -> finished each."""
+    from celery.result import AsyncResult
+
+    from executions.models import Execution
+    from executions.services import execution_dispatch
+    from kubefunction.celery import app
+
+    times, task_ids = [], []
+    for n in range(count):
+        started = time.perf_counter()
+        task_id = execution_dispatch(trigger=trigger, payload={"n": n}).task_id
+        AsyncResult(task_id, app=app).get(timeout=60, interval=0.001)
+        times.append(time.perf_counter() - started)
+        task_ids.append(task_id)
+    failed = Execution.objects.filter(task_id__in=task_ids).exclude(status="succeeded")
+    if failed.exists():
+        raise RuntimeError(f"bench executions did not succeed: {list(failed[:3])}")
+    return times
+
+
+def _through_the_platform(fake, count: int) -> dict:
+    """Warm kubernetes (on `fake`) and warm docker through a worker, alternating in rounds."""
+    import os
+
+    from metrics.bench import worker_process
+
+    worker_env = {"KUBEFUNCTION_KUBECONFIG": str(fake.kubeconfig_path),
+                  "KUBEFUNCTION_KUBE_NAMESPACE": fake.namespace,
+                  "KUBEFUNCTION_KUBE_MODE": "warm", "KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS": "0",
+                  "KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS": "1"}
+    saved = {key: os.environ.get(key) for key in worker_env}
+    os.environ.update(worker_env)  # what the worker subprocess inherits
+    kube, docker_times, requests = [], [], 0
+    try:
+        with worker_process():
+            triggers = {runtime: _platform_trigger(runtime) for runtime in ("kubernetes",
+                                                                            "docker")}
+            for trigger in triggers.values():  # each worker child's first call is cold
+                _platform_series(trigger, 10)
+            for done in range(0, count, PLATFORM_ROUND):  # short rounds: the load drifts
+                size = min(PLATFORM_ROUND, count - done)
+                before = fake.request_count()
+                kube += _platform_series(triggers["kubernetes"], size)
+                requests += fake.request_count() - before
+                docker_times += _platform_series(triggers["docker"], size)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return {"platform_samples": count, "platform_kube_p50": percentile(kube, 0.5),
+            "platform_kube_p95": percentile(kube, 0.95), "platform_kube_api_requests": requests,
+            "platform_docker_p50": percentile(docker_times, 0.5),
+            "platform_docker_p95": percentile(docker_times, 0.95)}
+
+
+def run_kube_bench(*, samples: int = 10, warm_samples: int = 200,
+                   platform: int = 0) -> KubeFigures:
     from tests.kube.fixtures import running_fake_kube  # the test tree (see the docstring)
 
     client = build_client()
     floor, cold, warm, docker_warm = [], [], [], []
     requests = 0
+    through: dict = {}
     docker_runtime = DockerRuntime(PoolLimits(size=1, per_key=1, idle_seconds=600))
     try:
         built, _ = build_image(_spec(), client=client)
@@ -161,6 +260,8 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
                     runtime.release(spec)
             finally:
                 runtime.close()
+            if platform > 0:
+                through = _through_the_platform(fake, platform)
     finally:
         docker_runtime.close()
         client.close()
@@ -169,4 +270,4 @@ def run_kube_bench(*, samples: int = 10, warm_samples: int = 200) -> KubeFigures
         warm_p50=percentile(warm, 0.5), warm_p95=percentile(warm, 0.95),
         warm_api_requests=requests, docker_warm_p50=percentile(docker_warm, 0.5),
         docker_warm_p95=percentile(docker_warm, 0.95), samples=samples,
-        warm_samples=warm_samples, image=spec.image)
+        warm_samples=warm_samples, image=spec.image, **through)
