@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -99,6 +100,8 @@ class KubeClient:
         self._api: client.ApiClient | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _fresh_lock(ref()))
 
     def api_client(self) -> client.ApiClient:
         pid = os.getpid()
@@ -162,3 +165,9 @@ class KubeClient:
         if self._api is not None and self._pid == os.getpid():
             self._api.close()
         self._api = None
+
+
+def _fresh_lock(kube: KubeClient | None) -> None:
+    """In a forked child: a lock another thread of the parent held would never be released."""
+    if kube is not None:
+        kube._lock = threading.Lock()

@@ -101,6 +101,11 @@ class Reflector:
                     continue
                 if not failures:
                     logger.info("the watch of warm %s ended: %s; resuming", self.plural, exc)
+            except Exception:  # noqa: BLE001 - an answer it cannot read: start afresh
+                if stop.is_set():
+                    return
+                logger.exception("the watch of warm %s failed; listing again", self.plural)
+                self.rv = None
             failures += 1
             first, most = BACKOFF_SECONDS
             stop.wait(min(most, first * 2 ** (failures - 1)) if failures > 1 else 0)

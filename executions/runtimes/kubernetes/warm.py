@@ -286,7 +286,7 @@ class WarmDeployments:
 
     # --- scaling down --------------------------------------------------------------------
 
-    def scale_idle(self, keep: str = "") -> list[str]:
+    def scale_idle(self) -> list[str]:
         """Scale every warm Deployment of the namespace that is idle (`idle_at`, from its
         annotations) and above KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS down to that minimum; returns
         their names. Any worker process scales any Deployment: the state is in the cluster.
@@ -298,7 +298,7 @@ class WarmDeployments:
             listed = self.kube.read(self.kube.apps.list_namespaced_deployment,
                                 self.kube.namespace, label_selector=f"{managed},{WARM_LABEL}")
         return [item["metadata"]["name"] for item in listed["items"]
-                if item["metadata"]["name"] != keep and self._scale_down_if_idle(item)]
+                if self._scale_down_if_idle(item)]
 
     def _scale_down_if_idle(self, deployment: dict) -> bool:
         """Scale `deployment` to the minimum if it is idle, with the resourceVersion read as a
