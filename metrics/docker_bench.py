@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import docker
 from django.conf import settings
@@ -114,7 +114,3 @@ def run_docker_bench(*, samples: int = 20, warm_samples: int = 200) -> DockerFig
         cold_warm_pool=percentile(cold_pool, 0.5), warm_p50=percentile(warm, 0.5),
         warm_p95=percentile(warm, 0.95), samples=samples, warm_samples=warm_samples,
         image=image, stdlib_bytecode=bytecode)
-
-
-def as_dict(figures: DockerFigures) -> dict:
-    return asdict(figures)

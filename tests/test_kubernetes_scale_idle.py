@@ -83,8 +83,12 @@ def test_a_fresh_process_scales_down_what_another_used(fake_kube, warm, settings
     for spec in (old, recent):
         assert warm.invoke(spec, {}, context(seconds=10)).status == "succeeded"
     names = {spec: warm_name(spec) for spec in (old, recent)}
-    used_long_ago(fake_kube, names[old], seconds=600)
-    warm.close()  # the worker process that used both is gone
+    warm.close()  # the worker process that used both is gone: its last uses are stamped
+    for name in names.values():
+        stamped = next(d for d in fake_kube.objects("deployments")
+                       if d["metadata"]["name"] == name)["metadata"]["annotations"][LAST_USED]
+        assert abs(parse_timestamp(stamped) - time.time()) < 5
+    used_long_ago(fake_kube, names[old], seconds=600)  # and time passes
 
     fresh = KubernetesRuntime()
     monkeypatch.setitem(runtimes._instances, "kubernetes", fresh)
@@ -103,8 +107,8 @@ def test_use_is_stamped_at_most_every_few_seconds(fake_kube, warm):  # noqa: F81
     created = deployment(fake_kube)["metadata"]["annotations"]
     assert created[TIMEOUT] == "10"
     assert abs(parse_timestamp(created[LAST_USED]) - time.time()) < 5
-    patches = fake_kube.api_calls.count(("patch", "deployments"))  # the first one met 404
-    for _ in range(3):  # within TOUCH_SECONDS: no patch on the hot path
+    patches = fake_kube.api_calls.count(("patch", "deployments"))  # created stamped: none
+    for _ in range(3):  # within TOUCH_SECONDS: no patch, on the hot path or off it
         assert warm.invoke(spec, {}, context(seconds=10)).status == "succeeded"
     assert fake_kube.api_calls.count(("patch", "deployments")) == patches
     assert deployment(fake_kube)["metadata"]["annotations"] == created
@@ -113,9 +117,16 @@ def test_use_is_stamped_at_most_every_few_seconds(fake_kube, warm):  # noqa: F81
     name = warm_name(spec)
     warm.warm.touched[name] -= TOUCH_SECONDS  # as if TOUCH_SECONDS had passed
     assert warm.invoke(spec, {}, context(seconds=10)).status == "succeeded"
-    assert fake_kube.api_calls.count(("patch", "deployments")) == patches + 1
+    # stamped by the upkeep thread, off the invocation path: one patch for the uses since
+    assert fake_kube.wait_for(
+        lambda: fake_kube.api_calls.count(("patch", "deployments")) == patches + 1)
     stamped = parse_timestamp(deployment(fake_kube)["metadata"]["annotations"][LAST_USED])
     assert abs(stamped - time.time()) < 5
+    for _ in range(3):  # used again within TOUCH_SECONDS of that patch: none until then
+        assert warm.invoke(spec, {}, context(seconds=10)).status == "succeeded"
+    assert fake_kube.api_calls.count(("patch", "deployments")) == patches + 1
+    warm.close()  # what is left is stamped on the way out: one more
+    assert fake_kube.api_calls.count(("patch", "deployments")) == patches + 2
     warm.release(spec)
 
 
@@ -161,14 +172,20 @@ def test_a_busy_worker_scans_at_most_once_a_minute(fake_kube, warm):  # noqa: F8
     idle, busy = make_spec(timeout_seconds=10), make_spec(timeout_seconds=10, version_number=4)
     for spec in (idle, busy):
         assert warm.invoke(spec, {}, context(seconds=10)).status == "succeeded"
+    lists = fake_kube.api_calls.count(("list", "deployments"))  # the informer's, once
     used_long_ago(fake_kube, warm_name(idle))
     assert warm.invoke(busy, {}, context(seconds=10)).status == "succeeded"
-    assert ("list", "deployments") not in fake_kube.api_calls  # scanned less than 60 s ago
+    assert not fake_kube.wait_for(  # scanned less than 60 s ago: the idle one is left alone
+        lambda: deployment_replicas(fake_kube)[warm_name(idle)] == 0, timeout=0.5)
     warm.warm.scanned -= SCAN_SECONDS
     assert warm.invoke(busy, {}, context(seconds=10)).status == "succeeded"
-    assert fake_kube.api_calls.count(("list", "deployments")) == 1
-    replicas = {d["metadata"]["name"]: d["spec"]["replicas"]
-                for d in fake_kube.objects("deployments")}
-    assert replicas == {warm_name(idle): 0, warm_name(busy): 1}
+    # scanned now, off the invocation path, over the Deployments the watch keeps: no list
+    assert fake_kube.wait_for(lambda: deployment_replicas(fake_kube) == {
+        warm_name(idle): 0, warm_name(busy): 1})
+    assert fake_kube.api_calls.count(("list", "deployments")) == lists
     for spec in (idle, busy):
         warm.release(spec)
+
+
+def deployment_replicas(fake) -> dict[str, int]:
+    return {d["metadata"]["name"]: d["spec"]["replicas"] for d in fake.objects("deployments")}

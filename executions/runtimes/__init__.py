@@ -12,7 +12,8 @@
                        is `kubefunction.docker_client`), container.py (the hardened container
                        spec), oneshot.py and warm.py (its two modes)
     kubernetes/        runtime.py, client.py (the API, the Role's permissions), manifests.py,
-                       jobs.py (cold mode), warm.py (warm mode), outcomes.py (a Job's end)
+                       jobs.py (cold mode), warm.py (warm mode), informer.py (warm mode's
+                       watches), podcall.py (a call to a warm pod), outcomes.py (a Job's end)
 """
 
 from __future__ import annotations

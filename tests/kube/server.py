@@ -129,7 +129,11 @@ class Cluster:
         self.history: collections.deque[Event] = collections.deque(maxlen=history)
         self.compacted = 0  # events at or below this resourceVersion are gone from the history
         self.logs: dict[tuple[str, str], bytearray] = {}
-        self.api_calls: list[tuple[str, str]] = []
+        self.api_calls: list[tuple[str, str]] = []  # (verb, resource) of each API call served
+        # Every request received, whatever came of it (401, 404, a watch): (verb, path, query).
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # How often a watch that allows them gets a BOOKMARK (the API server: about a minute)
+        self.bookmark_seconds = 1.0
         self.faults: list[Fault] = []
         # (plural, name, gracePeriodSeconds, propagationPolicy) of every DELETE served
         self.deletions: list[tuple[str, str, int | None, str | None]] = []
@@ -917,12 +921,15 @@ class Handler(BaseHTTPRequestHandler):
         # Read the whole body first: the connection is kept alive, even when we answer an error.
         length = int(self.headers.get("Content-Length") or 0)
         self._raw_body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        match = _PATH.match(url.path)
+        with cluster.lock:  # counted before anything can refuse it
+            cluster.requests.append((self._verb(method, match["name"], query) if match
+                                     else method.lower(), url.path, query))
         try:
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            url = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            match = _PATH.match(url.path)
             if url.path in ("/version", "/version/"):
                 self._send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake",
                                       "platform": "linux/amd64"})
@@ -1033,9 +1040,23 @@ class Handler(BaseHTTPRequestHandler):
                                   "metadata": {}, "items": items})
 
     def _watch(self, cluster: Cluster, kind: Kind, ns: str | None, query: dict) -> None:
+        """Events from `resourceVersion` (the current state as ADDED events without one) until
+        `timeoutSeconds`; with `allowWatchBookmarks`, a BOOKMARK every `bookmark_seconds` and one
+        before the watch ends, carrying the resourceVersion it has got to. A watch from a
+        resourceVersion older than the history answers one ERROR event (410 Expired)."""
+        with self.server.connections_lock:
+            self.server.watching.add(self.connection)
+        try:
+            self._stream_watch(cluster, kind, ns, query)
+        finally:
+            with self.server.connections_lock:
+                self.server.watching.discard(self.connection)
+
+    def _stream_watch(self, cluster: Cluster, kind: Kind, ns: str | None, query: dict) -> None:
         labels = parse_labels(query.get("labelSelector"))
         fields = parse_fields(query.get("fieldSelector"))
         timeout = float(query.get("timeoutSeconds") or 1800)
+        bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         end = time.monotonic() + timeout
         rv_text = query.get("resourceVersion") or ""
         pending: list[dict] = []
@@ -1060,20 +1081,38 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for event in pending:
             self._chunk(json.dumps(event).encode() + b"\n")
+        bookmark = time.monotonic() + cluster.bookmark_seconds
         while time.monotonic() < end:
             with cluster.lock:
+                with self.server.connections_lock:
+                    if self.connection not in self.server.watching:
+                        return  # dropped: the connection is gone
                 fresh = [e for e in cluster.history if e.rv > last]
                 if not fresh:
                     if cluster.stopping:
                         break
-                    cluster.changed.wait(min(1.0, max(0.0, end - time.monotonic())))
-                    continue
-                last = fresh[-1].rv
+                    if not bookmarks or time.monotonic() < bookmark:
+                        until = min(end, bookmark) if bookmarks else end
+                        cluster.changed.wait(min(1.0, max(0.0, until - time.monotonic())))
+                        continue
+                else:
+                    last = fresh[-1].rv
+            if not fresh:  # a bookmark is due (written without the cluster's lock)
+                bookmark = time.monotonic() + cluster.bookmark_seconds
+                self._bookmark(kind, last)
+                continue
             for event in fresh:
                 out = self._watch_event(event, kind.plural, ns, labels, fields)
                 if out:
                     self._chunk(json.dumps(out).encode() + b"\n")
+        if bookmarks and end:  # timed out, not expired: where to resume from
+            self._bookmark(kind, last)
         self._chunk(b"")
+
+    def _bookmark(self, kind: Kind, rv: int) -> None:
+        self._chunk(json.dumps({"type": "BOOKMARK", "object": {
+            "kind": kind.kind, "apiVersion": kind.api_version,
+            "metadata": {"resourceVersion": str(rv)}}}).encode() + b"\n")
 
     @staticmethod
     def _watch_event(event: Event, plural: str, ns: str | None, labels: list,
@@ -1144,6 +1183,7 @@ class ApiHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.cluster = cluster
         self.connections: set[Any] = set()
+        self.watching: set[Any] = set()  # the connections of watches in progress
         self.connections_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -1156,15 +1196,20 @@ class ApiHTTPServer(ThreadingHTTPServer):
             self.connections.discard(request)
         super().shutdown_request(request)
 
-    def close_connections(self) -> None:
-        """Hang up on every client (their handler threads then end)."""
+    def close_connections(self, *, watches_only: bool = False) -> int:
+        """Hang up on every client, or only on the watching ones (their handler threads then
+        end); returns how many."""
         import socket
 
         with self.connections_lock:
-            left = list(self.connections)
+            left = list(self.watching if watches_only else self.connections)
+            self.watching.difference_update(left)
         for connection in left:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+        with self.cluster.lock:  # the watches' handlers wake up and see they were dropped
+            self.cluster.changed.notify_all()
+        return len(left)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client hanging up (a watch it left early) is normal; anything else is printed."""
@@ -1213,6 +1258,23 @@ class FakeKube:
     def api_calls(self) -> list[tuple[str, str]]:
         with self.cluster.lock:
             return list(self.cluster.api_calls)
+
+    def request_count(self) -> int:
+        """How many requests the server has received, of any kind and outcome."""
+        with self.cluster.lock:
+            return len(self.cluster.requests)
+
+    def requests(self, verb: str | None = None, path: str = "") -> list[dict[str, str]]:
+        """The query of every request received with `verb` (any if None) on a path ending in
+        `path` (e.g. "/endpointslices"), oldest first."""
+        with self.cluster.lock:
+            return [dict(query) for got, at, query in self.cluster.requests
+                    if verb in (None, got) and at.endswith(path)]
+
+    def drop_watches(self) -> int:
+        """Hang up on every watch in progress (a load balancer or the API server restarting);
+        returns how many."""
+        return self.server.close_connections(watches_only=True)
 
     def script(self, kind: str = "succeed", **options: Any) -> None:
         """Queue what the scripted kubelet does with the next pod (see ScriptedKubelet)."""

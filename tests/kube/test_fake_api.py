@@ -391,3 +391,72 @@ def test_stopping_leaves_no_threads(tmp_path):
     while set(threading.enumerate()) - before and time.monotonic() < end:
         time.sleep(0.05)
     assert set(threading.enumerate()) - before == set()
+
+
+def test_every_request_is_counted_whatever_came_of_it(fake_kube, core, tmp_path):
+    import urllib.request
+
+    before = fake_kube.request_count()
+    core.list_namespaced_pod(fake_kube.namespace)
+    with pytest.raises(ApiException):
+        core.read_namespaced_pod("nowhere", fake_kube.namespace)  # 404
+    with pytest.raises(OSError):  # 401: no token
+        urllib.request.urlopen(f"{fake_kube.url}/api/v1/namespaces", timeout=5)
+    with pytest.raises(OSError):  # a path the server does not know
+        urllib.request.urlopen(f"{fake_kube.url}/apis/nope/v1/things", timeout=5)
+    list(watch.Watch().stream(core.list_namespaced_pod, fake_kube.namespace, timeout_seconds=1))
+    assert fake_kube.request_count() - before == 5
+    path = f"/api/v1/namespaces/{fake_kube.namespace}/pods"
+    assert len(fake_kube.requests("list", path)) == 1
+    assert fake_kube.requests("get", "/pods/nowhere") == [{}]
+    assert [q["timeoutSeconds"] for q in fake_kube.requests("watch", path)] == ["1"]
+    assert len(fake_kube.requests("list", "/api/v1/namespaces")) == 1  # the one refused
+    assert len(fake_kube.requests("list", "/apis/nope/v1/things")) == 1
+
+
+def test_bookmarks_carry_the_resource_version_and_end_a_timed_out_watch(fake_kube, core):
+    ns = fake_kube.namespace
+    fake_kube.cluster.bookmark_seconds = 0.3
+    rv = core.list_namespaced_service(ns).metadata.resource_version
+
+    def events(**options):
+        response = core.list_namespaced_service(ns, watch=True, resource_version=rv,
+                                                _preload_content=False, **options)
+        return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+    # a Secret changes meanwhile: not a Service, but a bookmark tells how far the watch got
+    timer = threading.Timer(0.1, lambda: core.create_namespaced_secret(ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="elsewhere"))))
+    timer.start()
+    seen = events(timeout_seconds=1, allow_watch_bookmarks=True)
+    timer.join()
+    assert seen and {e["type"] for e in seen} == {"BOOKMARK"}
+    assert seen[0]["object"]["kind"] == "Service"
+    assert int(seen[-1]["object"]["metadata"]["resourceVersion"]) > int(rv)
+    assert 2 <= len(seen) <= 5  # every 0.3 s, and one as the watch ends
+    assert events(timeout_seconds=1) == []  # none unless allowed
+
+
+def test_dropping_the_watches_breaks_them_midway(fake_kube, core):
+    import urllib3
+
+    failures = []
+    started = threading.Event()
+
+    def follow():
+        try:
+            response = core.list_namespaced_service(
+                fake_kube.namespace, watch=True, timeout_seconds=30, _preload_content=False)
+            started.set()
+            for _ in response.stream():
+                pass
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    assert started.wait(5)
+    assert fake_kube.drop_watches() == 1  # the watch registers before its headers are sent
+    thread.join(timeout=5)
+    assert not thread.is_alive() and len(failures) == 1  # an incomplete body, not a clean end
+    assert fake_kube.drop_watches() == 0

@@ -6,10 +6,13 @@ A real cluster routes a pod's IP to the pod's network namespace. Here containers
 its own (127.21.x.y) and a `PodTunnel`: a TCP listener on that address and the container's port,
 and a unix socket in a host folder mounted read-only in the container. The agent
 (`tunnel_agent.py`, started in the container with `docker exec`) keeps a connection waiting on that
-socket; each client of the pod's address is spliced to one such connection, which the agent splices
-to 127.0.0.1:PORT inside the container, where the pod's own command listens. The bytes are the
-client's: HTTP (the readiness probe, the runtime's POST /invoke) reaches the real runner unchanged.
-Nothing listens on a non-loopback address.
+socket; each client the listener accepts is handed over that connection to the agent as a file
+descriptor (SCM_RIGHTS), and the agent splices it to 127.0.0.1:PORT inside the container, where
+the pod's own command listens. The kubelet's process copies no byte: what a pod's network costs
+is the agent's one copy in the container, not a hop through the process that runs the fake (and,
+in the benchmark, the runtime under test). The bytes are the client's: HTTP (the readiness probe,
+the runtime's POST /invoke) reaches the real runner unchanged. Nothing listens on a non-loopback
+address.
 """
 
 from __future__ import annotations
@@ -24,10 +27,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-# The host end copies bytes as the container end does: the agent's own `pipe` (the agent stays
-# standard library only and self-contained: its text is what `docker exec` runs).
-from .tunnel_agent import pipe
 
 AGENT_SOURCE = (Path(__file__).with_name("tunnel_agent.py")).read_text()
 MOUNT_POINT = "/run/kubefunction-tunnel"  # in the container, read-only
@@ -104,29 +103,28 @@ class PodTunnel:
             if not self._track(client):
                 client.close()
                 return
-            threading.Thread(target=self._splice, args=(client,), daemon=True,
-                             name=f"fake-tunnel-{self.address}-conn").start()
+            try:
+                self._hand_over(client)
+            finally:
+                with self.lock:
+                    self.connections.discard(client)
+                client.close()  # the agent has its own descriptor of it now
 
-    def _splice(self, client: socket.socket) -> None:
-        agent = None
-        try:
+    def _hand_over(self, client: socket.socket) -> None:
+        """Give the client's socket to the agent's next waiting connection; a client that gets
+        no agent in time (the container is gone or not started) is hung up on."""
+        while True:
             agent = self._agent_connection()
-            if agent is None:  # no agent in time (the container is gone or not started)
+            if agent is None:
                 return
-            agent.setblocking(True)
-            if not self._track(agent):
+            try:
+                agent.setblocking(True)
+                socket.send_fds(agent, [b"c"], [client.fileno()])
                 return
-            back = threading.Thread(target=pipe, args=(agent, client), daemon=True,
-                                    name=f"fake-tunnel-{self.address}-back")
-            back.start()
-            pipe(client, agent)
-            back.join()
-        finally:
-            for sock in (client, agent):
-                if sock is not None:
-                    with self.lock:
-                        self.connections.discard(sock)
-                    sock.close()
+            except OSError:  # that connection is gone (an agent of a stopped container)
+                continue
+            finally:
+                agent.close()
 
     def _agent_connection(self) -> socket.socket | None:
         """The agent's next waiting connection, within AGENT_WAIT_SECONDS; None at close()."""

@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import urllib3
 from django.conf import settings
@@ -32,10 +33,14 @@ COLD_PERMISSIONS = frozenset({
 WARM_PERMISSIONS = frozenset({
     ("create", "deployments"), ("get", "deployments"), ("patch", "deployments"),
     ("delete", "deployments"), ("create", "services"), ("delete", "services"),
-    ("list", "deployments"), ("list", "endpointslices"), ("watch", "endpointslices"),
+    # what each worker process's informer keeps (list, then watch); list: the idle scan too
+    ("list", "deployments"), ("watch", "deployments"), ("list", "endpointslices"),
+    ("watch", "endpointslices"),
     ("delete", "pods"),
 })
 PERMISSIONS = COLD_PERMISSIONS | WARM_PERMISSIONS
+
+G = TypeVar("G")
 
 
 @contextlib.contextmanager
@@ -76,6 +81,17 @@ def build_api_client() -> client.ApiClient:
                              "KUBEFUNCTION_KUBECONFIG, or run in a cluster)") from exc
 
 
+class ApiGroup(Generic[G]):
+    """`kube.batch`, `kube.core`, …: the official client's API class of one group and version
+    (`client.BatchV1Api`, …) on the calling process's API client."""
+
+    def __init__(self, api_class: type[G]) -> None:
+        self.api_class = api_class
+
+    def __get__(self, kube: KubeClient, owner: type) -> G:
+        return self.api_class(kube.api_client())
+
+
 class KubeClient:
     """The API client, built once per process (a forked worker child builds its own), and the
     functions namespace every call goes to."""
@@ -84,6 +100,8 @@ class KubeClient:
         self._api: client.ApiClient | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _fresh_lock(ref()))
 
     def api_client(self) -> client.ApiClient:
         pid = os.getpid()
@@ -93,21 +111,10 @@ class KubeClient:
                     self._api, self._pid = build_api_client(), pid
         return self._api
 
-    @property
-    def batch(self) -> client.BatchV1Api:
-        return client.BatchV1Api(self.api_client())
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api_client())
-
-    @property
-    def apps(self) -> client.AppsV1Api:
-        return client.AppsV1Api(self.api_client())
-
-    @property
-    def discovery(self) -> client.DiscoveryV1Api:
-        return client.DiscoveryV1Api(self.api_client())
+    batch = ApiGroup(client.BatchV1Api)
+    core = ApiGroup(client.CoreV1Api)
+    apps = ApiGroup(client.AppsV1Api)
+    discovery = ApiGroup(client.DiscoveryV1Api)
 
     @property
     def namespace(self) -> str:
@@ -127,12 +134,24 @@ class KubeClient:
               **options: Any) -> Iterator[dict]:
         """The events of one watch request (`call` a list_namespaced_… of this namespace),
         ending after `seconds` at most; failures raised as the runtime's errors."""
+        return self.events(self.open_watch(call, action, seconds, **options), action)
+
+    def open_watch(self, call: Callable[..., Any], action: str, seconds: int,
+                   **options: Any) -> urllib3.BaseHTTPResponse:
+        """Start one watch request, ending after `seconds` at most (the server's
+        timeoutSeconds; a silent connection is given up KUBEFUNCTION_KUBE_TIMEOUT later). Its
+        `shutdown()` ends it from another thread."""
         with api_errors(action):
-            response = call(self.namespace, watch=True, timeout_seconds=seconds,
-                            _preload_content=False,
-                            _request_timeout=(settings.KUBEFUNCTION_KUBE_TIMEOUT,
-                                              seconds + settings.KUBEFUNCTION_KUBE_TIMEOUT),
-                            **options)
+            return call(self.namespace, watch=True, timeout_seconds=seconds,
+                        _preload_content=False,
+                        _request_timeout=(settings.KUBEFUNCTION_KUBE_TIMEOUT,
+                                          seconds + settings.KUBEFUNCTION_KUBE_TIMEOUT),
+                        **options)
+
+    @staticmethod
+    def events(response: urllib3.BaseHTTPResponse, action: str) -> Iterator[dict]:
+        """The events of a watch `open_watch` started, as JSON; a broken connection raised as
+        RuntimeUnavailable."""
         try:
             with api_errors(action):
                 for line in iter_resp_lines(response):
@@ -146,3 +165,9 @@ class KubeClient:
         if self._api is not None and self._pid == os.getpid():
             self._api.close()
         self._api = None
+
+
+def _fresh_lock(kube: KubeClient | None) -> None:
+    """In a forked child: a lock another thread of the parent held would never be released."""
+    if kube is not None:
+        kube._lock = threading.Lock()

@@ -1,32 +1,39 @@
 """Warm mode of the kubernetes runtime: a Deployment + Service per function version.
 
 The Deployment's pods run the runner in HTTP mode (`runner --http :PORT`: GET /healthz is the
-readiness probe, POST /invoke one request). The worker sends each invocation to a ready endpoint
-of the version's Service, read from its EndpointSlices (list + watch, never polled), so a
-scaled-up or restarted pod is used as soon as it is ready. Replicas follow the in-flight load of
-this worker process, between KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS and ..._MAX_REPLICAS.
+readiness probe, POST /invoke one request). What the worker needs to know of them — each
+Deployment's replicas and ready state, the ready endpoints of its Service's EndpointSlices —
+comes from this process's watches (`informer.WarmCache`), so a warm invocation in steady state
+is one HTTP call to a pod (`podcall`) and no API request. A scaled-up or restarted pod is used
+as soon as its endpoint is ready; an endpoint that refuses the connection (the cache behind the
+cluster: the pod is gone) is dropped and the invocation goes on with another, after one fresh
+list of the Service's endpoints, or waits for one. Replicas follow the in-flight load of this
+worker process, between KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS and ..._MAX_REPLICAS.
 
-Scale-to-zero state lives in the cluster, not in a worker: every invocation stamps the
-Deployment's `kubefunction.io/last-used` annotation (RFC 3339, UTC; a patch at most every
-TOUCH_SECONDS per version and worker process, at the start and at the end of an invocation), with
-`kubefunction.io/timeout-seconds`, the function's timeout. `scale_idle` (the beat task
-`executions.scale_idle_warm`, in any worker process) lists the warm Deployments and scales down
-to the minimum (zero by default) each one whose last use is older than
-KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS, and older than its timeout plus TOUCH_SECONDS (an invocation
-another worker started may still run until then), with the resourceVersion it read as a
-precondition, so a use stamped meanwhile wins. The next invocation then scales up again and
-waits for readiness (counted as cold).
+Scale-to-zero state lives in the cluster, not in a worker: each use is stamped on the
+Deployment's `kubefunction.io/last-used` annotation (RFC 3339, UTC) with
+`kubefunction.io/timeout-seconds`, the function's timeout — by this process's upkeep thread,
+off the invocation path, at most one patch per Deployment every TOUCH_SECONDS carrying the
+latest use it saw (at the start and at the end of each invocation), and the rest on `close`.
+`scale_idle` (the beat task `executions.scale_idle_warm`, in any worker process) lists the warm
+Deployments and scales down to the minimum (zero by default) each one whose last use is older
+than KUBEFUNCTION_KUBE_WARM_IDLE_SECONDS, and older than its timeout plus TOUCH_SECONDS (an
+invocation another worker started may still run until then), with the resourceVersion it read as
+a precondition, so a use stamped meanwhile wins; the upkeep thread runs the same scan over the
+cached Deployments at most once a minute while this process invokes. The next invocation then
+scales up again and waits for readiness (counted as cold).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from typing import Any
 
-import urllib3
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from kubernetes.client.rest import ApiException
@@ -34,8 +41,18 @@ from kubernetes.client.rest import ApiException
 from functions.specs import FunctionSpec
 
 from ..base import InvocationContext, Outcome, RuntimeFailure, RuntimeUnavailable
-from ..wire import FrameError, FrameReader, frame_outcome, late_outcome, runner_request
+from ..wire import (
+    FrameError,
+    FrameReader,
+    frame_outcome,
+    late_outcome,
+    max_frame_bytes,
+    runner_request,
+    unreadable_outcome,
+)
+from . import podcall
 from .client import KubeClient, api_errors
+from .informer import SERVICE_LABEL, WarmCache, ready_endpoints
 from .manifests import (
     LAST_USED,
     MANAGED_BY,
@@ -74,23 +91,24 @@ class WarmDeployments:
 
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
+        self.cache = WarmCache(kube)
         self.lock = threading.Lock()
         self.inflight: dict[str, int] = {}
         self.touched: dict[str, float] = {}  # name -> when this process last stamped its use
         self.scanned = time.monotonic()  # when this process last looked for idle Deployments
-        self.http = urllib3.PoolManager(retries=False)
+        self.upkeep = Upkeep(self)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref()))
 
     # --- the Deployment ---------------------------------------------------------------
 
     def _deployment(self, spec: FunctionSpec, name: str, replicas: int) -> dict:
-        """The version's Deployment, its use stamped (when due); created with its Service when
-        missing (always the Service first: a Deployment never exists without it)."""
+        """The version's Deployment as the API has it (the cache does not, or not yet);
+        created with its Service when missing (always the Service first: a Deployment never
+        exists without it)."""
         apps, ns = self.kube.apps, self.kube.namespace
         with api_errors("read the warm Deployment"):
             try:
-                stamped = self._stamp(spec, name)
-                if stamped is not None:
-                    return stamped
                 return self.kube.read(apps.read_namespaced_deployment, name, ns)
             except ApiException as exc:
                 if exc.status != 404:
@@ -119,79 +137,44 @@ class WarmDeployments:
             self.touched[name] = time.monotonic()  # created (or just made by a peer) = used
         return created
 
-    def _stamp(self, spec: FunctionSpec, name: str) -> dict | None:
-        """Patch the Deployment's last use to now, when this process last did so TOUCH_SECONDS
-        ago or more; returns the patched Deployment, or None when it was not due. Raises
-        ApiException."""
-        started = time.monotonic()
-        with self.lock:
-            before = self.touched.get(name)
-            if before is not None and started - before < TOUCH_SECONDS:
-                return None
-            self.touched[name] = started  # claimed: this process's other threads skip it
-        try:
-            return self.kube.read(self.kube.apps.patch_namespaced_deployment, name,
-                              self.kube.namespace,
-                              {"metadata": {"annotations": usage_annotations(spec, time.time())}})
-        except BaseException:
-            with self.lock:
-                if self.touched.get(name) == started:
-                    if before is None:
-                        del self.touched[name]
-                    else:
-                        self.touched[name] = before
-            raise
-
     def _scale(self, name: str, replicas: int) -> None:
         with api_errors("scale the warm Deployment"):
             self.kube.apps.patch_namespaced_deployment(
                 name, self.kube.namespace, {"spec": {"replicas": replicas}},
                 _preload_content=False, _request_timeout=self.kube.timeout())
 
-    def _stamp_quietly(self, spec: FunctionSpec, name: str) -> None:
-        """`_stamp` after an invocation: a failure is logged, the outcome stands."""
-        try:
-            with api_errors("stamp the warm Deployment's last use"):
-                self._stamp(spec, name)
-        except (RuntimeFailure, RuntimeUnavailable) as exc:
-            logger.warning("could not stamp the last use of %s: %s", name, exc)
+    def _list_endpoints(self, name: str) -> list[tuple[str, str]]:
+        """The Service's ready endpoints as the API has them now (one list)."""
+        with api_errors("list the warm Service's endpoints"):
+            listed = self.kube.read(self.kube.discovery.list_namespaced_endpoint_slice,
+                                    self.kube.namespace,
+                                    label_selector=f"{SERVICE_LABEL}={name}")
+        return ready_endpoints(listed["items"])
 
-    def _ready_endpoint(self, name: str, end: float) -> tuple[str, str] | None:
-        """(address, pod name) of a ready endpoint of the Service, waiting (watch) until `end`
-        (monotonic)."""
-        discovery, ns = self.kube.discovery, self.kube.namespace
-        selector = f"kubernetes.io/service-name={name}"
+    def _ready_endpoint(self, name: str, end: float, refused: set[str], wanted: int,
+                        answered: list[str]) -> tuple[tuple[str, str] | None, bool]:
+        """A ready endpoint (address, pod name) of the Service that has not `refused` a
+        connection, picked at random to spread the load over the replicas, and whether it had to
+        be waited for (the invocation is cold then); waits for the cache to show one until `end`
+        (monotonic): None then. While waiting, a Deployment the cache shows below `wanted`
+        replicas (scaled down by a peer meanwhile) is scaled up again, once per version of it
+        (`answered[0]`: the resourceVersion last answered so)."""
+        waited = False
         while True:
-            with api_errors("list the warm Service's endpoints"):
-                listed = self.kube.read(discovery.list_namespaced_endpoint_slice, ns,
-                                        label_selector=selector)
-            slices = {s["metadata"]["name"]: s for s in listed["items"]}
-            rv = listed["metadata"]["resourceVersion"]
-            while True:
-                address = _pick(slices.values())
-                if address:
-                    return address
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return None
-                seconds = max(1, min(int(remaining), settings.KUBEFUNCTION_KUBE_WATCH_SECONDS))
-                expired = False
-                for event in self.kube.watch(discovery.list_namespaced_endpoint_slice,
-                                             "watch the warm Service's endpoints", seconds,
-                                             label_selector=selector, resource_version=rv):
-                    if event["type"] == "ERROR":
-                        expired = True
-                        break
-                    obj = event["object"]
-                    rv = obj["metadata"]["resourceVersion"]
-                    if event["type"] == "DELETED":
-                        slices.pop(obj["metadata"]["name"], None)
-                    else:
-                        slices[obj["metadata"]["name"]] = obj
-                    if _pick(slices.values()):
-                        break
-                if expired:
-                    break  # list again
+            version, endpoints = self.cache.endpoints(name)
+            endpoints = [e for e in endpoints if e[0] not in refused]
+            if endpoints:
+                return random.choice(endpoints), waited
+            waited = True
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return None, waited
+            deployment = self.cache.deployment(name)
+            if deployment is not None and deployment["metadata"]["resourceVersion"] != \
+                    answered[0] and int(deployment["spec"].get("replicas") or 0) < wanted:
+                answered[0] = deployment["metadata"]["resourceVersion"]
+                self._scale(name, wanted)
+            self.cache.wait(version, remaining)
 
     # --- invoke --------------------------------------------------------------------------
 
@@ -203,62 +186,88 @@ class WarmDeployments:
         name = warm_name(spec)
         low = settings.KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS
         high = max(1, settings.KUBEFUNCTION_KUBE_WARM_MAX_REPLICAS)
+        self.cache.start()
         with self.lock:
             self.inflight[name] = self.inflight.get(name, 0) + 1
             wanted = min(high, max(low, self.inflight[name]))
             scan = time.monotonic() - self.scanned >= SCAN_SECONDS
             if scan:
                 self.scanned = time.monotonic()
-        deployment = None
         try:
-            if scan:  # the beat task does this too; a busy worker need not wait for it
-                self._scale_idle_quietly(keep=name)
-            deployment = self._deployment(spec, name, wanted)
-            cold = int(deployment["spec"].get("replicas") or 0) == 0 or not (
-                deployment.get("status") or {}).get("readyReplicas")
+            self.upkeep.used(spec, name, scan=scan)
+            deployment = self.cache.deployment(name) or self._deployment(spec, name, wanted)
+            answered = [""]  # the Deployment's resourceVersion last scaled up from
             if int(deployment["spec"].get("replicas") or 0) < wanted:
+                answered[0] = deployment["metadata"]["resourceVersion"]
                 self._scale(name, wanted)
             end = time.monotonic() + budget + settings.KUBEFUNCTION_KUBE_START_GRACE
-            endpoint = self._ready_endpoint(name, end)
-            if endpoint is None:
-                return Outcome(status="timed_out", error_type="Timeout", cold=True,
-                               error="no pod of the warm Deployment became ready in time")
-            return self._call(spec, endpoint, request, nonce, context, cold)
+            return self._serve(spec, name, request, nonce, context, end, wanted, answered)
         finally:
             with self.lock:
                 self.inflight[name] -= 1
-            if deployment is not None:  # the end of a long invocation is a use too
-                self._stamp_quietly(spec, name)
+            self.upkeep.used(spec, name)  # the end of a long invocation is a use too
+
+    def _serve(self, spec: FunctionSpec, name: str, request: bytes, nonce: str,
+               context: InvocationContext, end: float, wanted: int,
+               answered: list[str]) -> Outcome:
+        """Call a ready endpoint; one that refuses the connection is dropped from the cache,
+        the Service's endpoints are listed afresh once, and another is tried."""
+        refused: set[str] = set()
+        fresh: list[tuple[str, str]] | None = None
+        cold = False
+        while True:
+            if fresh:
+                endpoint: tuple[str, str] | None = random.choice(fresh)
+            else:
+                endpoint, waited = self._ready_endpoint(name, end, refused, wanted, answered)
+                cold = cold or waited
+            if endpoint is None:
+                return Outcome(status="timed_out", error_type="Timeout", cold=True,
+                               error="no pod of the warm Deployment became ready in time")
+            try:
+                return self._call(spec, endpoint, request, nonce, context, cold)
+            except podcall.Unreachable as exc:
+                address = endpoint[0]
+                logger.info("the warm pod %s at %s refused the request (%s): trying another",
+                            endpoint[1], address, exc)
+                refused.add(address)
+                self.cache.drop(name, address)
+                if fresh is None:  # the cache may be behind the cluster: ask it, once
+                    fresh = [e for e in self._list_endpoints(name) if e[0] not in refused]
+                else:
+                    fresh = [e for e in fresh if e[0] not in refused]
 
     def _call(self, spec: FunctionSpec, endpoint: tuple[str, str], request: bytes, nonce: str,
               context: InvocationContext, cold: bool) -> Outcome:
+        """POST the request to the pod: the whole answer by the deadline, at most twice the
+        largest frame (see `podcall`). Raises podcall.Unreachable when the pod never got it."""
         address, pod = endpoint
-        port = settings.KUBEFUNCTION_KUBE_WARM_PORT
-        remaining = max(0.1, context.deadline - time.time())
-        host = f"[{address}]" if ":" in address else address
+        limit = 2 * max_frame_bytes()
+        deadline = time.monotonic() + max(0.1, context.deadline - time.time())
         try:
-            response = self.http.request(
-                "POST", f"http://{host}:{port}/invoke", body=request,
-                headers={"Content-Type": "application/json"},
-                timeout=urllib3.Timeout(connect=settings.KUBEFUNCTION_KUBE_TIMEOUT,
-                                        read=remaining))
+            status, body = podcall.post_invoke(
+                address, settings.KUBEFUNCTION_KUBE_WARM_PORT, request, deadline=deadline,
+                connect_timeout=settings.KUBEFUNCTION_KUBE_TIMEOUT, limit=limit)
         except SoftTimeLimitExceeded:
             # A cancel's kill (or the task's soft time limit): the pod is busy with a request
             # no one will read; recycle it like a timed-out one.
             self._delete_pod(pod)
             raise
-        except urllib3.exceptions.ReadTimeoutError:
+        except podcall.Late:
             self._delete_pod(pod)  # still busy with the function: its Deployment replaces it
             return Outcome(status="timed_out", error_type="Timeout", cold=cold,
                            error=f"function did not finish within {spec.timeout_seconds:g} s")
-        except urllib3.exceptions.HTTPError as exc:
+        except podcall.TooLong as exc:
+            self._delete_pod(pod)  # not a runner's answer: this pod is not to be trusted
+            return unreadable_outcome(str(exc), cold=cold)
+        except podcall.BadAnswer as exc:
             raise RuntimeUnavailable(f"the warm pod at {address} did not answer: {exc}") from exc
-        if response.status != 200:
+        if status != 200:
             raise RuntimeFailure(f"the warm pod at {address} refused the request: "
-                                 f"{response.status} {response.data[:200]!r}")
-        reader = FrameReader(nonce, settings.KUBEFUNCTION_MAX_LOG_BYTES)
+                                 f"{status} {body[:200]!r}")
+        reader = FrameReader(nonce, settings.KUBEFUNCTION_MAX_LOG_BYTES, max_frame_bytes())
         try:
-            reader.feed(response.data)
+            reader.feed(body)
             frame = reader.result()
         except FrameError as exc:
             raise RuntimeUnavailable(f"the warm pod's answer could not be read: {exc}") from exc
@@ -277,7 +286,7 @@ class WarmDeployments:
 
     # --- scaling down --------------------------------------------------------------------
 
-    def scale_idle(self, keep: str = "") -> list[str]:
+    def scale_idle(self) -> list[str]:
         """Scale every warm Deployment of the namespace that is idle (`idle_at`, from its
         annotations) and above KUBEFUNCTION_KUBE_WARM_MIN_REPLICAS down to that minimum; returns
         their names. Any worker process scales any Deployment: the state is in the cluster.
@@ -289,7 +298,7 @@ class WarmDeployments:
             listed = self.kube.read(self.kube.apps.list_namespaced_deployment,
                                 self.kube.namespace, label_selector=f"{managed},{WARM_LABEL}")
         return [item["metadata"]["name"] for item in listed["items"]
-                if item["metadata"]["name"] != keep and self._scale_down_if_idle(item)]
+                if self._scale_down_if_idle(item)]
 
     def _scale_down_if_idle(self, deployment: dict) -> bool:
         """Scale `deployment` to the minimum if it is idle, with the resourceVersion read as a
@@ -330,11 +339,13 @@ class WarmDeployments:
             logger.warning("could not scale down %s: %s", name, exc)
         return False
 
-    def _scale_idle_quietly(self, keep: str) -> None:
-        try:
-            self.scale_idle(keep=keep)
-        except (RuntimeUnavailable, RuntimeFailure) as exc:
-            logger.warning("could not look for idle warm Deployments: %s", exc)
+    def scale_idle_cached(self) -> list[str]:
+        """`scale_idle` over the Deployments as this process's watches see them (no list):
+        what a busy worker does at most once a minute, on its upkeep thread."""
+        with self.lock:
+            self.scanned = time.monotonic()
+        return [item["metadata"]["name"] for item in self.cache.all_deployments()
+                if self._scale_down_if_idle(item)]
 
     def release(self, spec: FunctionSpec) -> None:
         """Delete the version's Deployment and Service (its pods go with them)."""
@@ -349,16 +360,117 @@ class WarmDeployments:
             except RuntimeFailure as exc:
                 if not (isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404):
                     raise
+        self.upkeep.forget(name)
         with self.lock:
             self.touched.pop(name, None)
 
     def close(self) -> None:
-        self.http.clear()
+        """Stamp the uses not stamped yet, then end the watches and the upkeep thread."""
+        self.upkeep.close()
+        self.cache.close()
 
 
-def _pick(slices: Any) -> tuple[str, str] | None:
-    """A ready endpoint's address, chosen at random to spread the load over the replicas."""
-    ready = [(endpoint["addresses"][0], (endpoint.get("targetRef") or {}).get("name", ""))
-             for item in slices for endpoint in item.get("endpoints") or []
-             if (endpoint.get("conditions") or {}).get("ready") and endpoint.get("addresses")]
-    return random.choice(ready) if ready else None
+def _after_fork(warm: WarmDeployments | None) -> None:
+    """In a forked child (Celery's prefork pool): none of the parent's invocations, stamps or
+    threads are this process's, and a lock another thread held at the fork would never be
+    released."""
+    if warm is not None:
+        warm.lock = threading.Lock()
+        warm.inflight = {}
+        warm.touched = {}
+        warm.upkeep = Upkeep(warm)
+
+
+class Upkeep:
+    """This process's warm-mode work off the invocation path, on one daemon thread started with
+    the first use: the last-use stamps (at most one patch per Deployment every TOUCH_SECONDS,
+    carrying the latest use noted; what is left is stamped on `close`) and, when an invocation
+    asks for it, the idle scan over the cached Deployments."""
+
+    def __init__(self, warm: WarmDeployments) -> None:
+        self.warm = warm
+        self.wake = threading.Condition()
+        self.pending: dict[str, tuple[float, FunctionSpec]] = {}  # name -> (last use, spec)
+        self.scan = False
+        self.wake_at = float("inf")  # when the thread means to look again (monotonic)
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    def used(self, spec: FunctionSpec, name: str, *, scan: bool = False) -> None:
+        """Note a use of `name` now (stamped when due), and ask for an idle scan."""
+        moment = time.time()
+        with self.wake:
+            self.pending[name] = (moment, spec)
+            self.scan = self.scan or scan
+            due = self.warm.touched.get(name, -TOUCH_SECONDS) + TOUCH_SECONDS
+            if scan or due < self.wake_at:
+                self.wake.notify()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name="kubefunction-warm-upkeep")
+                self.thread.start()
+
+    def forget(self, name: str) -> None:
+        with self.wake:
+            self.pending.pop(name, None)
+
+    def close(self) -> None:
+        """End the thread, then stamp what is pending, due or not."""
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+            thread = self.thread
+        if thread is not None:
+            thread.join(timeout=settings.KUBEFUNCTION_KUBE_TIMEOUT)
+        self._stamp(force=True)
+        with self.wake:
+            self.thread, self.stopping = None, False
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                if self.stopping:
+                    return
+                scan, self.scan = self.scan, False
+            if scan:
+                try:
+                    self.warm.scale_idle_cached()
+                except Exception:  # noqa: BLE001 - the thread must live on; logged
+                    logger.exception("the idle scan of the warm Deployments failed")
+            self._stamp()
+            with self.wake:  # `used` changes `pending` under this lock: no wake-up is lost
+                if self.stopping or self.scan:
+                    continue
+                touched = self.warm.touched
+                self.wake_at = min((touched.get(name, -TOUCH_SECONDS) + TOUCH_SECONDS
+                                    for name in self.pending), default=float("inf"))
+                left = self.wake_at - time.monotonic()
+                if left > 0:
+                    self.wake.wait(None if self.wake_at == float("inf") else left)
+                self.wake_at = float("inf")
+
+    def _stamp(self, force: bool = False) -> None:
+        """Patch the last use of each pending Deployment last stamped TOUCH_SECONDS ago or more
+        (all of them when `force`): one patch each, with the latest use noted. One that fails
+        is kept for the next round; one that is gone (404) is forgotten."""
+        now = time.monotonic()
+        touched = self.warm.touched
+        with self.wake:
+            due = {name: use for name, use in self.pending.items()
+                   if force or now - touched.get(name, -TOUCH_SECONDS) >= TOUCH_SECONDS}
+        for name, (moment, spec) in due.items():
+            touched[name] = time.monotonic()  # tried: the next one in TOUCH_SECONDS
+            try:
+                with api_errors("stamp the warm Deployment's last use"):
+                    self.warm.kube.apps.patch_namespaced_deployment(
+                        name, self.warm.kube.namespace,
+                        {"metadata": {"annotations": usage_annotations(spec, moment)}},
+                        _preload_content=False, _request_timeout=self.warm.kube.timeout())
+            except (RuntimeFailure, RuntimeUnavailable) as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, ApiException) and cause.status == 404):
+                    logger.warning("could not stamp the last use of %s: %s", name, exc)
+                    continue
+            with self.wake:
+                if self.pending.get(name, (None,))[0] == moment:  # no use since
+                    del self.pending[name]
