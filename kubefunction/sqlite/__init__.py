@@ -1,0 +1,2 @@
+"""The embedded database: Django's SQLite backend with writers queued on a lock file
+(kubefunction.sqlite.base)."""
