@@ -69,9 +69,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-## bench: the Celery floor vs the platform on the warm local runtime.
+## bench: the Celery floor vs the platform on the warm local runtime, the embedded mode vs
+## Postgres + Redis, the admin pages.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_admin
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench \
+	  && $(PY) manage.py bench_embedded && $(PY) manage.py bench_admin
 
 ## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.
 bench-docker: migrate
