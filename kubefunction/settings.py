@@ -171,12 +171,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
 EMBEDDED_DATABASE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 if EMBEDDED_DATABASE:
-    # Web, worker and beat share the file: Django's SQLite backend with writers queued on a lock
-    # file instead of SQLite's sleeping busy handler, the write-ahead log and durable commits
-    # (kubefunction/sqlite/base.py). A write transaction takes the write lock at BEGIN; one that
-    # still finds it held (a process of another checkout's code) waits up to 20 s.
-    DATABASES["default"]["ENGINE"] = "kubefunction.sqlite"
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    # Web, worker and beat share the file: a write transaction takes the lock at BEGIN and waits
+    # up to 20 s for it instead of failing at once; the write-ahead log lets readers and the
+    # writer go on without waiting for each other; synchronous=FULL puts each commit on disk
+    # before it returns (an accepted dispatch, a stored outcome), as Postgres does. Connections
+    # are kept (DATABASE_CONN_MAX_AGE) as on Postgres: a new one per task cost more than the
+    # task's queries (docs/architecture.md, "Embedded mode").
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20, "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL"}
     # A file, not memory, so a worker process started by the tests sees the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -269,7 +269,11 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else ""
     if command == "serve" and argv[2:3] == ["--"] and len(argv) > 3:
         load_dotenv(record=True)  # as settings read it: `make worker` follows `make up`
-        return serve(argv[3:])
+        try:
+            return serve(argv[3:])
+        except (ValueError, RuntimeError) as exc:
+            print(f"kubefunction: {exc}", file=sys.stderr)
+            return 2
     if command not in ("record", "shell"):
         print("usage: state_backends.py record|shell|serve -- COMMAND...", file=sys.stderr)
         return 2
