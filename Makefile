@@ -6,10 +6,13 @@ ENV := set -a; . scripts/env.sh; set +a;
 # `make up` decides afresh, records the choice in var/platform.env and exports it to its processes
 # (kubefunction/state_backends.py); every other target, like any manage.py, reads it through settings.
 RECORD := exports="$$($(PY) kubefunction/state_backends.py record)" || exit 1; eval "$$exports";
+# Runs a command with the embedded mode's Redis up (started and stopped with it) when the choice
+# needs one; otherwise the command alone.
+SERVE := $(PY) kubefunction/state_backends.py serve --
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up install migrate bootstrap test lint bench bench-docker bench-kube worker examples clean \
-        services services-stop
+.PHONY: up run-platform install migrate bootstrap test lint bench bench-docker bench-kube worker \
+        examples clean services services-stop
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,15 +28,21 @@ migrate: install
 	@$(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput
 
 bootstrap: migrate
-	@$(PY) manage.py bootstrap
+	@$(SERVE) $(PY) manage.py bootstrap
 
-## up: install, choose and record the state, migrate, collect static files, create admin +
-## examples, run web + worker + beat in the foreground. DEBUG stays off unless asked for
-## (`make up DJANGO_DEBUG=true`); loopback callbacks are on for the README's example.
+## up: install, choose and record the state (embedded: start its Redis), migrate, collect static
+## files, create admin + examples, run web + worker + beat in the foreground; stopping it stops
+## the embedded Redis too. DEBUG stays off unless asked for (`make up DJANGO_DEBUG=true`);
+## loopback callbacks are on for the README's example.
 up: install
 	@mkdir -p var
 	@$(RECORD) export KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK=$${KUBEFUNCTION_CALLBACK_ALLOW_LOOPBACK:-true}; \
-	  $(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput \
+	  exec $(SERVE) $(MAKE) --no-print-directory run-platform
+
+## run-platform: what `make up` runs on the state it chose: migrate, collect static files,
+## bootstrap, then web + worker + beat.
+run-platform:
+	@$(PY) scripts/createdb.py && $(PY) manage.py migrate --noinput \
 	  && $(PY) manage.py collectstatic --noinput -v0 && $(PY) manage.py bootstrap \
 	  && port=$${KUBEFUNCTION_PORT:-8000} \
 	  && echo "KubeFunction is starting:" \
@@ -43,9 +52,10 @@ up: install
 	  && echo "  try     .venv/bin/python manage.py dispatch hello --payload '{\"name\": \"you\"}' --wait" \
 	  && exec $(VENV)/bin/honcho start -f Procfile -e /dev/null
 
-## worker: a Celery worker alone (for a second terminal).
+## worker: a Celery worker alone (for a second terminal; embedded, it uses `make up`'s Redis, or
+## runs its own while no other does).
 worker: install
-	@exec $(VENV)/bin/celery -A kubefunction worker --loglevel=INFO
+	@exec $(SERVE) $(VENV)/bin/celery -A kubefunction worker --loglevel=INFO
 
 ## test: the whole suite against the real Postgres, Redis and a real Celery worker.
 test: install
@@ -59,9 +69,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-## bench: the Celery floor vs the platform on the warm local runtime.
+## bench: the Celery floor vs the platform on the warm local runtime, the embedded mode vs
+## Postgres + Redis, the admin pages.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_admin
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench \
+	  && $(PY) manage.py bench_embedded && $(PY) manage.py bench_admin
 
 ## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.
 bench-docker: migrate

@@ -2,7 +2,8 @@
 
 The database and broker are chosen by `kubefunction.state_backends` (explicit URLs, else
 KUBEFUNCTION_EMBEDDED, else Postgres + Redis when they answer on 127.0.0.1, else embedded SQLite
-and Kombu's file-system broker under `var/`, so a newcomer's machine needs no server at all).
+and a bundled Redis on a unix socket under `var/`, so a newcomer's machine needs no server
+installed).
 The environment wins over `.env`, which wins over the choice `make up` recorded in
 `var/platform.env`: every process of a checkout agrees, and tests keep their own names.
 """
@@ -168,13 +169,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Fail fast when Postgres is away (the API answers 503) instead of hanging on connect.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web, worker and beat share the file: wait for locks instead of failing at once.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+EMBEDDED_DATABASE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+if EMBEDDED_DATABASE:
+    # Web, worker and beat share the file: a write transaction takes the lock at BEGIN and waits
+    # up to 20 s for it instead of failing at once; the write-ahead log lets readers and the
+    # writer go on without waiting for each other; synchronous=FULL puts each commit on disk
+    # before it returns (an accepted dispatch, a stored outcome), as Postgres does. Connections
+    # are kept (DATABASE_CONN_MAX_AGE) as on Postgres: a new one per task cost more than the
+    # task's queries (docs/architecture.md, "Embedded mode").
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20, "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL"}
     # A file, not memory, so a worker process started by the tests sees the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-EMBEDDED_DATABASE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -263,9 +270,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ----------------------------------------------------------------------------------
-_BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = _STATE.broker_url or "filesystem://localhost/"
-EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
+# Embedded: the Redis `make up` runs on var/redis.sock (kubefunction.state_backends.EmbeddedRedis).
+_EMBEDDED_REDIS = state_backends.redis_socket(VAR_DIR)
+CELERY_BROKER_URL = _STATE.broker_url or f"redis+socket://{_EMBEDDED_REDIS}"
+EMBEDDED_BROKER = not _STATE.broker_url
+# The broker's Redis as redis-py opens it (the rate limit's cache, /metrics' queue depth); empty
+# when the broker is not Redis.
+BROKER_REDIS_URL = (f"unix://{_EMBEDDED_REDIS}" if EMBEDDED_BROKER
+                    else CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+                    else "")
 # The longest a function may run. The broker's visibility timeout stays above it, so a message
 # for a function still running is never handed to a second worker.
 KUBEFUNCTION_MAX_TIMEOUT = env.int("KUBEFUNCTION_MAX_TIMEOUT", default=900)
@@ -301,20 +314,8 @@ KUBEFUNCTION_CONCURRENCY_RECHECK_SECONDS = env.float("KUBEFUNCTION_CONCURRENCY_R
 # How long a worker keeps retrying (with backoff, reconnecting) a claim or the storing of an
 # outcome while the database is unreachable, e.g. during a Postgres restart (executions.db_retry).
 KUBEFUNCTION_DB_RETRY_SECONDS = env.float("KUBEFUNCTION_DB_RETRY_SECONDS", default=60.0)
-CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {
-        "data_folder_in": str(_BROKER_DIR / "queue"),
-        "data_folder_out": str(_BROKER_DIR / "queue"),
-        "control_folder": str(_BROKER_DIR / "control"),
-        "store_processed": False,
-        "polling_interval": 0.05,  # the file-system transport polls; the default is 1 s
-    }
-    if EMBEDDED_BROKER
-    else {"visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + KUBEFUNCTION_RETRY_MAX_BACKOFF + 300}
-)
-if EMBEDDED_BROKER:  # the file-system transport needs its folders before the first message
-    for _folder in ("queue", "control"):
-        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": KUBEFUNCTION_MAX_TIMEOUT + KUBEFUNCTION_RETRY_MAX_BACKOFF + 300}
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = False
 # No Celery `backend_cleanup` (it would delete results a day old): `executions.purge_payloads`
@@ -519,14 +520,14 @@ KUBEFUNCTION_CALLBACK_BACKOFF_SECONDS = env.float("KUBEFUNCTION_CALLBACK_BACKOFF
 KUBEFUNCTION_CALLBACK_TIMEOUT = env.float("KUBEFUNCTION_CALLBACK_TIMEOUT", default=10.0)
 # Dispatches (payloads) one user may make: N/s, N/min, N/hour or N/day; empty: no limit.
 KUBEFUNCTION_DISPATCH_RATE = env.str("KUBEFUNCTION_DISPATCH_RATE", default="600/min")
-# The rate limit's shared state: Redis (the broker's) when the broker is Redis, else this
-# process's memory.
+# The rate limit's shared state: Redis (the broker's, the embedded one too) when the broker is
+# Redis, else this process's memory.
 CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-         "LOCATION": CELERY_BROKER_URL, "KEY_PREFIX": "kubefunction",
+         "LOCATION": BROKER_REDIS_URL, "KEY_PREFIX": "kubefunction",
          "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
-        if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+        if BROKER_REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
 }

@@ -43,12 +43,12 @@ HISTOGRAMS = {
 
 def _celery_queue_length() -> int | None:
     """Messages waiting in the Celery queue, when the broker is Redis (LLEN of the queue's list)."""
-    if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    if not settings.BROKER_REDIS_URL:
         return None
     try:
         import redis
 
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2,
+        client = redis.Redis.from_url(settings.BROKER_REDIS_URL, socket_timeout=2,
                                       socket_connect_timeout=2)
         return int(client.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
     except Exception:  # a scrape must answer even when the broker does not

@@ -78,8 +78,6 @@ def test_no_message_is_redelivered_while_it_may_still_be_held(settings):
     countdown, then the longest run (the run task's soft limit)."""
     from executions.tasks import run_execution
 
-    if settings.EMBEDDED_BROKER:
-        pytest.skip("the file-system broker has no visibility timeout")
     held = settings.KUBEFUNCTION_RETRY_MAX_BACKOFF + run_execution.soft_time_limit
     assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] > held
     assert celery_app.conf.worker_soft_shutdown_timeout > 0
