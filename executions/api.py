@@ -16,9 +16,10 @@ from kubefunction.api_input import wait_seconds
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
+from .api_waits import WaitingResponse, WaitsWithoutThread
 from .callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, callback_key
 from .models import Batch, Execution, ExecutionStatus
-from .selectors import execution_wait, progress_of, with_progress
+from .selectors import progress_of, with_progress
 from .serializers import (
     WAIT_PARAMETER,
     ExecutionSerializer,
@@ -63,7 +64,7 @@ class NewestFirst(CursorPagination):
     page_size_query_param = "page_size"
 
 
-class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
+class ExecutionViewSet(WaitsWithoutThread, viewsets.ReadOnlyModelViewSet):
     """Executions of your functions (with `executions.view_execution`: all), newest first; one by
     its Celery task id. Re-running someone else's needs `executions.change_execution`."""
 
@@ -92,8 +93,9 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         """One execution; `?wait=S` waits up to S seconds for it to finish."""
         execution = self.get_object()
         wait = wait_seconds(request)
-        if wait:
-            execution = execution_wait(execution=execution, timeout=wait)
+        if wait and not execution.is_finished:
+            return WaitingResponse(execution=execution, timeout=wait,
+                                   answer=lambda waited: (self.get_serializer(waited).data, 200))
         return Response(self.get_serializer(execution).data)
 
     @extend_schema(request=RerunSerializer, responses={202: inline_serializer(

@@ -1,0 +1,222 @@
+"""The web server (`make up`'s Procfile command: gunicorn + uvicorn workers, kubefunction/asgi.py):
+waiting requests are async and hold no thread, so a thousand of them do not starve the admin and
+the probes.
+
+The load test (`-m load`, about a minute) runs the real server and a real worker: 1,000 clients
+wait on a webhook whose function sleeps 5 s while /healthz and an admin page are timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.test import Client
+from django.urls import resolve
+
+from executions.models import Execution
+from functions.services import function_register
+from kubefunction.celery import app as celery_app
+from tests.processes import celery_env, start_web, start_worker, stop
+from triggers.services import trigger_create
+
+WAITERS = 1000
+SLEEP = 5
+# How long each waiter waits (`Prefer: wait=N`): the few the worker runs in time answer 200, the
+# others 504 with their task id (docs/triggers.md).
+WAIT = 15
+LATENCY_GOAL = 0.100  # p95 of /healthz and the admin page while the waiters wait
+
+
+def test_every_middleware_runs_async(caplog, settings):
+    """Django adapts a middleware that cannot run async (and says so at DEBUG, with DEBUG on):
+    the chain below it, the waits included, would run in a sync thread."""
+    settings.DEBUG = True
+    with caplog.at_level(logging.DEBUG, logger="django.request"):
+        ASGIHandler()
+    adapted = [r.getMessage() for r in caplog.records if "adapted" in r.getMessage()]
+    assert adapted == []
+
+
+@pytest.mark.parametrize("path", ["/t/hook", "/api/triggers/t/dispatch/",
+                                  "/api/executions/abc/", "/healthz"])
+def test_the_waiting_views_are_async(path):
+    assert asyncio.iscoroutinefunction(resolve(path).func), path
+
+
+def test_sync_work_runs_on_a_fixed_set_of_threads():
+    """Each process's sync work runs on KUBEFUNCTION_WEB_THREADS threads, least busy first."""
+    from kubefunction.asgi import application
+
+    assert len(application.threads) == settings.KUBEFUNCTION_WEB_THREADS
+    busy = application.threads[0]
+    busy.submit(time.sleep, 0.2)
+    assert application.least_busy() is not busy
+    assert wait_idle(busy)
+
+
+def wait_idle(thread) -> bool:
+    deadline = time.monotonic() + 5
+    while thread.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread.pending == 0
+
+
+# --- a thousand waiting webhooks ----------------------------------------------------------------
+
+SLEEPER = f"""
+import time
+
+def handle(event, context):
+    time.sleep({SLEEP})
+    return {{"n": event["n"]}}
+""".encode()
+
+
+def percentile95(samples: list[float]) -> float:
+    return sorted(samples)[int(0.95 * (len(samples) - 1))]
+
+
+async def post(port: int, path: str, body: bytes,
+               headers: dict[str, str]) -> tuple[int, str, dict]:
+    """One POST on its own connection; (status, task id header, JSON body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in {
+        "Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+        "Content-Length": len(body), "Connection": "close", **headers}.items())
+    writer.write(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + body)
+    raw = await reader.read()
+    writer.close()
+    head, _, content = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), fields.get("x-kubefunction-task-id", ""), json.loads(
+        content or b"null")
+
+
+def call_all(port: int, token: str, answers: dict) -> None:
+    """Each caller n posts {"n": n} and keeps its answer in `answers[n]`."""
+    async def call(n: int) -> None:
+        try:
+            answers[n] = await post(port, "/t/sleeper", json.dumps({"n": n}).encode(),
+                                    {"X-KubeFunction-Token": token, "Prefer": f"wait={WAIT}"})
+        except OSError as exc:
+            answers[n] = exc
+
+    async def main():
+        await asyncio.gather(*(call(n) for n in range(WAITERS)))
+    asyncio.run(main())
+
+
+def time_requests(session: requests.Session, url: str, until: float) -> list[float]:
+    samples = []
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        response = session.get(url, timeout=10)
+        samples.append(time.perf_counter() - started)
+        assert response.status_code == 200, (url, response.status_code)
+        time.sleep(0.02)
+    return samples
+
+
+def server_usage(server) -> tuple[int, int]:
+    """(threads, Postgres connections) of the busiest of the server's worker processes."""
+    port = int(settings.DATABASES["default"]["PORT"] or 5432)
+    usage = []
+    for process in psutil.Process(server.pid).children(recursive=True):
+        connections = [c for c in process.net_connections("tcp")
+                       if c.raddr and c.raddr.port == port]
+        usage.append((process.num_threads(), len(connections)))
+    return max(usage)
+
+
+@pytest.fixture
+def open_files():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 4 * WAITERS))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.load
+@pytest.mark.timeout(180)
+@pytest.mark.django_db(transaction=True)
+def test_a_thousand_waiting_webhooks_do_not_starve_the_admin(django_user_model, tmp_path,
+                                                              open_files):
+    admin = django_user_model.objects.create_superuser("root", password="root-password-1")
+    version = function_register(name="sleeper", owner=admin, filename="sleeper.py", data=SLEEPER)
+    trigger = trigger_create(name="sleeper", function=version.function, user=admin, kind="http")
+    browser = Client()
+    browser.force_login(admin)
+    queue = f"load-{time.monotonic_ns()}"  # private: what is left queued is purged at the end
+    env = celery_env(KUBEFUNCTION_QUEUE=queue, KUBEFUNCTION_DISPATCH_RATE="",
+                     DJANGO_DEBUG="false")
+    worker = start_worker(f"load-{time.monotonic_ns()}@localhost", tmp_path / "worker.log", env,
+                          concurrency=4, queue=queue)
+    server, base = start_web(env, tmp_path / "web.log")
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        answers: dict = {}
+        callers = threading.Thread(target=call_all, args=(port, trigger.token, answers))
+        callers.start()
+        # Timed once every call is dispatched and waiting, until the first 504s come back.
+        deadline = time.monotonic() + 60
+        while Execution.objects.count() < WAITERS:
+            assert time.monotonic() < deadline and callers.is_alive(), (
+                f"{Execution.objects.count()} of {WAITERS} dispatched")
+            time.sleep(0.1)
+        until = time.monotonic() + 6
+        probes = requests.Session()
+        admin_page = requests.Session()
+        admin_page.cookies.set(settings.SESSION_COOKIE_NAME,
+                               browser.cookies[settings.SESSION_COOKIE_NAME].value)
+        timed = {}
+        timers = [threading.Thread(target=lambda name, s, url: timed.__setitem__(
+            name, time_requests(s, url, until)), args=args) for args in (
+            ("healthz", probes, f"{base}/healthz"),
+            ("admin", admin_page, f"{base}/admin/functions/function/"))]
+        for timer in timers:
+            timer.start()
+        threads, connections = server_usage(server)
+        for timer in timers:
+            timer.join()
+        callers.join(timeout=WAIT + 60)
+        assert not callers.is_alive()
+    finally:
+        stop(server)
+        stop(worker)
+        with celery_app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)
+
+    p95 = {name: percentile95(samples) for name, samples in timed.items()}
+    print(f"while {WAITERS} waited: p95 {p95}, samples {[len(s) for s in timed.values()]}, "
+          f"busiest process: {threads} threads, {connections} database connections")
+    assert p95["healthz"] < LATENCY_GOAL and p95["admin"] < LATENCY_GOAL, p95
+    # The waits hold neither a thread nor a database connection each.
+    assert threads < 100 and connections <= settings.KUBEFUNCTION_WEB_THREADS + 2
+
+    # Every caller got its answer: its own output, or 504 with the task id and result URL of
+    # its execution; nothing lost: one execution per call, with the caller's event.
+    assert sorted(answers) == list(range(WAITERS))
+    assert [a for a in answers.values() if isinstance(a, BaseException)] == []
+    statuses = [status for status, _, _ in answers.values()]
+    assert set(statuses) <= {200, 504}, statuses
+    assert 200 in statuses, "no waiter was answered with its function's output"
+    executions = dict(Execution.objects.values_list("task_id", "input"))
+    assert len(executions) == WAITERS
+    for n, (status, task_id, body) in answers.items():
+        assert executions[task_id] == {"n": n}
+        if status == 200:
+            assert body == {"n": n}
+        else:
+            assert body["task_id"] == task_id and body["result_url"].endswith(f"/{task_id}/")
