@@ -59,9 +59,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-## bench: the Celery floor vs the platform on the warm local runtime.
+## bench: the Celery floor vs the platform on the warm local runtime, then synchronous webhooks
+## through the web server (beside /healthz and the floor), then the admin over many executions.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_admin
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_webhook \
+	  && $(PY) manage.py bench_admin
 
 ## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.
 bench-docker: migrate

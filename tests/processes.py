@@ -1,5 +1,5 @@
 """Real processes for tests: Celery workers and beat on the test database and the test queue,
-and the web server as `make up` runs it.
+and the web server as `make up` runs it (kubefunction/web_server.py).
 
 Each runs in its own session (process group), so `stop` ends the process and its children.
 """
@@ -7,18 +7,19 @@ Each runs in its own session (process group), so `stop` ends the process and its
 from __future__ import annotations
 
 import os
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import requests
 from django.conf import settings
 
 from kubefunction.celery import app as celery_app
+from kubefunction.web_server import free_port, procfile_command, stop
+from kubefunction.web_server import start as start_web
+
+__all__ = ["ROOT", "celery_env", "free_port", "procfile_command", "start_beat", "start_web",
+           "start_worker", "stop", "worker_database_url"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,58 +75,3 @@ def start_beat(log_path: Path, env: dict[str, str] | None = None, *,
     return _spawn(["beat", "--loglevel=INFO", "-S",
                    "django_celery_beat.schedulers:DatabaseScheduler",
                    "--max-interval", str(max_interval)], env or celery_env(), log_path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def procfile_command(process: str) -> str:
-    """The Procfile's command line for `process` (web, worker, beat)."""
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    return dict(line.split(": ", 1) for line in lines if line.strip())[process]
-
-
-def start_web(env: dict[str, str], log_path: Path, *extra_args: str,
-              timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """The web server as `make up` starts it (the Procfile's `web` command, through a shell, with
-    this interpreter's tools first on PATH) on a free port, with `extra_args` appended (gunicorn
-    takes the last of a repeated option); returned with its base URL once /healthz answers."""
-    port = free_port()
-    env = {**env, "KUBEFUNCTION_PORT": str(port),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-    command = " ".join([procfile_command("web"), *map(shlex.quote, extra_args)])
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    process.log_path = log_path
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return process, base
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            raise RuntimeError(f"the web server did not start:\n"
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen, *, timeout: float = 30) -> None:
-    """SIGTERM the process group (a warm shutdown), SIGKILL it if it is still there after
-    `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
