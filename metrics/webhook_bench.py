@@ -159,9 +159,11 @@ class _Samples:
 
 def run_webhook_bench(*, samples: int = 300, calls: int = 600, concurrency: int = 16,
                       floor_samples: int = 300, burst: int = 500, rounds: int = 3,
+                      server_args: tuple[str, ...] = (),
                       log_dir: Path | None = None) -> WebhookFigures:
-    """Start a worker and the web server, measure in alternating rounds, return the figures
-    (latencies pooled over the rounds, throughputs their median)."""
+    """Start a worker and the web server (with `server_args` after the Procfile's, e.g. another
+    `--worker-class` to compare), measure in alternating rounds, return the figures (latencies
+    pooled over the rounds, throughputs their median)."""
     trigger, token = _webhook_trigger()
     log_dir = log_dir or Path(settings.VAR_DIR)
     env = {**os.environ, "DJANGO_DEBUG": "false", "KUBEFUNCTION_DISPATCH_RATE": "",
@@ -180,7 +182,7 @@ def run_webhook_bench(*, samples: int = 300, calls: int = 600, concurrency: int 
     floor_send = floor_senders()
     collected = {mode: _Samples() for mode in MODES}
     with worker_process():
-        server, base = web_server.start(env, log_dir / "bench-web.log")
+        server, base = web_server.start(env, log_dir / "bench-web.log", *server_args)
         port = int(base.rsplit(":", 1)[1])
         try:
             for mode in MODES:  # warm up: the runtime's warm runners, each thread's connection

@@ -24,11 +24,16 @@ class Command(BaseCommand):
         parser.add_argument("--burst", type=int, default=500, help="Celery floor burst.")
         parser.add_argument("--rounds", type=int, default=3,
                             help="Alternating floor/webhook rounds (figures are pooled).")
+        parser.add_argument("--worker-class", default="",
+                            help="Another gunicorn worker class than the Procfile's, to compare "
+                                 "(e.g. asgi, gunicorn's own).")
 
     def handle(self, *args, samples, calls, concurrency, floor_samples, burst, rounds,
-               **options):
-        figures = run_webhook_bench(samples=samples, calls=calls, concurrency=concurrency,
-                                    floor_samples=floor_samples, burst=burst, rounds=rounds)
+               worker_class, **options):
+        figures = run_webhook_bench(
+            samples=samples, calls=calls, concurrency=concurrency, floor_samples=floor_samples,
+            burst=burst, rounds=rounds,
+            server_args=("--worker-class", worker_class) if worker_class else ())
         c = figures.concurrency
         rows = [("client", "/healthz p50", "webhook p50", "p95", f"at {c}: calls/s",
                  "p50", "p99", "errors")]
