@@ -38,22 +38,31 @@ def bad_request(detail: str, *, header: str) -> JsonResponse:
     return response
 
 
-class EdgeMiddleware:
-    """A middleware that may answer a request from what it already holds (`early_answer`, no
-    I/O): run in place on either path, so under ASGI it takes no thread."""
+class BothModes:
+    """A middleware that runs in the mode of the handler it wraps: `_call` under WSGI, the
+    coroutine `_acall` under ASGI (Django then neither adapts it nor the chain below it)."""
 
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response: Callable) -> None:
-        self.get_response = get_response
+    def take_mode(self, get_response: Callable) -> None:
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest):
-        if self.async_mode:
-            return self._acall(request)
+        return self._acall(request) if self.async_mode else self._call(request)
+
+
+class EdgeMiddleware(BothModes):
+    """A middleware that may answer a request from what it already holds (`early_answer`, no
+    I/O): run in place on either path, so under ASGI it takes no thread."""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        self.take_mode(get_response)
+
+    def _call(self, request: HttpRequest) -> HttpResponse:
         answer = self.early_answer(request)
         return answer if answer is not None else self.get_response(request)
 
@@ -147,24 +156,17 @@ class DatabaseUnavailableMiddleware(EdgeMiddleware):
         return None
 
 
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
+class StaticFilesMiddleware(BothModes, WhiteNoiseMiddleware):
     """WhiteNoise's middleware (the admin's and the API docs' static files from STATIC_ROOT),
     async-capable: WhiteNoise's own is sync only. Under ASGI a file is looked up in place and
     streamed in blocks read off the event loop."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Callable, **kwargs) -> None:
         super().__init__(get_response, **kwargs)
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
+        self.take_mode(get_response)
 
-    def __call__(self, request: HttpRequest):
-        if self.async_mode:
-            return self._acall(request)
-        return super().__call__(request)
+    def _call(self, request: HttpRequest) -> HttpResponse:
+        return WhiteNoiseMiddleware.__call__(self, request)
 
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         if self.autorefresh:  # DEBUG: looks on disk

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import resource
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,7 +29,7 @@ from django.urls import resolve
 from executions.models import Execution
 from functions.services import function_register
 from kubefunction.celery import app as celery_app
-from tests.processes import celery_env, start_web, start_worker, stop
+from tests.processes import ROOT, celery_env, start_web, start_worker, stop
 from triggers.services import trigger_create
 
 WAITERS = 1000
@@ -62,6 +65,28 @@ def test_sync_work_runs_on_a_fixed_set_of_threads():
     busy.submit(time.sleep, 0.2)
     assert application.least_busy() is not busy
     assert wait_idle(busy)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_server_serves_the_collected_static_files_with_debug_off(tmp_path):
+    """What `make up` does: collectstatic, then the Procfile's server, DEBUG off; the admin's
+    pages link their CSS under STATIC_URL and WhiteNoise serves it, async."""
+    env = celery_env(KUBEFUNCTION_VAR_DIR=str(tmp_path), DJANGO_DEBUG="false")
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT,
+                   env=env, check=True, timeout=120)
+    server, base = start_web(env, tmp_path / "web.log", "--workers", "1")
+    try:
+        page = requests.get(f"{base}/admin/login/", timeout=10)
+        [css] = re.findall(r'href="(/static/admin/css/base\.css)"', page.text)
+        response = requests.get(base + css, timeout=10)
+        missing = requests.get(f"{base}/static/admin/css/no-such.css", timeout=10)
+    finally:
+        stop(server)
+    assert page.status_code == 200
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/css")
+    assert response.content == (tmp_path / "static/admin/css/base.css").read_bytes()
+    assert missing.status_code == 404
+    assert "Warning" not in (tmp_path / "web.log").read_text()  # no sync iterator adapted
 
 
 def wait_idle(thread) -> bool:
