@@ -61,6 +61,10 @@ class SyncThreads:
         self.threads = [SyncThread(index) for index in range(size)]
 
     def least_busy(self) -> SyncThread:
+        """The first thread with the fewest calls to run: at rest, the first. Packing requests
+        on few threads beat spreading them over all (by how many requests each holds): 81–89
+        against 62–66 webhook calls/s from 16 clients on 2 cores (fewer threads taking turns
+        at the GIL, fewer connections kept warm)."""
         return min(self.threads, key=lambda thread: thread.pending)
 
     async def __call__(self, scope, receive, send) -> None:
