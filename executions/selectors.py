@@ -7,11 +7,9 @@ retrieval-time percentiles (dispatched → finished) are computed in the databas
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count, FloatField, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.expressions import RawSQL
@@ -45,17 +43,6 @@ def running_count(function_id: int) -> int:
     """Executions of the function running now."""
     return Execution.objects.filter(function_id=function_id,
                                     status=ExecutionStatus.RUNNING).count()
-
-
-def execution_wait(*, execution: Execution, timeout: float) -> Execution:
-    """Re-read the execution until it finishes or `timeout` seconds pass (bounded polling)."""
-    deadline = time.monotonic() + min(timeout, settings.KUBEFUNCTION_MAX_WAIT)
-    delay = 0.005
-    while not execution.is_finished and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.2)
-        execution.refresh_from_db()
-    return execution
 
 
 # -- batches -------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@
 - `fail`: queued or running → failed, with its Celery FAILURE result;
 - `cancel`: queued or running → cancelled, with its REVOKED Celery result.
 
+The three that end an execution (`finish`, `fail`, `cancel`) announce it to its waiters
+(`executions.notifications`) in the same statement or transaction, after the result row: heard
+only once both rows are committed.
+
 Each is `UPDATE … WHERE status = …` (plus what the caller judged on: the attempt, the worker, the
 resends), so racing workers, redeliveries, a cancel and the reaper cannot move an execution twice:
 whoever changes the row wins, and the others find nothing to change. What to do next (send
@@ -38,6 +42,7 @@ from django_celery_results.models import TaskResult
 
 from functions.models import Function, FunctionVersion
 
+from . import notifications
 from .models import CANCELLABLE_STATUSES, Execution, ExecutionStatus
 from .results import result_row
 from .retries import Cause
@@ -286,6 +291,7 @@ def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: s
             TaskResult.objects.bulk_create(
                 [row], update_conflicts=True, unique_fields=["task_id"],
                 update_fields=[f for f in _result_columns() if f != "task_id"])
+            notifications.announce(task_id)
             return True
     assignments = ", ".join(f"{_column(Execution, name)} = %s" for name in fields)
     columns = _result_columns()
@@ -293,18 +299,23 @@ def finish(execution_id: str, task_id: str, fields: dict[str, Any], *, worker: s
               for name in columns]
     quoted = [_column(TaskResult, name) for name in columns]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in quoted if c != '"task_id"')
+    # The announcement comes last, from the stored result row: Postgres delivers it when this
+    # statement's transaction commits, with both rows written (executions.notifications).
     sql = f"""
         WITH finished AS (
             UPDATE {_table(Execution)} SET {assignments}
             WHERE id = %s AND status = %s
+            RETURNING 1),
+        stored AS (
+            INSERT INTO {_table(TaskResult)} ({", ".join(quoted)})
+            SELECT {", ".join(["%s"] * len(values))} FROM finished
+            ON CONFLICT ({_column(TaskResult, "task_id")}) DO UPDATE SET {updates}
             RETURNING 1)
-        INSERT INTO {_table(TaskResult)} ({", ".join(quoted)})
-        SELECT {", ".join(["%s"] * len(values))} FROM finished
-        ON CONFLICT ({_column(TaskResult, "task_id")}) DO UPDATE SET {updates}
-        RETURNING 1"""
+        SELECT pg_notify(%s, %s) FROM stored"""
     params = [_prep(Execution, name, value) for name, value in fields.items()]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, execution_id, ExecutionStatus.RUNNING, *values])
+        cursor.execute(sql, [*params, execution_id, ExecutionStatus.RUNNING, *values,
+                             notifications.CHANNEL, task_id])
         return cursor.fetchone() is not None
 
 
@@ -422,6 +433,7 @@ def fail(execution_id: str, *, reason: str, error_type: str = "PlatformError",
             "task_id", "callback_url", "batch_id").get(pk=execution_id))
         result_row(task_id=ended.task_id, succeeded=False, error_type=error_type,
                    error=reason).save()
+        notifications.announce(ended.task_id)  # heard at the commit, with both rows written
     return ended
 
 
@@ -443,4 +455,5 @@ def cancel(execution_id, *, reason: str) -> tuple[str, Ended | None]:
         TaskResult.objects.filter(task_id=ended.task_id).delete()
         result_row(task_id=ended.task_id, succeeded=False, error=f"{reason} while {status}",
                    revoked=True).save()
+        notifications.announce(ended.task_id)  # heard at the commit, with both rows written
     return status, ended

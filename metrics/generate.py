@@ -9,15 +9,14 @@ next invocation starts cold) or outlive the function's 1-second timeout.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 
-from executions.models import FINISHED_STATUSES, Execution
 from executions.services import execution_dispatch_many
+from executions.waiters import wait_many
 from functions.models import Function
 from functions.services import function_register
 from triggers.models import Trigger
@@ -112,15 +111,4 @@ def generate_executions(*, functions: int = 3, count: int = 3000, owner, runtime
 def wait_finished(ids: Sequence, *, timeout: float,
                   on_progress: Callable[[int], None] | None = None) -> int:
     """Wait until the executions finish or `timeout` seconds pass; returns how many finished."""
-    deadline = time.monotonic() + timeout
-    done = 0
-    while True:
-        now_done = sum(Execution.objects.filter(pk__in=ids[i:i + 1000],
-                                                status__in=FINISHED_STATUSES).count()
-                       for i in range(0, len(ids), 1000))
-        if on_progress and now_done > done:
-            on_progress(now_done - done)
-        done = now_done
-        if done >= len(ids) or time.monotonic() >= deadline:
-            return done
-        time.sleep(0.5)
+    return len(wait_many(ids=ids, timeout=timeout, on_progress=on_progress))

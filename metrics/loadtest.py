@@ -26,15 +26,14 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from executions.models import FINISHED_STATUSES, Execution, ExecutionStatus
+from executions.models import Execution, ExecutionStatus
 from executions.services import USE_DEFAULT, execution_dispatch
+from executions.waiters import execution_wait
 from kubefunction.stats import percentile
 from triggers.models import Trigger
 
 from .charts import COLOURS, HEIGHT, WIDTH, Series, chart
 from .models import LoadTestRun
-
-POLL_SECONDS = 0.005
 
 
 @dataclass
@@ -50,15 +49,12 @@ class Level:
     throughput: float
 
 
-def _wait_finished(pk, deadline: float) -> str | None:
-    """The execution's final status, read back as soon as it is stored; None at the deadline."""
-    finished = [s.value for s in FINISHED_STATUSES]
-    while time.monotonic() < deadline:
-        status = Execution.objects.filter(pk=pk).values_list("status", flat=True).first()
-        if status in finished:
-            return status
-        time.sleep(POLL_SECONDS)
-    return None
+def _wait_finished(execution: Execution, deadline: float) -> str | None:
+    """The execution's final status, read back when its finish is announced; None at the
+    deadline."""
+    while not execution.is_finished and time.monotonic() < deadline:
+        execution = execution_wait(execution=execution, timeout=deadline - time.monotonic())
+    return execution.status if execution.is_finished else None
 
 
 def run_level(*, trigger: Trigger, concurrency: int, requests: int, payload: Any,
@@ -78,7 +74,7 @@ def run_level(*, trigger: Trigger, concurrency: int, requests: int, payload: Any
                     remaining[0] -= 1
                 started = time.perf_counter()
                 execution = execution_dispatch(trigger=trigger, payload=payload)
-                status = _wait_finished(execution.pk, time.monotonic() + timeout)
+                status = _wait_finished(execution, time.monotonic() + timeout)
                 elapsed = time.perf_counter() - started
                 with lock:
                     times.append(elapsed)

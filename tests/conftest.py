@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from executions.notifications import stop_listening
 from kubefunction.celery import app as celery_app
 from tests.processes import ROOT, celery_env, start_worker, stop
 
@@ -24,6 +25,14 @@ pytest_plugins = ["tests.required_skips"]
 # processes it starts (tests/test_access_control.py narrows the list with override_settings).
 os.environ["KUBEFUNCTION_ALLOWED_RUNTIMES"] = "local,docker,kubernetes"
 settings.KUBEFUNCTION_ALLOWED_RUNTIMES = ["local", "docker", "kubernetes"]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database, with this process's execution listener (its own
+    connection, which waits started) stopped before the database is dropped."""
+    yield
+    stop_listening()
 
 
 @pytest.fixture(scope="session")

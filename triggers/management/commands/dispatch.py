@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from executions import services
 from executions.models import Batch, Execution, ExecutionStatus
-from executions.selectors import finished_among, progress_of
+from executions.selectors import progress_of
+from executions.waiters import wait_many
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from kubefunction.stats import ms, percentile
 from triggers.models import Trigger
@@ -116,19 +117,10 @@ class Command(BaseCommand):
                                            source="command", chunk=CHUNK, progress=bar.update)
 
     def _wait(self, ids, deadline) -> dict:
-        done: dict = {}
-        pending = list(ids)
         with tqdm(total=len(ids), desc="finished", unit="exec", disable=len(ids) == 1,
                   file=self.stderr) as bar:
-            while pending and time.monotonic() < deadline:
-                newly = {row[0]: row for row in finished_among(pending)}
-                if newly:
-                    done.update(newly)
-                    pending = [pk for pk in pending if pk not in newly]
-                    bar.update(len(newly))
-                else:
-                    time.sleep(0.05)
-        return done
+            return wait_many(ids=ids, timeout=max(0.0, deadline - time.monotonic()),
+                             on_progress=bar.update)
 
     def _summarise(self, ids, done: dict, elapsed: float, batch: Batch | None) -> None:
         if len(ids) == 1 and done:
