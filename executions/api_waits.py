@@ -43,7 +43,7 @@ def waiting_view(view: Callable) -> Callable:
         response = await sync_to_async(view)(request, *args, **kwargs)
         if isinstance(response, WaitingResponse):
             execution = await execution_wait_async(execution=response.execution,
-                                                   timeout=response.timeout)
+                                                   timeout=response.timeout, release=False)
             await sync_to_async(response.fill)(execution)
         return response
     return waits

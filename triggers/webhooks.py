@@ -407,7 +407,7 @@ async def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
     started = await sync_to_async(webhook_start)(name=name, request=request)
     if isinstance(started, WebhookWait):
         execution = await execution_wait_async(execution=started.execution,
-                                               timeout=started.seconds)
+                                               timeout=started.seconds, release=False)
         started = webhook_finish(name=name, request=request, wait=started, execution=execution)
     return confine(started, request)
 
