@@ -94,6 +94,45 @@ def test_the_server_serves_the_collected_static_files_with_debug_off(tmp_path):
     assert "Warning" not in (tmp_path / "web.log").read_text()  # no sync iterator adapted
 
 
+ECHO = b"def handle(event):\n    return event\n"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_waits_through_the_server(user, celery_worker_process, tmp_path):
+    """The async paths under the real server: a webhook and the API's ?wait= answer with the
+    outcome; a ?wait= that runs out answers as without one (202, the execution not done)."""
+    from rest_framework.authtoken.models import Token
+
+    version = function_register(name="echo", owner=user, filename="echo.py", data=ECHO)
+    hook = trigger_create(name="echo-hook", function=version.function, user=user, kind="http")
+    trigger_create(name="echo", function=version.function, user=user)
+    slow = function_register(name="slow", owner=user, filename="slow.py",
+                             data=SLEEPER.replace(f"sleep({SLEEP})".encode(), b"sleep(2)"))
+    trigger_create(name="slow", function=slow.function, user=user)
+    api = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+    server, base = start_web(celery_env(DJANGO_DEBUG="false"), tmp_path / "web.log",
+                             "--workers", "1")
+    try:
+        webhook = requests.post(f"{base}/t/echo-hook", json={"a": 1}, timeout=30,
+                                headers={"X-KubeFunction-Token": hook.token})
+        waited = requests.post(f"{base}/api/triggers/echo/dispatch/?wait=20", timeout=30,
+                               json={"payload": {"b": 2}}, headers=api)
+        task_id = waited.json()["task_id"]
+        again = requests.get(f"{base}/api/executions/{task_id}/?wait=5", headers=api, timeout=30)
+        bad = requests.post(f"{base}/api/triggers/echo/dispatch/?wait=x", json={}, headers=api,
+                            timeout=30)
+        late = requests.post(f"{base}/api/triggers/slow/dispatch/?wait=0.5", timeout=30,
+                             json={"payload": {"n": 0}}, headers=api)
+    finally:
+        stop(server)
+    assert (webhook.status_code, webhook.json()) == (200, {"a": 1})
+    assert waited.status_code == 200 and waited.json()["output"] == {"b": 2}
+    assert again.status_code == 200 and again.json()["status"] == "succeeded"
+    assert bad.status_code == 400 and "wait" in bad.json()
+    assert late.status_code == 202 and late.json()["status"] in ("queued", "running")
+
+
 def backend_pid() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
