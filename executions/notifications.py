@@ -205,6 +205,8 @@ class ListeningNotifier(Notifier):
         os.write(self._wakeup_write, b"x")
         if self._thread is not None:
             self._thread.join(timeout=10)
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
 
     def _deliver(self, key: str | None) -> None:
         with self._lock:
@@ -249,11 +251,15 @@ class ListeningNotifier(Notifier):
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     def _listen(self, conn) -> None:
+        # poll(), not select(): a busy web process may hold descriptors past select's 1024.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(self._wakeup_read, select.POLLIN)
         while not self._stop.is_set():
-            readable, _, _ = select.select([conn, self._wakeup_read], [], [], IDLE_PING_SECONDS)
-            if conn in readable:
+            ready = {fd for fd, _ in poller.poll(IDLE_PING_SECONDS * 1000)}
+            if conn.fileno() in ready:
                 conn.poll()
-            elif not readable:
+            elif not ready:
                 with conn.cursor() as cursor:  # heard nothing for a while: still there?
                     cursor.execute("SELECT 1")
             while conn.notifies:

@@ -149,10 +149,11 @@ def test_a_waiter_wakes_on_the_notification(celery_worker_process, sleeper, sett
 
 @pytest.mark.worker
 def test_an_async_waiter_wakes_on_the_notification_without_blocking_its_loop(
-        celery_worker_process, sleeper, settings, listening):
+        celery_worker_process, sleeper, settings, listening, monkeypatch):
     settings.KUBEFUNCTION_WAIT_FALLBACK_SECONDS = NOTIFIED
     execution = execution_dispatch(trigger=sleeper, payload={"sleep": 1.0})
-    ticks = 0
+    ticks, real_reread, rereads = 0, waiters._reread, []
+    monkeypatch.setattr(waiters, "_reread", lambda e: rereads.append(1) or real_reread(e))
 
     async def main() -> Execution:
         nonlocal ticks
@@ -168,6 +169,7 @@ def test_an_async_waiter_wakes_on_the_notification_without_blocking_its_loop(
     assert execution.status == "succeeded"
     assert (returned - execution.finished_at).total_seconds() < 1.0
     assert ticks > elapsed / 0.01 / 3, "the loop kept running while the coroutine waited"
+    assert len(rereads) == 2  # after subscribing, after the notification
 
 
 @pytest.mark.worker
@@ -233,7 +235,11 @@ def test_no_wakeup_is_lost_around_the_first_read(when, running, settings, listen
         finished = real_reread(target)
         if len(calls) == 1 and when == "between the read and the wait":
             assert not finished
-            finish(target)  # committed and announced before the waiter waits
+            probe = Subscription([target.task_id])
+            listening.subscribe(probe)
+            finish(target)  # committed, announced and heard before the waiter waits
+            assert probe.wait(5), "the listener did not hear the finish"
+            listening.unsubscribe(probe)
         return finished
 
     monkeypatch.setattr(waiters, "_reread", reread)
