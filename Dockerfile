@@ -1,4 +1,4 @@
-# The platform's own image: web (gunicorn), worker and beat (Celery) all run from it; the k8s/
+# The platform's own image: web (gunicorn with uvicorn workers), worker and beat (Celery) all run from it; the k8s/
 # manifests choose the command. Function images are built separately, by the worker, from
 # functions/' Dockerfile template.
 #
@@ -55,6 +55,6 @@ USER 10001:10001
 
 EXPOSE 8000
 # The web process; the worker and beat override the command (see k8s/base/*.yaml and Procfile).
-CMD ["gunicorn", "kubefunction.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", \
-     "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "--access-logfile", "-", \
+CMD ["gunicorn", "kubefunction.asgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", \
+     "--worker-class", "uvicorn_worker.UvicornWorker", "--timeout", "120", "--access-logfile", "-", \
      "--worker-tmp-dir", "/tmp"]

@@ -69,10 +69,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-## bench: the Celery floor vs the platform on the warm local runtime, the embedded mode vs
-## Postgres + Redis, the admin pages.
+## bench: the Celery floor vs the platform on the warm local runtime, then synchronous webhooks
+## through the web server (beside /healthz and the floor), the embedded mode vs Postgres + Redis,
+## then the admin over many executions.
 bench: migrate
-	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench \
+	@export KUBEFUNCTION_QUEUE=kubefunction-bench; $(PY) manage.py bench && $(PY) manage.py bench_webhook \
 	  && $(PY) manage.py bench_embedded && $(PY) manage.py bench_admin
 
 ## bench-docker: raw `docker run` of the base image vs our cold and warm Docker invocations.

@@ -16,6 +16,7 @@ from kubefunction.api_input import wait_seconds
 from kubefunction.throttles import dispatch_throttles
 
 from . import reruns, services
+from .api_waits import WaitingResponse, WaitsWithoutThread
 from .callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, callback_key
 from .models import Batch, Execution, ExecutionStatus
 from .selectors import progress_of, with_progress
@@ -25,7 +26,6 @@ from .serializers import (
     ExecutionSummarySerializer,
     RerunSerializer,
 )
-from .waiters import execution_wait
 
 # The error bodies of the verbs (kubefunction/api_errors.py): `detail`, or the field the error
 # names with its messages. Built once: spectacular warns about two components of one name.
@@ -64,7 +64,7 @@ class NewestFirst(CursorPagination):
     page_size_query_param = "page_size"
 
 
-class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
+class ExecutionViewSet(WaitsWithoutThread, viewsets.ReadOnlyModelViewSet):
     """Executions of your functions (with `executions.view_execution`: all), newest first; one by
     its Celery task id. Re-running someone else's needs `executions.change_execution`."""
 
@@ -93,8 +93,9 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         """One execution; `?wait=S` waits up to S seconds for it to finish."""
         execution = self.get_object()
         wait = wait_seconds(request)
-        if wait:
-            execution = execution_wait(execution=execution, timeout=wait)
+        if wait and not execution.is_finished:
+            return WaitingResponse(execution=execution, timeout=wait,
+                                   answer=lambda waited: (self.get_serializer(waited).data, 200))
         return Response(self.get_serializer(execution).data)
 
     @extend_schema(request=RerunSerializer, responses={202: inline_serializer(

@@ -122,15 +122,21 @@ def execution_wait(*, execution: Execution, timeout: float) -> Execution:
     return execution
 
 
-async def execution_wait_async(*, execution: Execution, timeout: float) -> Execution:
+async def execution_wait_async(*, execution: Execution, timeout: float,
+                               release: bool = True) -> Execution:
     """`execution_wait` for a coroutine: no thread waits, only the short re-reads (and the
-    connection's release) run in a thread, through `sync_to_async`."""
+    connection's release) run in a thread, through `sync_to_async`.
+
+    `release=False` keeps the connection of the thread the re-reads run in: for the web
+    server's threads (kubefunction/asgi.py), a fixed few per process whose connections serve
+    every request, not this wait; closing one would only make the next request, or the next
+    waiter's re-read, open a new one (a thousand waiters: a reconnection per fallback read)."""
     if execution.is_finished or timeout <= 0:
         return execution
     subscription = Subscription([execution.task_id], loop=asyncio.get_running_loop())
     source = notifier()
     source.subscribe(subscription)
-    read, release = sync_to_async(_reread), sync_to_async(release_connection)
+    read, release_thread_connection = sync_to_async(_reread), sync_to_async(release_connection)
     try:
         plan = _plan(subscription, _deadline(timeout), source.fallback_delays())
         answer = None
@@ -139,7 +145,7 @@ async def execution_wait_async(*, execution: Execution, timeout: float) -> Execu
             if step == READ:
                 answer = await read(execution)
             elif step == RELEASE:
-                answer = await release()
+                answer = await release_thread_connection() if release else None
             else:
                 answer = await subscription.wait_async(argument)
     except StopIteration:

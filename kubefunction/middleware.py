@@ -1,13 +1,20 @@
 """Guards at the edge of every request: malformed framing refused before anything reads it, body
 sizes checked before a body is read, the webhook origin kept to webhooks, and a database outage
-answered with 503 instead of a 500 traceback."""
+answered with 503 instead of a 500 traceback; and the static files.
+
+Every middleware here runs sync and async alike (kubefunction/asgi.py): one that is sync only
+would make Django run the rest of the chain, the async views' waits included, inside a sync
+thread, one request after another.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from functions.artifacts import AdminSourceSizeLimitHandler
 from triggers.webhooks import on_webhook_origin
@@ -31,7 +38,43 @@ def bad_request(detail: str, *, header: str) -> JsonResponse:
     return response
 
 
-class RequestFramingMiddleware:
+class BothModes:
+    """A middleware that runs in the mode of the handler it wraps: `_call` under WSGI, the
+    coroutine `_acall` under ASGI (Django then neither adapts it nor the chain below it)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def take_mode(self, get_response: Callable) -> None:
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        return self._acall(request) if self.async_mode else self._call(request)
+
+
+class EdgeMiddleware(BothModes):
+    """A middleware that may answer a request from what it already holds (`early_answer`, no
+    I/O): run in place on either path, so under ASGI it takes no thread."""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        self.take_mode(get_response)
+
+    def _call(self, request: HttpRequest) -> HttpResponse:
+        answer = self.early_answer(request)
+        return answer if answer is not None else self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        answer = self.early_answer(request)
+        return answer if answer is not None else await self.get_response(request)
+
+    def early_answer(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+
+class RequestFramingMiddleware(EdgeMiddleware):
     """400 (JSON, on every path) for a request whose framing cannot be trusted: a Content-Length
     that is not a whole number of bytes (`abc`, `-1`, `1e3`, two values), or one that comes with
     `Transfer-Encoding` (the two disagree on where the body ends: request smuggling).
@@ -40,10 +83,7 @@ class RequestFramingMiddleware:
     crashes; refused here, first in the chain, nothing downstream meets it.
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def early_answer(self, request: HttpRequest) -> HttpResponse | None:
         value = request.META.get("CONTENT_LENGTH")
         if value not in (None, "") and not CONTENT_LENGTH_FORMAT.fullmatch(value):
             return bad_request(
@@ -52,28 +92,25 @@ class RequestFramingMiddleware:
         if value not in (None, "") and request.META.get("HTTP_TRANSFER_ENCODING"):
             return bad_request("send either Content-Length or Transfer-Encoding, not both.",
                                header="Transfer-Encoding")
-        return self.get_response(request)
+        return None
 
 
-class WebhookOriginMiddleware:
+class WebhookOriginMiddleware(EdgeMiddleware):
     """On the separate webhook origin (KUBEFUNCTION_WEBHOOK_ORIGIN) only `/t/` exists: functions'
     pages served there must find no admin, API or login form on their own origin."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def early_answer(self, request: HttpRequest) -> HttpResponse | None:
         if on_webhook_origin(request) and not request.path.startswith("/t/"):
             return JsonResponse({"detail": "Only HTTP triggers (/t/<name>) are served on this "
                                            "host.", "code": "not_found"}, status=404)
-        return self.get_response(request)
+        return None
 
 
 def is_chunked(request: HttpRequest) -> bool:
     return "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
-class RequestBodyLimitMiddleware:
+class RequestBodyLimitMiddleware(EdgeMiddleware):
     """Refuse, from the headers alone, a body that is too large (413) or has no length (411).
 
     Django's WSGI handler reads no more than Content-Length, so a chunked body without one would
@@ -81,10 +118,7 @@ class RequestBodyLimitMiddleware:
     limit (`functions.api.SourceMultiPartParser`).
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def early_answer(self, request: HttpRequest) -> HttpResponse | None:
         if request.method in BODY_METHODS and request.path.startswith(BOUNDED_PATH_PREFIXES):
             refusal = self.refusal(request)
             if refusal is not None:  # the client may still be sending: say where the answer ends
@@ -94,7 +128,7 @@ class RequestBodyLimitMiddleware:
             # Before the CSRF check reads the form: an oversized source stops the parse (400).
             request.upload_handlers.insert(0, AdminSourceSizeLimitHandler(
                 request, limit=settings.KUBEFUNCTION_MAX_SOURCE_BYTES))
-        return self.get_response(request)
+        return None
 
     @staticmethod
     def refusal(request: HttpRequest) -> HttpResponse | None:
@@ -111,18 +145,46 @@ class RequestBodyLimitMiddleware:
         return None
 
 
-class DatabaseUnavailableMiddleware:
+class DatabaseUnavailableMiddleware(EdgeMiddleware):
     """A view that cannot reach the database answers 503 with `Retry-After` (JSON on the API
     and webhook paths, a plain page for the admin). DRF views get the same from
     `kubefunction.api_errors.exception_handler`; errors outside views from `server_error`."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, DATABASE_ERRORS):
             return database_unavailable_response(request, exception)
         return None
+
+
+class StaticFilesMiddleware(BothModes, WhiteNoiseMiddleware):
+    """WhiteNoise's middleware (the admin's and the API docs' static files from STATIC_ROOT),
+    async-capable: WhiteNoise's own is sync only. Under ASGI a file is looked up in place and
+    streamed in blocks read off the event loop."""
+
+    def __init__(self, get_response: Callable, **kwargs) -> None:
+        super().__init__(get_response, **kwargs)
+        self.take_mode(get_response)
+
+    def _call(self, request: HttpRequest) -> HttpResponse:
+        return WhiteNoiseMiddleware.__call__(self, request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        if self.autorefresh:  # DEBUG: looks on disk
+            static_file = await sync_to_async(self.find_file, thread_sensitive=False)(
+                request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is None:
+            return await self.get_response(request)
+        response = await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
+        if response.streaming:  # a file, or nothing (HEAD, 304)
+            response.streaming_content = _blocks(response.file_to_stream)
+        return response
+
+
+async def _blocks(file, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    if file is None:
+        return
+    read = sync_to_async(file.read, thread_sensitive=False)
+    while block := await read(size):
+        yield block

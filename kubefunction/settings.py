@@ -107,7 +107,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # The separate webhook origin (KUBEFUNCTION_WEBHOOK_ORIGIN) serves /t/ and nothing else.
     "kubefunction.middleware.WebhookOriginMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise, async-capable (every middleware here must be: kubefunction/middleware.py).
+    "kubefunction.middleware.StaticFilesMiddleware",
     # 411/413 from the headers alone, before a body is read; 503 when the database is away.
     "kubefunction.middleware.RequestBodyLimitMiddleware",
     "kubefunction.middleware.DatabaseUnavailableMiddleware",
@@ -386,6 +387,10 @@ KUBEFUNCTION_WAIT_FALLBACK_SECONDS = env.float("KUBEFUNCTION_WAIT_FALLBACK_SECON
 # capped by the function's timeout and KUBEFUNCTION_MAX_WAIT), and the address printed in webhook
 # URLs where no request tells it (admin, commands).
 KUBEFUNCTION_HTTP_WAIT_SECONDS = env.float("KUBEFUNCTION_HTTP_WAIT_SECONDS", default=30.0)
+# The web server (kubefunction/asgi.py): threads per process for sync work (the admin, the API,
+# the ORM calls of the async views), each keeping one database connection between requests.
+# Waiting requests hold none of them while they wait.
+KUBEFUNCTION_WEB_THREADS = env.int("KUBEFUNCTION_WEB_THREADS", default=8)
 KUBEFUNCTION_PUBLIC_URL = (env.str("KUBEFUNCTION_PUBLIC_URL", default="")
                            or f"http://127.0.0.1:{env.int('KUBEFUNCTION_PORT', default=8000)}"
                            ).rstrip("/")

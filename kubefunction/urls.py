@@ -13,8 +13,8 @@ from .health import readyz
 from .throttles import TokenLoginView
 
 
-def healthz(request):
-    """Liveness: the web process answers."""
+async def healthz(request):
+    """Liveness: the web process answers (on its event loop, behind no sync work)."""
     return JsonResponse({"status": "ok"})
 
 

@@ -96,7 +96,7 @@ class Series:
                        samples=len(self.latencies), burst=burst)
 
 
-def _measure(series: Series, send_one: Callable[[], str],
+def measure(series: Series, send_one: Callable[[], str],
              send_burst: Callable[[int], list[str]], samples: int, burst: int) -> None:
     for _ in range(samples):
         started = time.perf_counter()
@@ -152,8 +152,8 @@ def run_bench(samples: int = 200, burst: int = 500, rounds: int = 3,
             _wait_all(send_burst(20))
         per_round = max(1, samples // rounds)
         for _ in range(rounds):
-            _measure(floor, *floor_send, per_round, burst)
-            _measure(platform, *platform_send, per_round, burst)
+            measure(floor, *floor_send, per_round, burst)
+            measure(platform, *platform_send, per_round, burst)
     return floor.figures(burst), platform.figures(burst)
 
 

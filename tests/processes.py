@@ -1,4 +1,5 @@
-"""Real Celery processes for tests: workers and beat on the test database and the test queue.
+"""Real processes for tests: Celery workers and beat on the test database and the test queue,
+and the web server as `make up` runs it (kubefunction/web_server.py).
 
 Each runs in its own session (process group), so `stop` ends the process and its children.
 """
@@ -6,7 +7,6 @@ Each runs in its own session (process group), so `stop` ends the process and its
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +15,11 @@ from pathlib import Path
 from django.conf import settings
 
 from kubefunction.celery import app as celery_app
+from kubefunction.web_server import free_port, procfile_command, stop
+from kubefunction.web_server import start as start_web
+
+__all__ = ["ROOT", "celery_env", "free_port", "procfile_command", "start_beat", "start_web",
+           "start_worker", "stop", "worker_database_url"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,18 +75,3 @@ def start_beat(log_path: Path, env: dict[str, str] | None = None, *,
     return _spawn(["beat", "--loglevel=INFO", "-S",
                    "django_celery_beat.schedulers:DatabaseScheduler",
                    "--max-interval", str(max_interval)], env or celery_env(), log_path)
-
-
-def stop(process: subprocess.Popen, *, timeout: float = 30) -> None:
-    """SIGTERM the process group (a warm shutdown), SIGKILL it if it is still there after
-    `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,15 +21,9 @@ import requests
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import ROOT
+from tests.processes import free_port, start_web
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TcpProxy:
@@ -109,32 +102,21 @@ def proxied_server(tmp_path):
         pytest.skip("needs Postgres (DATABASE_URL)")
     proxy = TcpProxy((db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)))
     proxy.start()
-    port = free_port()
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     env = {**os.environ,
            "DATABASE_URL": f"postgres://{auth}@127.0.0.1:{proxy.port}/{db['NAME']}",
            "DATABASE_CONNECT_TIMEOUT": "2", "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "KUBEFUNCTION_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE, "DJANGO_DEBUG": "false"}
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "kubefunction.wsgi:application",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "60"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/healthz", timeout=5)
-                break
-            except requests.RequestException:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail((tmp_path / "gunicorn.log").read_text()[-3000:])
-                time.sleep(0.2)
+        # One process: the outage and the recovery are seen by the same server process.
+        process, base = start_web(env, tmp_path / "gunicorn.log", "--workers", "1")
+    except RuntimeError as exc:
+        proxy.cut()
+        pytest.fail(str(exc))
+    try:
         yield base, proxy
     finally:
         stop_group(process)
-        log.close()
         proxy.cut()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,18 +34,20 @@ from rest_framework.authtoken.models import Token
 from executions import services
 from executions.models import Execution
 from kubefunction.celery import app as celery_app
-from tests.processes import ROOT, start_beat, start_worker, stop, worker_database_url
+from tests.processes import (
+    ROOT,
+    free_port,
+    start_beat,
+    start_web,
+    start_worker,
+    stop,
+    worker_database_url,
+)
 from triggers.models import Trigger
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 TERMINAL = ("succeeded", "failed", "timed_out")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(check, *, timeout: float, what: str, every: float = 0.5):
@@ -179,25 +180,11 @@ def processes(tmp_path) -> Iterator[list[subprocess.Popen]]:
 
 
 def start_gunicorn(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "kubefunction.wsgi:application",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "--timeout", "60"],
-        cwd=ROOT, env={**env, "DJANGO_DEBUG": "false"}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            pytest.fail(log_path.read_text()[-3000:])
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(up, timeout=60, what="gunicorn", every=0.2)
-    return process, base
+    """The web server as `make up` runs it, DEBUG off, on these private services."""
+    try:
+        return start_web({**env, "DJANGO_DEBUG": "false"}, log_path)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def log_tail(process: subprocess.Popen, size: int = 4000) -> str:

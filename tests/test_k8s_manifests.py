@@ -348,7 +348,9 @@ def test_processes_run_the_procfile_commands(kustomization):
             assert var in env, var
     web = named(objects, "Deployment", "kubefunction-web")
     [container] = web["spec"]["template"]["spec"]["containers"]
-    assert container["command"][:2] == ["gunicorn", "kubefunction.wsgi:application"]
+    server = procfile["web"].split()
+    assert container["command"][:2] == server[:2] == ["gunicorn", "kubefunction.asgi:application"]
+    assert f"--worker-class={server[server.index('--worker-class') + 1]}" in container["command"]
     beat = named(objects, "Deployment", "kubefunction-beat")
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"]["type"] == "Recreate"
@@ -402,6 +404,8 @@ def test_image_user_matches_the_manifests():
 
 def test_web_server_is_pinned_in_requirements():
     requirements = (ROOT / "requirements.txt").read_text()
-    assert re.search(r"^gunicorn==[\d.]+$", requirements, re.M)
+    for server in ("gunicorn", "uvicorn", "uvicorn-worker"):
+        assert re.search(rf"^{server}==[\d.]+$", requirements, re.M), server
     cmd = [args for op, args in dockerfile_instructions() if op == "CMD"]
-    assert cmd and "gunicorn" in cmd[-1]
+    assert cmd and "gunicorn" in cmd[-1] and "kubefunction.asgi:application" in cmd[-1]
+    assert "uvicorn_worker.UvicornWorker" in cmd[-1]

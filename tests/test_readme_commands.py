@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +26,7 @@ import pytest
 import redis
 
 from tests.conftest import ROOT
+from tests.processes import free_port
 
 pytestmark = pytest.mark.worker
 
@@ -52,12 +52,6 @@ def commands(title: str) -> list[str]:
             if command.strip() and not command.lstrip().startswith("#"):
                 found.append(command.strip())
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def fresh_clone(tmp_path: Path) -> Path:

@@ -10,8 +10,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from executions import services as execution_services
+from executions.api_waits import WaitingResponse, WaitsWithoutThread
 from executions.serializers import WAIT_PARAMETER, ExecutionSerializer
-from executions.waiters import execution_wait
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge
@@ -28,7 +28,7 @@ from .serializers import (
 )
 
 
-class TriggerViewSet(viewsets.ModelViewSet):
+class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
     """Triggers of functions you own (with `triggers.view_trigger`: all). Dispatching, editing
     and regenerating the token of someone else's need `triggers.change_trigger`; deleting
     them `triggers.delete_trigger`."""
@@ -111,10 +111,15 @@ class TriggerViewSet(viewsets.ModelViewSet):
                 status=status.HTTP_202_ACCEPTED)
         execution = executions[0]
         if wait:
-            execution = execution_wait(execution=execution, timeout=wait)
-            if execution.is_finished:
-                return Response(ExecutionSerializer(execution, context={"request": request}).data)
+            return WaitingResponse(execution=execution, timeout=wait, answer=self._waited)
         return Response(self._dispatched(execution), status=status.HTTP_202_ACCEPTED)
+
+    def _waited(self, execution) -> tuple[dict, int]:
+        """200 with the execution when it finished within the wait, else 202 as without one."""
+        if execution.is_finished:
+            return (ExecutionSerializer(execution, context={"request": self.request}).data,
+                    status.HTTP_200_OK)
+        return self._dispatched(execution), status.HTTP_202_ACCEPTED
 
     def _dispatched(self, execution) -> dict:
         url = reverse("execution-detail", kwargs={"task_id": execution.task_id})

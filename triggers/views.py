@@ -1,5 +1,6 @@
 """`POST /t/<name>`: the HTTP trigger endpoint (a plain Django view, outside the API's session
-authentication and CSRF checks: the trigger's own token authenticates the call)."""
+authentication and CSRF checks: the trigger's own token authenticates the call). An async view:
+a synchronous call waits for its function without holding a thread (kubefunction/asgi.py)."""
 
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -10,9 +11,9 @@ from . import webhooks
 
 @csrf_exempt
 @transaction.non_atomic_requests  # the task is sent on commit, before the synchronous wait
-def webhook(request: HttpRequest, name: str) -> HttpResponse:
+async def webhook(request: HttpRequest, name: str) -> HttpResponse:
     """Run the trigger's function with the request as its event (see triggers.webhooks)."""
-    answer = webhooks.webhook_call(name=name, request=request)
+    answer = await webhooks.webhook_call(name=name, request=request)
     response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
     for header, value in answer.headers.items():
         response[header] = value

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
@@ -41,7 +42,7 @@ from rest_framework.settings import api_settings
 
 from executions.models import Execution, ExecutionStatus
 from executions.services import USE_DEFAULT, execution_dispatch
-from executions.waiters import execution_wait
+from executions.waiters import execution_wait_async
 from kubefunction.errors import (
     InvalidInput,
     KubeFunctionError,
@@ -129,7 +130,8 @@ def webhook_trigger(*, name: str, token: str | None) -> Trigger:
     NotFound (404) for no such HTTP trigger, Unauthorized (401) for a missing or wrong token;
     a disabled trigger is refused later by the dispatch (409).
     """
-    trigger = Trigger.objects.select_related("function__active_version").filter(
+    # The owner too: the dispatch rate is charged to them (one query, not two).
+    trigger = Trigger.objects.select_related("function__active_version", "function__owner").filter(
         name=name).first()
     if trigger is None or trigger.kind != TriggerKind.HTTP:
         raise NotFound(f"no HTTP trigger named '{name}'.")
@@ -389,13 +391,31 @@ def confine(answer: WebhookAnswer, request: HttpRequest) -> WebhookAnswer:
     return WebhookAnswer(answer.status, answer.body, answer.content_type, headers, answer.ours)
 
 
-def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
+@dataclass
+class WebhookWait:
+    """A synchronous call, dispatched: the execution it waits for, for how long, and what its
+    caller is told if the function outlives the wait."""
+
+    execution: Execution
+    seconds: float
+    pending: dict
+
+
+async def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
     """Authenticate, build the event, dispatch, and (synchronous calls) wait for the outcome;
-    the answer is confined to the origin it is served on."""
-    return confine(_webhook_call(name=name, request=request), request)
+    the answer is confined to the origin it is served on. The dispatch runs in the request's
+    sync thread; the wait holds no thread (executions.waiters)."""
+    started = await sync_to_async(webhook_start)(name=name, request=request)
+    if isinstance(started, WebhookWait):
+        execution = await execution_wait_async(execution=started.execution,
+                                               timeout=started.seconds, release=False)
+        started = webhook_finish(name=name, request=request, wait=started, execution=execution)
+    return confine(started, request)
 
 
-def _webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
+def webhook_start(*, name: str, request: HttpRequest) -> WebhookAnswer | WebhookWait:
+    """Everything up to the wait: the answer at once (an error, or 202 for an asynchronous
+    call), or the wait of a synchronous call."""
     if request.method != "POST":
         return _json_answer(405, {"detail": "HTTP triggers take POST."}, Allow="POST")
     try:
@@ -425,14 +445,19 @@ def _webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
         logger.info("webhook %s: 202 task %s", name, execution.task_id)
         return _json_answer(202, {**pending, "status": execution.status}, execution.task_id,
                             Location=result_url)
-    execution = execution_wait(execution=execution, timeout=wait)
+    return WebhookWait(execution, wait, pending)
+
+
+def webhook_finish(*, name: str, request: HttpRequest, wait: WebhookWait,
+                   execution: Execution) -> WebhookAnswer:
+    """The answer of a synchronous call once its wait ended: the outcome, or 504 (no I/O)."""
     if not execution.is_finished:
         logger.info("webhook %s: 504 task %s still %s after %.1fs", name, execution.task_id,
-                    execution.status, wait)
+                    execution.status, wait.seconds)
         return _json_answer(504, {
-            **pending, "status": execution.status,
-            "detail": f"the function did not finish within {wait:g} s; it goes on: GET the "
-                      "result URL for its outcome."}, execution.task_id)
+            **wait.pending, "status": execution.status,
+            "detail": f"the function did not finish within {wait.seconds:g} s; it goes on: GET "
+                      "the result URL for its outcome."}, execution.task_id)
     answer = _finished_answer(request, execution)
     logger.info("webhook %s: %s task %s", name, answer.status, execution.task_id)
     return answer
