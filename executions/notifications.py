@@ -21,18 +21,23 @@ waiters re-read on a short backoff instead. Both are behind `Notifier`, so anoth
 (a Redis pub/sub channel, published after commit) needs one more class and nothing else.
 
 A waiter (`executions.waiters`) subscribes *before* it re-reads what it waits for, so a finish
-between its read and its wait is either seen by the read or heard; and re-reads at the
-notifier's `fallback_delays` when nothing is heard (a notification lost to a bug, a stuck
-listener): a safety net, not the way it normally wakes.
+between its read and its wait is either seen by the read or heard. The safety net for a
+notification lost to a bug is the notifier's: on Postgres the listening thread itself, a few
+times per `KUBEFUNCTION_WAIT_FALLBACK_SECONDS`, reads in one query which of the task ids waited
+for longer than that have finished and wakes their waiters as if it had heard them — one query
+per process, however many wait (a thousand waiting webhooks re-reading on their own would be
+hundreds of queries a second); the embedded SQLite's waiters re-read on their backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import select
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from itertools import repeat
@@ -41,6 +46,8 @@ import psycopg2
 import psycopg2.extensions
 from django.conf import settings
 from django.db import connection, connections
+
+from .models import FINISHED_STATUSES, Execution
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,10 @@ RECONNECT_FIRST_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 # Without notifications: re-read after 5 ms, then 1.5 times longer each time, up to 200 ms.
 POLL_FIRST_SECONDS, POLL_FACTOR, POLL_MAX_SECONDS = 0.005, 1.5, 0.2
+
+
+_SWEEP = (f'SELECT task_id FROM "{Execution._meta.db_table}" '
+          "WHERE task_id = ANY(%s) AND status = ANY(%s)")
 
 
 def announces() -> bool:
@@ -67,6 +78,14 @@ def announce(task_id: str) -> None:
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, task_id])
 
 
+# The listener's sweep for lost notifications runs this many times per fallback period, so a
+# waiter whose notification was lost is woken between one and 1.25 fallback periods after it
+# subscribed.
+SWEEPS_PER_FALLBACK = 4
+# The longest the listening thread sleeps in one poll (a changed fallback setting is seen then).
+MAX_POLL_SECONDS = 0.5
+
+
 class Subscription:
     """What one waiter hears: the task ids among `keys` announced since it last looked, or
     that it must re-read everything (the listener reconnected).
@@ -76,6 +95,7 @@ class Subscription:
 
     def __init__(self, keys: Iterable[str], loop: asyncio.AbstractEventLoop | None = None):
         self.keys = frozenset(keys)
+        self.since = time.monotonic()  # when it subscribed: the sweep's age
         self._lock = threading.Lock()
         self._heard: set[str] = set()
         self._everything = False
@@ -196,7 +216,7 @@ class ListeningNotifier(Notifier):
                         del self._by_key[key]
 
     def fallback_delays(self) -> Iterator[float]:
-        return repeat(float(settings.KUBEFUNCTION_WAIT_FALLBACK_SECONDS))
+        return repeat(math.inf)  # the listener's sweep is the fallback (`_sweep`)
 
     def stop(self) -> None:
         """End the listening thread and close its connection (a process normally keeps it
@@ -255,15 +275,47 @@ class ListeningNotifier(Notifier):
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
         poller.register(self._wakeup_read, select.POLLIN)
+        last_query = last_sweep = time.monotonic()
         while not self._stop.is_set():
-            ready = {fd for fd, _ in poller.poll(IDLE_PING_SECONDS * 1000)}
+            fallback = float(settings.KUBEFUNCTION_WAIT_FALLBACK_SECONDS)
+            next_sweep = last_sweep + fallback / SWEEPS_PER_FALLBACK
+            now = time.monotonic()
+            timeout = min(next_sweep, last_query + IDLE_PING_SECONDS, now + MAX_POLL_SECONDS)
+            ready = {fd for fd, _ in poller.poll(max(0.0, timeout - now) * 1000)}
             if conn.fileno() in ready:
                 conn.poll()
-            elif not ready:
-                with conn.cursor() as cursor:  # heard nothing for a while: still there?
-                    cursor.execute("SELECT 1")
             while conn.notifies:
                 self._deliver(conn.notifies.pop(0).payload)
+            now = time.monotonic()
+            if now >= next_sweep:
+                if self._sweep(conn, older_than=now - fallback):
+                    last_query = now
+                last_sweep = now
+            if not ready and now >= last_query + IDLE_PING_SECONDS:
+                with conn.cursor() as cursor:  # heard nothing for a while: still there?
+                    cursor.execute("SELECT 1")
+                last_query = now
+
+    def _sweep(self, conn, *, older_than: float) -> bool:
+        """Wake the waiters of the task ids subscribed since before `older_than` whose
+        executions have finished (their notification was lost): one query for all. Whether it
+        queried."""
+        with self._lock:
+            keys = [key for key, subscriptions in self._by_key.items()
+                    if any(s.since <= older_than for s in subscriptions)]
+        if not keys:
+            return False
+        with conn.cursor() as cursor:
+            cursor.execute(_SWEEP, [keys, [status.value for status in FINISHED_STATUSES]])
+            finished = [row[0] for row in cursor.fetchall()]
+        for key in finished:  # woken directly: not through the path that lost the notification
+            logger.warning("execution listener: %s had finished unheard; its waiters are woken",
+                           key)
+            with self._lock:
+                waiting = set(self._by_key.get(key, ()))
+            for subscription in waiting:
+                subscription.hear(key)
+        return True
 
     def forget_in_child(self) -> None:
         """In a forked child: point the inherited copy of the parent's connection at /dev/null,

@@ -10,10 +10,10 @@ Every waiter in the platform — the API's `?wait=`, a synchronous webhook, `dis
 
 Each one subscribes to the task ids first (`executions.notifications`), then re-reads, then
 waits: a finish before the re-read is seen by it, one after is heard, so no wake-up is lost.
-A notification makes it re-read what was announced, once; with nothing heard it re-reads at the
-notifier's fallback delays (`KUBEFUNCTION_WAIT_FALLBACK_SECONDS` on Postgres, for a lost
-notification only; a short backoff on the embedded SQLite, which has no notifications), and
-once more when the time is up.
+A notification makes it re-read what was announced, once; on Postgres a lost notification is
+made good by the listener's sweep (`executions.notifications`: one query per process, which
+wakes the waiter as a notification would), on the embedded SQLite, which has no notifications,
+it re-reads on a short backoff; and it re-reads once more when the time is up.
 
 While it waits it holds no database connection: after `HOLD_SECONDS` it closes its thread's
 Django connection (unless the caller is inside a transaction, which must keep it) and opens one

@@ -380,8 +380,8 @@ KUBEFUNCTION_DEFAULT_MEMORY_MB = env.int("KUBEFUNCTION_DEFAULT_MEMORY_MB", defau
 KUBEFUNCTION_MAX_MEMORY_MB = env.int("KUBEFUNCTION_MAX_MEMORY_MB", default=4096)
 KUBEFUNCTION_MAX_BATCH = env.int("KUBEFUNCTION_MAX_BATCH", default=10000)
 KUBEFUNCTION_MAX_WAIT = env.int("KUBEFUNCTION_MAX_WAIT", default=60)
-# Waiters (`?wait=`, webhooks, `dispatch --wait`) wake on the finish's notification; with none
-# heard they re-read this often, a safety net for a lost one (executions/waiters.py).
+# Waiters (`?wait=`, webhooks, `dispatch --wait`) wake on the finish's notification; one waiting
+# this long unheard is found by its process's listener (executions/notifications.py).
 KUBEFUNCTION_WAIT_FALLBACK_SECONDS = env.float("KUBEFUNCTION_WAIT_FALLBACK_SECONDS", default=2.0)
 # HTTP triggers: seconds a synchronous `POST /t/<name>` waits for the function (then 504; also
 # capped by the function's timeout and KUBEFUNCTION_MAX_WAIT), and the address printed in webhook

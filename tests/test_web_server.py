@@ -258,11 +258,10 @@ def test_a_thousand_waiting_webhooks_do_not_starve_the_admin(django_user_model, 
     browser = Client()
     browser.force_login(admin)
     queue = f"load-{time.monotonic_ns()}"  # private: what is left queued is purged at the end
-    # The waiters' safety-net re-read for a lost notification (executions/waiters.py) comes
-    # after the wait here: each waiter re-reads on its own, so at the default 2 s a thousand of
-    # them make 500 queries/s (half a core of the server) on top of what is measured.
+    # The defaults of `make up` (the safety net for a lost notification is one query per server
+    # process, however many wait: executions/notifications.py), the dispatch rate limit aside.
     env = celery_env(KUBEFUNCTION_QUEUE=queue, KUBEFUNCTION_DISPATCH_RATE="",
-                     KUBEFUNCTION_WAIT_FALLBACK_SECONDS=str(2 * WAIT), DJANGO_DEBUG="false")
+                     DJANGO_DEBUG="false")
     worker = start_worker(f"load-{time.monotonic_ns()}@localhost", tmp_path / "worker.log", env,
                           concurrency=4, queue=queue)
     server, base = start_web(env, tmp_path / "web.log")
