@@ -193,7 +193,10 @@ def _zip_members(data: bytes) -> dict[str, bytes]:
     with archive:
         for info in archive.infolist():
             kind = (info.external_attr >> 16) & 0o170000  # no bits: a zip written without modes
-            parts = members.admit(info.filename, size=info.file_size, folder=info.is_dir(),
+            # `endswith`, not `is_dir()`: that indexes the name, and an empty one is refused by
+            # `admit` (as an unsafe path), not by an IndexError.
+            parts = members.admit(info.filename, size=info.file_size,
+                                  folder=info.filename.endswith("/"),
                                   special=kind not in (0, 0o100000, 0o040000))
             if parts is None:
                 continue

@@ -64,6 +64,17 @@ def test_escaping_paths_are_rejected(builder, member):
         validate_source(filename=name, data=data)
 
 
+def test_a_zip_member_without_a_name_is_rejected_cleanly():
+    """A member whose name is empty (the fuzz test found it: zipfile's is_dir() indexes the
+    name) is refused as an upload error, not a 500."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(zipfile.ZipInfo(""), b"x")
+        archive.writestr("handler.py", HANDLER)
+    with pytest.raises(SourceRejected):
+        validate_source(filename="code.zip", data=buffer.getvalue())
+
+
 def test_zip_symlink_is_rejected():
     data = make_zip({"handler.py": HANDLER}, symlinks={"link.py": "/etc/passwd"})
     with pytest.raises(SourceRejected, match="link or device"):
