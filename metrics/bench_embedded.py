@@ -30,7 +30,7 @@ from django.core.management import call_command
 
 from kubefunction.state_backends import EmbeddedRedis
 
-from .bench import Figures, Series, _measure, _wait_all, platform_senders, worker_process
+from .bench import Figures, Series, _wait_all, measure, platform_senders, worker_process
 
 FLOOR = 0.5  # the embedded mode's burst throughput, as a share of Postgres + Redis's
 POSTGRES_REDIS = "Postgres + Redis"
@@ -46,7 +46,7 @@ def run_side(stdin: IO[str], stdout: IO[str], *, samples: int, burst: int) -> No
         print("ready", file=stdout, flush=True)
         for _line in stdin:
             series = Series("")
-            _measure(series, send_one, send_burst, samples, burst)
+            measure(series, send_one, send_burst, samples, burst)
             print(json.dumps({"latencies": series.latencies,
                               "throughput": series.throughputs[0]}), file=stdout, flush=True)
 

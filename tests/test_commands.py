@@ -97,3 +97,15 @@ def test_bootstrap_creates_admin_and_examples(django_user_model, monkeypatch, se
         "hello", "word-count", "slugify", "hello-http"}
     call("bootstrap")  # idempotent
     assert Function.objects.count() == 3
+
+
+def test_every_command_of_the_project_loads():
+    """Each management command module imports (the benchmarks are run by `make bench` only, so
+    a broken import there would show nowhere else)."""
+    from django.core.management import get_commands, load_command_class
+
+    ours = {name: app for name, app in get_commands().items()
+            if app in ("executions", "functions", "triggers", "metrics", "kubefunction")}
+    assert {"bench", "bench_embedded", "bench_webhook", "bench_kube", "loadtest"} <= set(ours)
+    for name, app in ours.items():
+        assert load_command_class(app, name).help, name
