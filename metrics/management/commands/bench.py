@@ -6,6 +6,8 @@ from django.core.management.base import BaseCommand
 from kubefunction.stats import ms, save_report
 from metrics.bench import as_dict, run_bench
 
+THROUGHPUT_GOAL, P50_GOAL = 0.9, 1.0
+
 
 class Command(BaseCommand):
     help = ("Measure a bare Celery no-op round trip and burst (the floor) and the same for a "
@@ -29,10 +31,12 @@ class Command(BaseCommand):
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        throughput_ok = platform.throughput >= 0.7 * floor.throughput
-        latency_ok = platform.p50 <= 1.5 * floor.p50
+        # Issue 14's goals (the README says where the time goes while they are not met).
+        throughput_ok = platform.throughput >= THROUGHPUT_GOAL * floor.throughput
+        latency_ok = platform.p50 <= P50_GOAL * floor.p50
         self.stdout.write(
-            f"goal: throughput ≥ 0.7× floor: {'met' if throughput_ok else 'NOT met'}; "
-            f"p50 ≤ 1.5× floor: {'met' if latency_ok else 'NOT met'}")
+            f"goal: throughput ≥ {THROUGHPUT_GOAL}× floor: "
+            f"{'met' if throughput_ok else 'NOT met'}; "
+            f"p50 ≤ {P50_GOAL}× floor: {'met' if latency_ok else 'NOT met'}")
         report = save_report("bench", {"floor": as_dict(floor), "platform": as_dict(platform)})
         self.stdout.write(f"figures saved to {report}")
