@@ -44,6 +44,8 @@ def get_runtime(name: str) -> Runtime:
         raise ValueError(f"unknown runtime '{name}' (known: {known})")
     with _lock:
         if name not in _instances:
+            # Imported by name on first use: a worker that runs only local functions never
+            # imports the Docker SDK or the Kubernetes client (and their start-up cost).
             _instances[name] = import_string(RUNTIMES[name])()
         return _instances[name]
 
