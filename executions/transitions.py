@@ -36,7 +36,6 @@ from functools import cache
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Count, F, IntegerField, Model, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -93,9 +92,6 @@ _RETURNED = ("task_id", "input", "runtime", "version_id", "attempt", "max_retrie
              "retry_backoff_seconds", "synchronous", "callback_url", "batch_id")
 
 
-User = get_user_model()
-
-
 def _fast() -> bool:
     return connection.vendor == "postgresql"
 
@@ -150,7 +146,8 @@ def _claim_statement(unlimited_only: bool) -> str:
         FROM claimed c
         JOIN {_table(FunctionVersion)} v ON v.id = c.version_id
         JOIN {_table(Function)} f ON f.id = v.function_id
-        LEFT JOIN {_table(User)} u ON u.id = f.{_column(Function, "owner")}"""
+        LEFT JOIN {_table(Function.owner.field.related_model)} u
+            ON u.id = f.{_column(Function, "owner")}"""
 
 
 def _claim_sql(execution_id: str, worker: str, from_status: str, *,
