@@ -115,6 +115,10 @@ class Execution(models.Model):
         default=False, help_text="Failed for good after its last allowed attempt.")
     synchronous = models.BooleanField(
         default=False, help_text="A caller waits for it (synchronous HTTP call): no retries.")
+    http_request = models.BooleanField(
+        default=False, verbose_name="HTTP request",
+        help_text="The input describes a webhook's HTTP request, which the function's "
+                  "convention turns into its event (functions/conventions/base.py).")
     callback_url = models.URLField(max_length=500, blank=True,
                                    help_text="The result is POSTed here when it ends.")
     callback_status = models.CharField(max_length=16, choices=CallbackStatus.choices,

@@ -55,5 +55,6 @@ def execution_rerun(*, execution: Execution, version: str = RerunVersion.SAME,
         function=execution.function, version=target, trigger=trigger,
         inputs=[execution.input], user=user, max_retries=settings_from.max_retries,
         retry_backoff_seconds=settings_from.retry_backoff_seconds,
-        callback_url=execution.callback_url, rerun_of=execution)
+        callback_url=execution.callback_url, rerun_of=execution,
+        http_request=execution.http_request)
     return rerun

@@ -98,12 +98,15 @@ def image_check(function, version: FunctionVersion, *, field: str) -> None:
 def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=None,
                             source: str = "", callback_url: str = "",
                             synchronous: bool = False,
-                            batch: Batch | None = None) -> list[Execution]:
+                            batch: Batch | None = None,
+                            http_request: bool = False) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
     More than one payload is recorded as a `Batch` (`source`: api, admin, command).
     `callback_url` overrides the trigger's default callback; a `synchronous` execution (a
-    caller waits for it) is never retried. A saved `batch` (one batch over several calls, e.g.
+    caller waits for it) is never retried. `http_request`: each payload is a webhook's HTTP
+    request description, which the function's convention makes its event from. A saved `batch`
+    (one batch over several calls, e.g.
     `manage.py dispatch` in chunks) takes these executions instead. Returns at once; the tasks
     are sent after the surrounding transaction commits.
     """
@@ -133,7 +136,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                       created_at=now)
     return execution_enqueue(
         function=function, version=version, trigger=trigger, inputs=payloads, user=user,
-        batch=batch, now=now, synchronous=synchronous,
+        batch=batch, now=now, synchronous=synchronous, http_request=http_request,
         max_retries=0 if synchronous else trigger.max_retries,
         retry_backoff_seconds=trigger.retry_backoff_seconds,
         callback_url=callback_url or trigger.callback_url)
@@ -400,7 +403,7 @@ def _invoke(execution_id: str, claimed: transitions.Claimed) -> tuple[Outcome, r
     runtime = get_runtime(claimed.runtime or settings.KUBEFUNCTION_RUNTIME)
     context = InvocationContext(execution_id=str(execution_id), task_id=claimed.task_id,
                                 deadline=time.time() + spec.timeout_seconds,
-                                attempt=claimed.attempt)
+                                attempt=claimed.attempt, http=claimed.http_request)
     try:
         return runtime.invoke(spec, claimed.payload, context), retries.Cause.FUNCTION
     except RuntimeUnavailable as exc:

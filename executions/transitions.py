@@ -77,6 +77,8 @@ class Claimed(NamedTuple):
     # Whether the function's owner is a superuser now (functions/specs.py `owner_trusted`), read
     # by the claim so that a cached spec never outlives a change of it.
     owner_trusted: bool = False
+    # The payload is a webhook's HTTP request description (Execution.http_request).
+    http_request: bool = False
 
 
 class AtConcurrencyLimit(Exception):
@@ -89,7 +91,7 @@ class AtConcurrencyLimit(Exception):
 
 
 _RETURNED = ("task_id", "input", "runtime", "version_id", "attempt", "max_retries",
-             "retry_backoff_seconds", "synchronous", "callback_url", "batch_id")
+             "retry_backoff_seconds", "synchronous", "callback_url", "batch_id", "http_request")
 
 
 def _fast() -> bool:
@@ -162,10 +164,10 @@ def _claim_sql(execution_id: str, worker: str, from_status: str, *,
     if row is None:
         return None
     (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
-     callback_url, batch_id, updated_at, owner_trusted) = row
+     callback_url, batch_id, http_request, updated_at, owner_trusted) = row
     return Claimed(task_id, None if payload is None else json.loads(payload), runtime,
                    version_id, updated_at, attempt, max_retries, backoff, synchronous,
-                   callback_url, batch_id, now, bool(owner_trusted))
+                   callback_url, batch_id, now, bool(owner_trusted), bool(http_request))
 
 
 def _running_count(function_id: int, timeout_seconds: int, now: datetime) -> int:
@@ -230,9 +232,10 @@ def _claim_orm(execution_id: str, worker: str, from_status: str) -> Claimed | No
             *_RETURNED, "version__function__updated_at",
             "version__function__owner__is_superuser").get()
     (task_id, payload, runtime, version_id, attempt, max_retries, backoff, synchronous,
-     callback_url, batch_id, updated_at, owner_trusted) = values
+     callback_url, batch_id, http_request, updated_at, owner_trusted) = values
     return Claimed(task_id, payload, runtime, version_id, updated_at, attempt, max_retries,
-                   backoff, synchronous, callback_url, batch_id, now, bool(owner_trusted))
+                   backoff, synchronous, callback_url, batch_id, now, bool(owner_trusted),
+                   bool(http_request))
 
 
 # Column ranges of the figures a run reports (Postgres integer, bigint; floats kept finite and

@@ -14,6 +14,7 @@ from .forms import FunctionAddForm, FunctionChangeForm
 from .models import Function, FunctionVersion
 
 VERSION_FIELDS = ["number", "status", "sha256", "source_name", "source_size", "handler", "mode",
+                  "convention",
                   "image", "created_by", "created_at", "built_at"]
 
 
@@ -46,10 +47,11 @@ class FunctionAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "active_version_number", "mode", "effective_runtime",
                     "timeout_seconds", "memory_mb", "max_concurrency", "waiting",
                     "trigger_count", "executions_link", "updated_at"]
-    list_filter = ["runtime", "mode", "owner"]
+    list_filter = ["runtime", "mode", "convention", "owner"]
     search_fields = ["name", "description"]
     list_select_related = ["owner", "active_version"]
-    readonly_fields = ["name", "owner", "handler", "mode", "load", "created_at", "updated_at"]
+    readonly_fields = ["name", "owner", "handler", "mode", "convention", "load", "created_at",
+                       "updated_at"]
     inlines = [VersionInline]
     actions = ["build_image"]
 
@@ -103,7 +105,8 @@ class FunctionAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return list(FunctionAddForm._meta.fields)
-        return ["name", "owner", "handler", "mode", *FunctionChangeForm._meta.fields, "load",
+        return ["name", "owner", "handler", "mode", "convention", *FunctionChangeForm._meta.fields,
+                "load",
                 "created_at", "updated_at"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -133,6 +136,7 @@ class FunctionAdmin(admin.ModelAdmin):
             version = services.function_register(
                 name=data["name"], owner=request.user, filename=upload.name, data=upload.read(),
                 handler=data.get("handler") or None, mode=data.get("mode") or None,
+                convention=data.get("convention") or "",
                 timeout_seconds=data["timeout_seconds"], memory_mb=data["memory_mb"],
                 env_vars=data.get("env_vars") or {}, description=data.get("description", ""),
                 runtime=data.get("runtime", ""), network=data.get("network", False))

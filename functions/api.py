@@ -117,7 +117,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         upload = form.validated_data["source"]
         version = services.version_create(
             function=function, filename=upload.name, data=upload.read(), user=request.user,
-            handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"))
+            handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"),
+            convention=form.validated_data.get("convention"))
         version.refresh_from_db()
         if wait:
             version = selectors.version_wait(version=version, timeout=wait)

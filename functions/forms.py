@@ -10,10 +10,10 @@ from .services import retention_check
 from .validation import validate_source
 
 
-def _check_upload(form: forms.Form, upload, handler, mode) -> None:
+def _check_upload(form: forms.Form, upload, handler, mode, convention="") -> None:
     try:
         validate_source(filename=upload.name, data=upload.read(), handler=handler or None,
-                        mode=mode or None)
+                        mode=mode or None, convention=convention or "")
     except InvalidInput as exc:
         form.add_error(exc.field if exc.field in form.fields else "source", exc.message)
     finally:
@@ -39,7 +39,7 @@ class FunctionAddForm(forms.ModelForm):
 
     class Meta:
         model = Function
-        fields = ["name", "description", "source", "handler", "mode", "runtime",
+        fields = ["name", "description", "source", "convention", "handler", "mode", "runtime",
                   "timeout_seconds", "memory_mb", "network", "env_vars"]
 
     def clean_runtime(self):
@@ -48,7 +48,8 @@ class FunctionAddForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("source"):
-            _check_upload(self, data["source"], data.get("handler"), data.get("mode"))
+            _check_upload(self, data["source"], data.get("handler"), data.get("mode"),
+                          data.get("convention"))
         return data
 
 
@@ -80,7 +81,8 @@ class FunctionChangeForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if data.get("new_source"):
-            _check_upload(self, data["new_source"], self.instance.handler, self.instance.mode)
+            _check_upload(self, data["new_source"], self.instance.handler, self.instance.mode,
+                          self.instance.convention)
         if "payload_retention" in data:
             data["payload_retention"] = data["payload_retention"] or \
                 self.instance.payload_retention

@@ -13,6 +13,7 @@ from .specs import FunctionSpec
 FUNCTION_UID = 10001
 FUNCTION_USER = f"{FUNCTION_UID}:{FUNCTION_UID}"
 RUNNER = "/opt/kubefunction/runner.py"
+CONVENTIONS = "/opt/kubefunction/conventions"  # functions/conventions, loaded by the runner
 SOURCE_DIR = "/opt/kubefunction/src"
 DEPS_DIR = "/opt/kubefunction/deps"
 
@@ -20,4 +21,9 @@ DEPS_DIR = "/opt/kubefunction/deps"
 def runner_command(spec: FunctionSpec, *mode: str) -> list[str]:
     """The image's whole command: the runner for `spec`, in `mode` (e.g. "--socket", PATH)."""
     return ["python3", "-I", "-S", RUNNER, "--root", SOURCE_DIR, "--path", DEPS_DIR,
-            "--handler", spec.handler, "--mode", spec.mode, *mode]
+            "--handler", spec.handler, "--mode", spec.mode, *convention_args(spec), *mode]
+
+
+def convention_args(spec: FunctionSpec) -> list[str]:
+    """The runner's `--convention` option, none for the default convention."""
+    return ["--convention", spec.convention] if spec.convention else []

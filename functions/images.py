@@ -33,6 +33,10 @@ from .build_logs import BoundedLog
 from .specs import FunctionSpec
 
 RUNNER_SOURCE = Path(runner.__file__).read_bytes()
+# The conventions package the runner loads from beside itself (functions/conventions).
+CONVENTIONS_SOURCES = {
+    f"conventions/{path.name}": path.read_bytes()
+    for path in sorted((Path(runner.__file__).parent / "conventions").glob("*.py"))}
 REPOSITORY_PREFIX = "kubefunction"
 MIB = 1024 * 1024
 
@@ -58,6 +62,7 @@ def render_dockerfile(spec: FunctionSpec) -> str:
         "base_image": settings.KUBEFUNCTION_BASE_IMAGE, "function": spec.function_name,
         "version": spec.version_number, "sha256": spec.sha256,
         "requirements": spec.requirements.strip(), "runner": image_contract.RUNNER,
+        "conventions": image_contract.CONVENTIONS,
         "source_dir": image_contract.SOURCE_DIR, "deps_dir": image_contract.DEPS_DIR,
         "user": image_contract.FUNCTION_USER,
     })
@@ -89,7 +94,8 @@ def write_context(out: IO[bytes], files: dict[str, bytes], wheelhouse: Path | No
 def _context_files(spec: FunctionSpec, dockerfile: str, requirements_file: Path | None
                    ) -> dict[str, bytes]:
     """Dockerfile, runner, the requirements pip reads (our rendering) and the source under src/."""
-    files = {"Dockerfile": dockerfile.encode(), "runner.py": RUNNER_SOURCE}
+    files = {"Dockerfile": dockerfile.encode(), "runner.py": RUNNER_SOURCE,
+             **CONVENTIONS_SOURCES}
     if requirements_file is not None:
         files["requirements.txt"] = requirements_file.read_bytes()
     for path, content in read_members(spec.source_name, spec.read_source()).items():
@@ -107,7 +113,8 @@ def content_tag(spec: FunctionSpec, base_image_id: str) -> str:
     target = (f"{settings.KUBEFUNCTION_IMAGE_PYTHON_VERSION}-"
               f"{settings.KUBEFUNCTION_IMAGE_GLIBC_VERSION}")  # chooses the wheels
     digest = hashlib.sha256()
-    for part in (dockerfile.encode(), RUNNER_SOURCE, spec.sha256.encode(),
+    for part in (dockerfile.encode(), RUNNER_SOURCE, *CONVENTIONS_SOURCES.values(),
+                 spec.sha256.encode(),
                  spec.requirements.strip().encode(), base_image_id.encode(), target.encode()):
         digest.update(hashlib.sha256(part).digest())
     return "src-" + digest.hexdigest()[:32]

@@ -8,6 +8,8 @@ from django.db import models
 
 from kubefunction.models import NamedModel
 
+from .conventions import CHOICES as CONVENTION_CHOICES
+
 DNS1123_LABEL = RegexValidator(
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
     "Use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit "
@@ -61,6 +63,11 @@ class Function(NamedModel):
     )
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HANDLER,
                             help_text="How the runner calls the code.")
+    convention = models.CharField(
+        max_length=32, choices=CONVENTION_CHOICES, blank=True, default="",
+        help_text="The platform whose calling style the code follows (Lambda, OpenFaaS, "
+                  "OpenWhisk, …): how its event, context and answer are made. Blank: ours. "
+                  "Applies to the next uploaded version (docs/porting.md).")
     timeout_seconds = models.PositiveIntegerField(
         default=_default_timeout,
         validators=[MinValueValidator(1), MaxValueValidator(settings.KUBEFUNCTION_MAX_TIMEOUT)],
@@ -123,6 +130,8 @@ class FunctionVersion(models.Model):
                               help_text="SHA-256 of the uploaded file's bytes.")
     handler = models.CharField(max_length=200, help_text="Handler this version was validated with.")
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HANDLER)
+    convention = models.CharField(max_length=32, choices=CONVENTION_CHOICES, blank=True,
+                                  default="", help_text="The calling convention it runs with.")
     requirements = models.TextField(blank=True,
                                     help_text="The archive's requirements.txt, if it has one.")
     status = models.CharField(max_length=16, choices=VersionStatus.choices,

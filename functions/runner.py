@@ -3,12 +3,15 @@
 Standard library only, no Django, Python 3.9+: this file is copied alone into container images.
 
     python runner.py --root SRC [--path DIR]... --handler H --mode handler|script
+                     [--convention NAME]
                      [--serve | --request-file PATH | --request-env NAME | --socket PATH |
                       --http [HOST]:PORT]
 
 Requests are JSON lines: {"nonce", "event", "context": {...}, "max_output_bytes",
-"max_log_bytes"}. By default the runner reads one request from stdin, answers it and exits with the
-function's exit code; with --request-file it reads that one request from a file instead (a
+"max_log_bytes"[, "http": true]}; with "http" the event is a webhook's HTTP request description
+(conventions/base.py), which a --convention turns into its platform's event or request object.
+By default the runner reads one request from stdin, answers it and exits with the function's
+exit code; with --request-file it reads that one request from a file instead (a
 container's read-only mount), and with --request-env from that environment variable (a pod's
 env; the runner removes it from its environment before the function runs). With --serve it
 imports the function once (warm) and answers requests from stdin until stdin closes. With
@@ -218,6 +221,9 @@ class Context:
         # between attempts, so this is how a handler knows it is being retried).
         attempt = fields.get("attempt")
         self.attempt = attempt if isinstance(attempt, int) and attempt > 0 else 1
+        memory = fields.get("memory_mb")
+        self.memory_mb = memory if isinstance(memory, int) and memory > 0 else 0
+        self.fields = fields  # everything the host sent, for a convention's own context
 
     def remaining_time_ms(self) -> int:
         """Milliseconds left before the platform stops the function (0 when none are left)."""
@@ -245,12 +251,16 @@ def _runner_code_file() -> str:
 _STDLIB = os.path.dirname(os.__file__)
 _INTERNAL_DIRS = tuple(os.path.join(_STDLIB, name) + os.sep for name in ("asyncio", "importlib"))
 _INTERNAL_FILES = (_runner_code_file(), os.path.join(_STDLIB, "runpy.py"))
+# The conventions' adapters (conventions/, next to the runner) are the platform's frames too.
+_CONVENTIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(_runner_code_file())),
+                                "conventions") + os.sep
 
 
 def _is_internal(filename: str) -> bool:
     return (
         filename in _INTERNAL_FILES
         or filename.startswith(_INTERNAL_DIRS)
+        or filename.startswith(_CONVENTIONS_DIR)
         or filename.startswith("<frozen ")
     )
 
@@ -331,26 +341,31 @@ def _accepts_two(func: object) -> bool:
     return positional >= 2
 
 
+def load_callable(name: str) -> object:
+    """The callable `module.attr` names; raises `Failure` (HandlerNotFound, ImportError)."""
+    module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
+        raise Failure(
+            "HandlerNotFound", f"handler '{name}' is not of the form module.function"
+        )
+    module = _import(module_name)
+    func = getattr(module, attr, None)
+    if func is None:
+        raise Failure(
+            "HandlerNotFound", f"module '{module_name}' has no function '{attr}'"
+        )
+    if not callable(func):
+        raise Failure(
+            "HandlerNotFound", f"'{name}' is a {type(func).__name__}, not a function"
+        )
+    return func
+
+
 class Handler:
     """handler mode: `module.function`, called with (event, context) or (event)."""
 
     def __init__(self, name: str) -> None:
-        module_name, _, attr = name.rpartition(".")
-        if not module_name or not attr:
-            raise Failure(
-                "HandlerNotFound", f"handler '{name}' is not of the form module.function"
-            )
-        module = _import(module_name)
-        func = getattr(module, attr, None)
-        if func is None:
-            raise Failure(
-                "HandlerNotFound", f"module '{module_name}' has no function '{attr}'"
-            )
-        if not callable(func):
-            raise Failure(
-                "HandlerNotFound", f"'{name}' is a {type(func).__name__}, not a function"
-            )
-        self.func = func
+        self.func = func = load_callable(name)
         self.two_args = _accepts_two(func)
         if type(func) is types.FunctionType:
             self.is_async = bool(func.__code__.co_flags & CO_COROUTINE)
@@ -359,13 +374,41 @@ class Handler:
 
             self.is_async = inspect.iscoroutinefunction(func)
 
-    def call(self, event: object, context: Context) -> object:
+    def call(self, event: object, context: Context, http: bool = False) -> object:
         result = self.func(event, context) if self.two_args else self.func(event)
         if self.is_async or isinstance(result, types.CoroutineType):
             import asyncio  # only async functions pay for importing asyncio
 
             result = asyncio.run(result)
         return result
+
+
+def _conventions() -> types.ModuleType:
+    """The conventions package next to this file (conventions/), under a private name so that
+    it cannot collide with the function's own modules (`import conventions`)."""
+    name = "_kubefunction_conventions"
+    if name in sys.modules:
+        return sys.modules[name]
+    import importlib.util
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(_runner_code_file())), "conventions")
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+    if spec is None or spec.loader is None:
+        raise Failure("PlatformError", f"the runner's conventions are missing at {folder}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def convention_target(convention: str, handler: str) -> object:
+    """The adapter that calls `handler` the way `convention`'s platform does."""
+    try:
+        package = _conventions()
+    except (OSError, ImportError) as exc:
+        raise Failure("PlatformError", f"the runner's conventions cannot load: {exc!r}") from None
+    return package.adapter(convention, handler, load_callable)
 
 
 class Script:
@@ -534,15 +577,20 @@ def _cpu_and_rss() -> tuple[float, int]:
 class Runner:
     """Holds the loaded function (or the reason it failed to load) and answers requests."""
 
-    def __init__(self, handler: str, mode: str) -> None:
+    def __init__(self, handler: str, mode: str, convention: str = "") -> None:
         self.mode = mode
-        self.target: Handler | Script | None = None
+        self.target: Handler | Script | object | None = None
         self.load_error: Failure | None = None
         self.init_seconds = 0.0
         self._reserve: bytearray | None = bytearray(256 * 1024)  # freed to report a MemoryError
         started = time.perf_counter()
         try:
-            self.target = Script(handler) if mode == "script" else Handler(handler)
+            if mode == "script":
+                self.target = Script(handler)
+            elif convention:
+                self.target = convention_target(convention, handler)
+            else:
+                self.target = Handler(handler)
         except Failure as exc:
             self.load_error = exc
         except MemoryError:
@@ -566,7 +614,8 @@ class Runner:
             elif isinstance(self.target, Script):
                 self._run_script(self.target, request.get("event"), logs, max_output, result)
             else:
-                self._run_handler(request.get("event"), context, logs, max_output, max_log, result)
+                self._run_handler(request.get("event"), context, logs, max_output, max_log, result,
+                                  http=request.get("http") is True)
         except MemoryError as exc:
             self._reserve = None  # headroom to build and write the answer
             error = "function exceeded its memory limit"
@@ -590,11 +639,10 @@ class Runner:
         return result
 
     def _run_handler(self, event: object, context: Context, logs: Capture, max_output: int,
-                     max_log: int, result: dict) -> None:
-        assert isinstance(self.target, Handler)
+                     max_log: int, result: dict, http: bool = False) -> None:
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(), logs, logs
         try:
-            value = self.target.call(event, context)
+            value = self.target.call(event, context, http)  # type: ignore[union-attr]
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) and exc.code else 1
             result.update(error_type="SystemExit", exit_code=code,
@@ -602,6 +650,9 @@ class Runner:
             return
         except MemoryError:
             raise
+        except Failure as exc:  # a convention's adapter: the answer's shape is refused
+            result.update(error_type=exc.error_type, error=exc.error)
+            return
         except BaseException as exc:
             result.update(error_type=type(exc).__name__, error=format_error(exc, max_log))
             return
@@ -974,16 +1025,18 @@ class Arguments:
     """The command line (argparse would add a tenth to a cold start)."""
 
     USAGE = ("usage: runner.py --root SRC_DIR [--path DIR]... [--handler H] "
-             "[--mode handler|script] [--serve | --request-file PATH | --request-env NAME | "
+             "[--mode handler|script] [--convention NAME] "
+             "[--serve | --request-file PATH | --request-env NAME | "
              "--socket PATH | --http [HOST]:PORT]")
-    VALUED = ("--root", "--path", "--handler", "--mode", "--request-file", "--request-env",
-              "--socket", "--http")
+    VALUED = ("--root", "--path", "--handler", "--mode", "--convention", "--request-file",
+              "--request-env", "--socket", "--http")
 
     def __init__(self, argv: list[str]) -> None:
         self.root = ""
         self.path: list[str] = []
         self.handler = "handler.handle"
         self.mode = "handler"
+        self.convention = ""
         self.serve = False
         self.request_file = ""
         self.request_env = ""
@@ -1062,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
         if channel.conn is None:
             return 2
     _setup_paths(args.root, args.path)
-    runner = Runner(args.handler, args.mode)
+    runner = Runner(args.handler, args.mode, args.convention)
     if args.http:
         channel = HTTPChannel(args.http)  # listening only now: ready once imported
     return serve(runner, channel)

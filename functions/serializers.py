@@ -8,6 +8,7 @@ from kubefunction.api_input import StrictInput
 from kubefunction.errors import InvalidInput
 
 from . import executor
+from .conventions import CHOICES as CONVENTION_CHOICES
 from .models import Function, FunctionVersion, Mode, PayloadRetention, Runtime
 
 
@@ -29,7 +30,8 @@ class VersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = FunctionVersion
         fields = ["function", "number", "status", "active", "sha256", "source_name", "source_size",
-                  "handler", "mode", "requirements", "image", "installed_packages", "build_log",
+                  "handler", "mode", "convention", "requirements", "image", "installed_packages",
+                  "build_log",
                   "created_at", "built_at"]
         read_only_fields = fields
 
@@ -46,11 +48,12 @@ class FunctionSerializer(StrictInput, serializers.ModelSerializer):
 
     class Meta:
         model = Function
-        fields = ["url", "name", "description", "owner", "runtime", "handler", "mode",
+        fields = ["url", "name", "description", "owner", "runtime", "handler", "mode", "convention",
                   "timeout_seconds", "memory_mb", "network", "env_vars", "max_concurrency",
                   "payload_retention", "payload_retention_days", "waiting", "active_version",
                   "created_at", "updated_at"]
-        read_only_fields = ["name", "owner", "handler", "mode", "active_version", "created_at",
+        read_only_fields = ["name", "owner", "handler", "mode", "convention", "active_version",
+                            "created_at",
                             "updated_at"]
 
     def validate_runtime(self, value: str) -> str:
@@ -78,6 +81,11 @@ class SourceUploadSerializer(StrictInput, serializers.Serializer):
                                     help_text="'module.function' (handler mode) or the module "
                                               "to run (script mode). Detected when omitted.")
     mode = serializers.ChoiceField(choices=Mode.choices, required=False)
+    convention = serializers.ChoiceField(
+        choices=CONVENTION_CHOICES, required=False, allow_blank=True,
+        help_text="The platform the code is written for: lambda, openfaas, openfaas-http, "
+                  "openwhisk, cloudfunctions, fission, knative, azure, nuclio, windmill; blank "
+                  "for ours (docs/porting.md). A new version keeps the function's when omitted.")
 
     def validate_source(self, upload):
         # Checked before the body is read: an oversized upload is never loaded into memory.

@@ -56,7 +56,8 @@ def _full_clean(function: Function) -> None:
 @transaction.atomic
 def function_register(*, name: str, owner, filename: str, data: bytes,
                       handler: str | None = None, mode: str | None = None,
-                      timeout_seconds: int | None = None, memory_mb: int | None = None,
+                      convention: str = "", timeout_seconds: int | None = None,
+                      memory_mb: int | None = None,
                       env_vars: dict | None = None, description: str = "",
                       runtime: str = "", network: bool = False,
                       payload_retention: str = PayloadRetention.KEEP,
@@ -68,9 +69,11 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
         raise InvalidInput(exc.messages[0], field="name") from exc
     if Function.objects.filter(name=name).exists():
         raise InvalidInput(f"a function named '{name}' already exists.", field="name")
-    checked = validate_source(filename=filename, data=data, handler=handler, mode=mode)
+    checked = validate_source(filename=filename, data=data, handler=handler, mode=mode,
+                              convention=convention)
     function = Function(name=name, owner=owner, description=description, runtime=runtime,
                         handler=checked.handler, mode=checked.mode, network=network,
+                        convention=checked.convention,
                         env_vars=_check_env_vars(env_vars or {}),
                         payload_retention=payload_retention,
                         payload_retention_days=payload_retention_days)
@@ -82,7 +85,8 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
     _full_clean(function)
     function.save()
     return version_create(function=function, filename=filename, data=data, user=owner,
-                          handler=checked.handler, mode=checked.mode)
+                          handler=checked.handler, mode=checked.mode,
+                          convention=checked.convention)
 
 
 @transaction.atomic
@@ -106,30 +110,39 @@ def function_update(*, function: Function, **changes) -> Function:
 
 @transaction.atomic
 def version_create(*, function: Function, filename: str, data: bytes, user=None,
-                   handler: str | None = None, mode: str | None = None) -> FunctionVersion:
-    """Upload a new immutable version. The same bytes and handler as the latest version reuse it.
+                   handler: str | None = None, mode: str | None = None,
+                   convention: str | None = None) -> FunctionVersion:
+    """Upload a new immutable version. The same bytes, handler and convention as the latest
+    version reuse it. `convention` None keeps the function's.
 
     A version that needs no preparation is ready at once and becomes active; otherwise it is
     pending and a build task is sent after commit.
     """
     function = Function.objects.select_for_update().get(pk=function.pk)
-    checked = validate_source(filename=filename, data=data,
-                              handler=handler or function.handler, mode=mode or function.mode)
+    convention = function.convention if convention is None else convention
+    if handler is None and convention == function.convention:
+        handler = function.handler  # a new convention finds its own entry point instead
+    checked = validate_source(filename=filename, data=data, handler=handler,
+                              mode=mode or (None if convention else function.mode),
+                              convention=convention)
     sha256 = hashlib.sha256(data).hexdigest()
     latest = function.versions.order_by("-number").first()
-    if latest and (latest.sha256, latest.handler, latest.mode) == (
-            sha256, checked.handler, checked.mode) and latest.status != VersionStatus.FAILED:
+    if latest and (latest.sha256, latest.handler, latest.mode, latest.convention) == (
+            sha256, checked.handler, checked.mode, checked.convention) \
+            and latest.status != VersionStatus.FAILED:
         return latest
     number = (function.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = FunctionVersion(
         function=function, number=number, sha256=sha256, source_name=filename.rsplit("/", 1)[-1],
         source_size=len(data), handler=checked.handler, mode=checked.mode,
-        requirements=checked.requirements, created_by=user,
+        convention=checked.convention, requirements=checked.requirements, created_by=user,
     )
     version.source.save(version.source_name, ContentFile(data), save=False)
     version.save()
-    if (function.handler, function.mode) != (checked.handler, checked.mode):
-        Function.objects.filter(pk=function.pk).update(handler=checked.handler, mode=checked.mode)
+    if (function.handler, function.mode, function.convention) != (
+            checked.handler, checked.mode, checked.convention):
+        Function.objects.filter(pk=function.pk).update(
+            handler=checked.handler, mode=checked.mode, convention=checked.convention)
     builds.version_start_build(version)
     return version
 

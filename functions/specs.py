@@ -28,6 +28,7 @@ class FunctionSpec:
     read_source: Callable[[], bytes] = field(compare=False, repr=False)
     handler: str = "handler.handle"
     mode: str = "handler"  # "handler" or "script"
+    convention: str = ""  # functions/conventions: "" (ours), "lambda", "openwhisk", ...
     requirements: str = ""
     timeout_seconds: float = 30
     memory_mb: int = 256
@@ -61,7 +62,8 @@ def version_spec(version: FunctionVersion) -> FunctionSpec:
     return FunctionSpec(
         version_id=version.pk, function_name=function.name, version_number=version.number,
         sha256=version.sha256, source_name=version.source_name, read_source=read_source,
-        handler=version.handler, mode=version.mode, requirements=version.requirements,
+        handler=version.handler, mode=version.mode, convention=version.convention,
+        requirements=version.requirements,
         timeout_seconds=function.timeout_seconds, memory_mb=function.memory_mb,
         env=dict(function.env_vars or {}), image=version.image, network=function.network,
         payload_retention=function.payload_retention, owner_trusted=function.owner.is_superuser,

@@ -10,9 +10,13 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from kubefunction.errors import InvalidInput
 
 from .artifacts import SourceRejected, archive_kind, read_members
+from .conventions import CONVENTIONS
 from .models import Mode
 from .requirements import check_requirements
 
@@ -26,6 +30,7 @@ class ValidatedSource:
     handler: str
     mode: str
     requirements: str
+    convention: str = ""
 
 
 def _parse_python(members: dict[str, bytes]) -> dict[str, ast.Module]:
@@ -97,11 +102,53 @@ def _resolve(filename: str, handler: str | None, mode: str | None,
     return handler, mode
 
 
+def _convention_handler(filename: str, handler: str | None, convention: str,
+                        trees: dict[str, ast.Module]) -> str:
+    """The handler under a convention: the one named (`f` in f.py's upload means `stem.f`), or
+    the first of the convention's entry points the upload defines."""
+    single = archive_kind(filename) == "py"
+    stem = posixpath.basename(filename)[:-3] if single else None
+    if handler:
+        return f"{stem}.{handler}" if single and "." not in handler else handler
+    info = CONVENTIONS[convention]
+    modules = (stem,) if single else info.modules
+    tried = [f"{module}.{entry}" for module in modules for entry in info.entry_points]
+    for candidate in tried:
+        if _defines(candidate, trees):
+            return candidate
+    raise InvalidInput(
+        f"no handler found for the {convention} convention (looked for {', '.join(tried)}); "
+        "name it ('module.function').", field="handler")
+
+
+def with_implied(requirements: str, convention: str) -> str:
+    """`requirements` plus what the convention's platform provides its functions (its own
+    package) and the upload does not name already, under a comment saying why."""
+    info = CONVENTIONS.get(convention)
+    if info is None or not info.requires:
+        return requirements
+    named = {canonicalize_name(req.name) for req in check_requirements(requirements)}
+    missing = [req for req in info.requires
+               if canonicalize_name(Requirement(req).name) not in named]
+    if not missing:
+        return requirements
+    added = f"# added by the {convention} convention (its platform provides it)\n" + \
+        "\n".join(missing)
+    return f"{requirements}\n{added}" if requirements else added
+
+
 def validate_source(*, filename: str, data: bytes, handler: str | None = None,
-                    mode: str | None = None) -> ValidatedSource:
-    """Check an upload and its handler; return its members, handler, mode and requirements."""
+                    mode: str | None = None, convention: str = "") -> ValidatedSource:
+    """Check an upload and its handler; return its members, handler, mode and requirements
+    (with what the `convention` implies)."""
     if mode is not None and mode not in Mode.values:
         raise InvalidInput(f"mode must be one of {', '.join(Mode.values)}.", field="mode")
+    if convention and convention not in CONVENTIONS:
+        raise InvalidInput(f"convention must be one of {', '.join(sorted(CONVENTIONS))} (or "
+                           "blank for ours).", field="convention")
+    if convention and mode == Mode.SCRIPT:
+        raise InvalidInput(f"the {convention} convention calls a handler: script mode does not "
+                           "apply.", field="mode")
     if handler is not None and not HANDLER_PATTERN.match(handler):
         raise InvalidInput(
             f"'{handler}' is not a dotted Python name like 'module.function'.", field="handler")
@@ -109,7 +156,10 @@ def validate_source(*, filename: str, data: bytes, handler: str | None = None,
     trees = _parse_python(members)
     if not trees:
         raise SourceRejected("the upload holds no Python (.py) file.")
-    handler, mode = _resolve(filename, handler, mode, trees)
+    if convention:
+        handler, mode = _convention_handler(filename, handler, convention, trees), Mode.HANDLER
+    else:
+        handler, mode = _resolve(filename, handler, mode, trees)
     if mode == Mode.SCRIPT:
         if not _module_file(handler, trees):
             raise InvalidInput(f"script module '{handler}' is not in the upload.", field="handler")
@@ -124,5 +174,6 @@ def validate_source(*, filename: str, data: bytes, handler: str | None = None,
     except UnicodeDecodeError as exc:
         raise SourceRejected(f"requirements.txt is not UTF-8 text: {exc}") from exc
     check_requirements(requirements_text)
+    requirements_text = with_implied(requirements_text, convention)
     return ValidatedSource(members=members, handler=handler, mode=mode,
-                           requirements=requirements_text)
+                           requirements=requirements_text, convention=convention)

@@ -31,6 +31,7 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),  # readiness: database, broker, runtime
     path("t/<str:name>", webhook, name="trigger-webhook"),  # HTTP triggers (docs/triggers.md)
     path("t/<str:name>/", webhook),
+    path("t/<str:name>/<path:subpath>", webhook),  # a path after it: functions with a convention
     path("", include("metrics.urls")),  # /metrics: the Prometheus exposition
 ]
 

@@ -18,6 +18,18 @@ class TriggerKind(models.TextChoices):
     SCHEDULE = "schedule", "Schedule (crontab)"
 
 
+class PayloadFormat(models.TextChoices):
+    V1 = "1.0", "1.0 (API Gateway REST API)"
+    V2 = "2.0", "2.0 (API Gateway HTTP API, function URLs)"
+
+
+class SignatureScheme(models.TextChoices):
+    NONE = "", "None: the X-KubeFunction-Token header"
+    GITHUB = "github", "GitHub (X-Hub-Signature-256)"
+    STRIPE = "stripe", "Stripe (Stripe-Signature, 5 minutes' tolerance)"
+    HMAC = "hmac-sha256", "Generic HMAC-SHA256 of the body"
+
+
 class Trigger(NamedModel):
     name = models.CharField(max_length=100, unique=True, validators=[TRIGGER_NAME],
                             help_text="Unique name used to dispatch, e.g. in URLs and commands.")
@@ -36,6 +48,28 @@ class Trigger(NamedModel):
                                   help_text="SHA-256 of the webhook's secret token.")
     public = models.BooleanField(default=False,
                                  help_text="HTTP triggers only: anyone may call it, no token.")
+    # HTTP triggers of a function with a convention (docs/porting.md).
+    payload_format_version = models.CharField(
+        max_length=4, choices=PayloadFormat.choices, default=PayloadFormat.V1,
+        help_text="Lambda convention: API Gateway's proxy event — 1.0 (REST API) or 2.0 "
+                  "(HTTP API, function URLs).")
+    cors_allowed_origins = models.JSONField(
+        default=list, blank=True,
+        help_text='Origins allowed to call it from a browser, e.g. ["https://app.example.com"] '
+                  'or ["*"]: the platform answers their CORS preflight (OPTIONS) and adds '
+                  "Access-Control-Allow-Origin. Empty: OPTIONS reaches the function.")
+    signature = models.CharField(
+        max_length=16, choices=SignatureScheme.choices, blank=True, default="",
+        help_text="Authenticate calls by an HMAC signature of the body instead of the token "
+                  "header: GitHub's X-Hub-Signature-256, Stripe's Stripe-Signature, or a "
+                  "generic hex HMAC-SHA256 in signature_header.")
+    signature_header = models.CharField(
+        max_length=100, blank=True, default="",
+        help_text="Generic signatures: the header carrying hex HMAC-SHA256 of the body "
+                  "(optionally prefixed 'sha256='). Default X-Signature-256.")
+    signature_secret = models.CharField(
+        max_length=200, blank=True, default="",
+        help_text="The shared secret the sender signs with. Write-only: never shown again.")
     # Schedule: a 5-field crontab in `timezone`, kept in django-celery-beat's PeriodicTask.
     schedule = models.CharField(max_length=200, blank=True,
                                 help_text="Crontab: minute hour day-of-month month day-of-week.")

@@ -1,6 +1,16 @@
 """HTTP triggers: `POST /t/<name>` runs the trigger's function with the request as its event.
 
-The contract (docs/triggers.md):
+The contract (docs/triggers.md; for functions with a convention, docs/porting.md):
+
+- A function with a convention (Lambda, OpenFaaS, …) takes every method (HEAD runs as GET and
+  is answered without a body) and a path after the name (`/t/<name>/<path>`); its execution's
+  input is the request's description (`http_description`), which its convention turns into its
+  platform's event, and its answer is always an HTTP answer (functions/conventions/base.py).
+  Only headers control the platform there (`Prefer: respond-async`, `Prefer: wait=N`): the
+  query string is the function's. Our own convention takes POST only, as below.
+- A trigger with `cors_allowed_origins` answers those origins' CORS preflights itself.
+- A trigger with a `signature` scheme authenticates by the sender's HMAC of the body
+  (`triggers.signatures`) instead of the token header.
 
 - 404 for an unknown name or a trigger that is not an HTTP trigger; 401 for a missing or wrong
   `X-KubeFunction-Token` (unless the trigger is public); 409 when the trigger is disabled or its
@@ -27,6 +37,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -52,6 +63,7 @@ from kubefunction.errors import (
 )
 from kubefunction.throttles import dispatch_wait, user_ident
 
+from . import cors, signatures
 from .models import Trigger, TriggerKind
 from .services import token_matches
 
@@ -94,15 +106,18 @@ class Unauthorized(KubeFunctionError):
 
 @dataclass
 class WebhookAnswer:
-    """What the view sends back."""
+    """What the view sends back. A header's value is a list when the function gave it more than
+    once (the view sends each Set-Cookie on its own, joins the others with commas)."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | list[str]] = field(default_factory=dict)
     # False for an answer the function shaped (statusCode/headers/body): its headers are the
     # function's, checked by `confine`; True for the platform's own answers.
     ours: bool = True
+    # Headers the platform itself added to a function's answer (CORS), which `confine` keeps.
+    added: set[str] = field(default_factory=set)
 
 
 def _json_answer(status: int, data, task_id: str = "", **headers: str) -> WebhookAnswer:
@@ -124,17 +139,26 @@ def _error_answer(exc: KubeFunctionError) -> WebhookAnswer:
 
 # --- Authentication ----------------------------------------------------------------------------
 
-def webhook_trigger(*, name: str, token: str | None) -> Trigger:
-    """The enabled HTTP trigger `name` that `token` opens (any token for a public trigger).
-
-    NotFound (404) for no such HTTP trigger, Unauthorized (401) for a missing or wrong token;
-    a disabled trigger is refused later by the dispatch (409).
-    """
+def http_trigger(name: str) -> Trigger:
+    """The HTTP trigger `name` (with its function, active version and owner), or NotFound."""
     # The owner too: the dispatch rate is charged to them (one query, not two).
     trigger = Trigger.objects.select_related("function__active_version", "function__owner").filter(
         name=name).first()
     if trigger is None or trigger.kind != TriggerKind.HTTP:
         raise NotFound(f"no HTTP trigger named '{name}'.")
+    return trigger
+
+
+def trigger_convention(trigger: Trigger) -> str:
+    """The convention a call of the trigger runs under: its active version's (the function's
+    when it has none yet; the dispatch then refuses it)."""
+    version = trigger.function.active_version
+    return version.convention if version is not None else trigger.function.convention
+
+
+def webhook_authenticate(trigger: Trigger, *, token: str | None) -> Trigger:
+    """`trigger` when `token` opens it (any token for a public trigger); Unauthorized (401) for
+    a missing or wrong token. A disabled trigger is refused later by the dispatch (409)."""
     if trigger.public:
         return trigger
     if not token:
@@ -142,6 +166,15 @@ def webhook_trigger(*, name: str, token: str | None) -> Trigger:
     if not token_matches(trigger, token):
         raise Unauthorized(f"the {TOKEN_HEADER} header does not match this trigger's token.")
     return trigger
+
+
+def webhook_trigger(*, name: str, token: str | None) -> Trigger:
+    """The enabled HTTP trigger `name` that `token` opens (any token for a public trigger).
+
+    NotFound (404) for no such HTTP trigger, Unauthorized (401) for a missing or wrong token;
+    a disabled trigger is refused later by the dispatch (409).
+    """
+    return webhook_authenticate(http_trigger(name), token=token)
 
 
 # --- The origin --------------------------------------------------------------------------------
@@ -229,6 +262,31 @@ def _envelope(request: HttpRequest, body: bytes) -> dict:
             "method": request.method, "path": request.path}
 
 
+def http_description(request: HttpRequest, body: bytes, *, trigger: Trigger, subpath: str,
+                     method: str) -> dict:
+    """The request as a function with a convention receives it (functions/conventions/base.py):
+    method, the path after the trigger's URL, the raw query string, the headers (none of the
+    platform's credentials), the body (base64 when it is not UTF-8), the caller's address."""
+    try:
+        text, encoded = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(body).decode("ascii"), True
+    path = "/" + subpath.lstrip("/") if subpath else "/"
+    full = request.path
+    route = full[:len(full) - len(subpath)].rstrip("/") if subpath and full.endswith(subpath) \
+        else full.rstrip("/")
+    return {
+        "method": method, "path": path, "route": route,
+        "query": request.META.get("QUERY_STRING", ""),
+        "headers": [[name, value] for name, value in event_headers(request).items()],
+        "body": text, "isBase64Encoded": encoded,
+        "sourceIp": request.META.get("REMOTE_ADDR") or "127.0.0.1",
+        "scheme": request.scheme, "host": request.get_host(), "trigger": trigger.name,
+        "time": round(time.time(), 3),
+        "options": {"payloadFormatVersion": trigger.payload_format_version},
+    }
+
+
 def webhook_event(request: HttpRequest, body: bytes):
     """The event a request sends: its JSON body; the envelope for any other body; the trigger's
     default payload (USE_DEFAULT) for an empty one. A body declared JSON must parse."""
@@ -258,9 +316,9 @@ def _prefer(request: HttpRequest) -> dict[str, str]:
     return prefs
 
 
-def wants_async(request: HttpRequest) -> bool:
-    """`Prefer: respond-async` or `?async=1` (also true/yes)."""
-    flag = request.GET.get("async", "").lower() in ("1", "true", "yes")
+def wants_async(request: HttpRequest, *, query: bool = True) -> bool:
+    """`Prefer: respond-async`, or (`query`: our own convention) `?async=1` (also true/yes)."""
+    flag = query and request.GET.get("async", "").lower() in ("1", "true", "yes")
     return flag or "respond-async" in _prefer(request)
 
 
@@ -284,7 +342,9 @@ class _BadResponse(ValueError):
     pass
 
 
-def _header_value(name, value) -> str:
+def _header_value(name, value) -> str | list[str]:
+    if isinstance(value, list | tuple):  # a header given more than once
+        return [_header_value(name, one) for one in value]
     if not isinstance(name, str) or not name or any(c in name for c in " :\r\n\t"):
         raise _BadResponse(f"header name {name!r} is not valid")
     if isinstance(value, bool):
@@ -309,6 +369,8 @@ def _proxy_answer(output: dict, task_id: str) -> WebhookAnswer:
                if str(name).lower() not in HOP_BY_HOP}
     content_type = next((headers.pop(k) for k in list(headers) if k.lower() == "content-type"),
                         None)
+    if isinstance(content_type, list):
+        content_type = content_type[-1]
     body = output.get("body")
     if body is None:
         data = b""
@@ -329,6 +391,25 @@ def _proxy_answer(output: dict, task_id: str) -> WebhookAnswer:
                          ours=False)
 
 
+def _http_answer(output: object, task_id: str) -> WebhookAnswer:
+    """A convention's HTTP answer (functions/conventions/base.py `http_answer`) as served."""
+    if not isinstance(output, dict) or "statusCode" not in output:
+        raise _BadResponse("a function with a convention must answer an HTTP answer")
+    pairs = output.get("headers") or []
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise _BadResponse("headers must be a list of [name, value] pairs")
+    headers: dict[str, list[str]] = {}
+    names: dict[str, str] = {}  # lower-case name -> the first spelling given
+    for name, value in pairs:
+        checked = _header_value(name, value)
+        spelled = names.setdefault(str(name).lower(), name)
+        headers.setdefault(spelled, []).append(checked)
+    folded = {name: values[0] if len(values) == 1 else values
+              for name, values in headers.items()}
+    return _proxy_answer({**output, "headers": folded}, task_id)
+
+
 def _result_url(request: HttpRequest, execution: Execution) -> str:
     return request.build_absolute_uri(
         reverse("execution-detail", kwargs={"task_id": execution.task_id}))
@@ -341,8 +422,10 @@ def _finished_answer(request: HttpRequest, execution: Execution) -> WebhookAnswe
             "task_id": task_id, "status": execution.status, "error_type": execution.error_type,
             "error": execution.error, "result_url": _result_url(request, execution)}, task_id)
     output = execution.output
-    if isinstance(output, dict) and "statusCode" in output:
+    if execution.http_request or (isinstance(output, dict) and "statusCode" in output):
         try:
+            if execution.http_request:
+                return _http_answer(output, task_id)
             return _proxy_answer(output, task_id)
         except _BadResponse as exc:
             return _json_answer(502, {
@@ -378,7 +461,8 @@ def confine(answer: WebhookAnswer, request: HttpRequest) -> WebhookAnswer:
         return answer
     headers, dropped = {}, []
     for name, value in answer.headers.items():
-        if answer.ours or name == TASK_ID_HEADER or _header_passes(name, value, request):
+        if answer.ours or name == TASK_ID_HEADER or name in answer.added \
+                or _header_passes(name, value, request):
             headers[name] = value
         else:
             dropped.append(name.lower())
@@ -388,7 +472,8 @@ def confine(answer: WebhookAnswer, request: HttpRequest) -> WebhookAnswer:
                     headers[DROPPED_HEADER])
     headers["Content-Security-Policy"] = SANDBOX_CSP
     headers["X-Content-Type-Options"] = "nosniff"
-    return WebhookAnswer(answer.status, answer.body, answer.content_type, headers, answer.ours)
+    return WebhookAnswer(answer.status, answer.body, answer.content_type, headers, answer.ours,
+                         answer.added)
 
 
 @dataclass
@@ -399,42 +484,86 @@ class WebhookWait:
     execution: Execution
     seconds: float
     pending: dict
+    trigger: Trigger | None = None  # for its CORS setting
 
 
-async def webhook_call(*, name: str, request: HttpRequest) -> WebhookAnswer:
+async def webhook_call(*, name: str, request: HttpRequest, subpath: str = "") -> WebhookAnswer:
     """Authenticate, build the event, dispatch, and (synchronous calls) wait for the outcome;
     the answer is confined to the origin it is served on. The dispatch runs in the request's
     sync thread; the wait holds no thread (executions.waiters)."""
-    started = await sync_to_async(webhook_start)(name=name, request=request)
+    started = await sync_to_async(webhook_start)(name=name, request=request, subpath=subpath)
     if isinstance(started, WebhookWait):
         execution = await execution_wait_async(execution=started.execution,
                                                timeout=started.seconds, release=False)
         started = webhook_finish(name=name, request=request, wait=started, execution=execution)
+    if request.method == "HEAD":
+        started.body = b""
     return confine(started, request)
 
 
-def webhook_start(*, name: str, request: HttpRequest) -> WebhookAnswer | WebhookWait:
-    """Everything up to the wait: the answer at once (an error, or 202 for an asynchronous
-    call), or the wait of a synchronous call."""
+def _method_check(request: HttpRequest, trigger: Trigger, convention: str,
+                  subpath: str) -> WebhookAnswer | None:
+    """The answer when the trigger does not take this method or path (None: it does)."""
+    if convention:
+        return None
+    if subpath:
+        return _json_answer(404, {"detail": f"trigger '{trigger.name}' takes no path after its "
+                                            "name: its function has our own convention, whose "
+                                            "event is the body (docs/porting.md)."})
     if request.method != "POST":
         return _json_answer(405, {"detail": "HTTP triggers take POST."}, Allow="POST")
+    return None
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    """The body, or PayloadTooLarge (413) past KUBEFUNCTION_MAX_PAYLOAD_BYTES."""
+    limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES
+    length = request.META.get("CONTENT_LENGTH") or "0"  # the framing middleware checked it
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the body is over {limit} bytes.", field="body")
+    body = request.body
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is over {limit} bytes.", field="body")
+    return body
+
+
+def webhook_start(*, name: str, request: HttpRequest,
+                  subpath: str = "") -> WebhookAnswer | WebhookWait:
+    """Everything up to the wait: the answer at once (an error, a CORS preflight, or 202 for an
+    asynchronous call), or the wait of a synchronous call."""
     try:
-        trigger = webhook_trigger(name=name, token=request.headers.get(TOKEN_HEADER))
+        trigger = http_trigger(name)
+        convention = trigger_convention(trigger)
+        preflight = cors.preflight(trigger, request)
+        if preflight is not None:
+            return cors.allow(WebhookAnswer(204, b"", "text/plain", preflight), trigger, request)
+        refused = _method_check(request, trigger, convention, subpath)
+        if refused is not None:
+            return refused
+        if trigger.signature:
+            body = _read_body(request)  # the signature covers the body
+            signatures.verify(trigger, request, body)
+        else:
+            webhook_authenticate(trigger, token=request.headers.get(TOKEN_HEADER))
         # Webhook calls count against the function owner's dispatch rate, like API dispatches.
         wait = dispatch_wait(user_ident(trigger.function.owner) or f"trigger:{trigger.pk}")
         if wait is not None:
             raise RateLimited(f"too many dispatches: retry in {wait:.1f} s.", retry_after=wait)
-        limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES
-        length = request.META.get("CONTENT_LENGTH") or "0"  # the framing middleware checked it
-        if length.isascii() and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"the body is over {limit} bytes.", field="body")
-        body = request.body
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body is over {limit} bytes.", field="body")
-        event = webhook_event(request, body)
-        is_async = wants_async(request)
+        if not trigger.signature:
+            body = _read_body(request)
+        if convention:
+            method = "GET" if request.method == "HEAD" else request.method
+            event = http_description(request, body, trigger=trigger, subpath=subpath,
+                                     method=method)
+        else:
+            event = webhook_event(request, body)
+        is_async = wants_async(request, query=not convention)
         wait = 0.0 if is_async else wait_seconds(request, trigger)
-        execution = execution_dispatch(trigger=trigger, payload=event, synchronous=not is_async)
+        execution = execution_dispatch(trigger=trigger, payload=event, synchronous=not is_async,
+                                       http_request=bool(convention))
+    except signatures.SignatureRefused as exc:
+        logger.info("webhook %s: 401 %s", name, exc)
+        return _error_answer(Unauthorized(str(exc)))
     except KubeFunctionError as exc:
         logger.info("webhook %s: %s %s", name, exc.status_code, exc.message)
         return _error_answer(exc)
@@ -443,9 +572,10 @@ def webhook_start(*, name: str, request: HttpRequest) -> WebhookAnswer | Webhook
                "result_url": result_url}
     if is_async:
         logger.info("webhook %s: 202 task %s", name, execution.task_id)
-        return _json_answer(202, {**pending, "status": execution.status}, execution.task_id,
-                            Location=result_url)
-    return WebhookWait(execution, wait, pending)
+        answer = _json_answer(202, {**pending, "status": execution.status}, execution.task_id,
+                              Location=result_url)
+        return cors.allow(answer, trigger, request)
+    return WebhookWait(execution, wait, pending, trigger)
 
 
 def webhook_finish(*, name: str, request: HttpRequest, wait: WebhookWait,
@@ -454,10 +584,11 @@ def webhook_finish(*, name: str, request: HttpRequest, wait: WebhookWait,
     if not execution.is_finished:
         logger.info("webhook %s: 504 task %s still %s after %.1fs", name, execution.task_id,
                     execution.status, wait.seconds)
-        return _json_answer(504, {
+        answer = _json_answer(504, {
             **wait.pending, "status": execution.status,
             "detail": f"the function did not finish within {wait.seconds:g} s; it goes on: GET "
                       "the result URL for its outcome."}, execution.task_id)
-    answer = _finished_answer(request, execution)
-    logger.info("webhook %s: %s task %s", name, answer.status, execution.task_id)
-    return answer
+    else:
+        answer = _finished_answer(request, execution)
+        logger.info("webhook %s: %s task %s", name, answer.status, execution.task_id)
+    return cors.allow(answer, wait.trigger, request) if wait.trigger is not None else answer

@@ -24,6 +24,9 @@ class InvocationContext:
     task_id: str
     deadline: float  # epoch seconds
     attempt: int = 1  # 1 = first; a retry is a new attempt of the same execution
+    # The payload is a webhook's HTTP request description (functions/conventions/base.py),
+    # which the function's convention turns into its event.
+    http: bool = False
 
 
 @dataclass

@@ -190,10 +190,13 @@ def runner_request(spec: FunctionSpec, payload: Any,
             "execution_id": context.execution_id, "task_id": context.task_id,
             "function_name": spec.function_name, "function_version": spec.version_number,
             "deadline": context.deadline, "attempt": context.attempt,
+            "memory_mb": spec.memory_mb, "timeout_seconds": spec.timeout_seconds,
         },
         "max_output_bytes": settings.KUBEFUNCTION_MAX_OUTPUT_BYTES,
         "max_log_bytes": settings.KUBEFUNCTION_MAX_LOG_BYTES,
     }
+    if context.http:
+        request["http"] = True
     try:
         line = json.dumps(request, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:

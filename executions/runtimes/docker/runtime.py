@@ -42,7 +42,8 @@ def folders_dir() -> Path:
 
 def pool_key(spec: FunctionSpec) -> tuple:
     """Containers are interchangeable only if everything that shaped them at start is equal."""
-    return (spec.version_id, spec.image, spec.handler, spec.mode, spec.memory_mb, spec.network,
+    return (spec.version_id, spec.image, spec.handler, spec.mode, spec.convention,
+            spec.memory_mb, spec.network,
             tuple(sorted(spec.env.items())))
 
 

@@ -166,8 +166,10 @@ def usage_annotations(spec: FunctionSpec, moment: float) -> dict[str, str]:
 
 def warm_name(spec: FunctionSpec) -> str:
     """`kfw-<function>-v<n>-<digest>`: one per version and shape (image, handler, limits, env)."""
-    key = repr((spec.version_id, spec.image, spec.handler, spec.mode, spec.memory_mb,
-                spec.network, sorted(spec.env.items())))
+    shape = (spec.version_id, spec.image, spec.handler, spec.mode, spec.memory_mb,
+             spec.network, sorted(spec.env.items()))
+    # A convention only where there is one: the default's names stay as they were.
+    key = repr((*shape, spec.convention) if spec.convention else shape)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     suffix = f"-v{spec.version_number}-{digest}"
     return f"kfw-{_name_part(spec.function_name, 63 - len('kfw-') - len(suffix))}{suffix}"

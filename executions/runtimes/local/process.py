@@ -130,7 +130,7 @@ class RunnerProcess:
 
     @classmethod
     def spawn(cls, *, source_dir: Path, extra_paths: list[Path], handler: str, mode: str,
-              env: dict[str, str], memory_mb: int, homes: Path,
+              env: dict[str, str], memory_mb: int, homes: Path, convention: str = "",
               sandbox: Sandbox | None = None, limits: tuple[tuple[int, int], ...] = (),
               network: bool = False) -> RunnerProcess:
         """Start a runner for the function in `source_dir`, its HOME a new folder in `homes`
@@ -142,9 +142,10 @@ class RunnerProcess:
                                     limits)
         if sandbox is not None:
             return cls._spawn_boxed(sandbox, source_dir, extra_paths, handler, mode, env, preexec,
-                                    network)
+                                    network, convention)
         argv = [sys.executable, *PYTHON_FLAGS, str(RUNNER_PATH), "--serve",
-                "--root", str(source_dir), "--handler", handler, "--mode", mode]
+                "--root", str(source_dir), "--handler", handler, "--mode", mode,
+                *(["--convention", convention] if convention else [])]
         for path in extra_paths:
             argv += ["--path", str(path)]
         homes.mkdir(parents=True, exist_ok=True)
@@ -164,9 +165,10 @@ class RunnerProcess:
     @classmethod
     def _spawn_boxed(cls, sandbox: Sandbox, source_dir: Path, extra_paths: list[Path],
                      handler: str, mode: str, env: dict[str, str], preexec,
-                     network: bool = False) -> RunnerProcess:
+                     network: bool = False, convention: str = "") -> RunnerProcess:
         code, deps = sandbox_paths(extra_paths)
-        runner_args = ["--serve", "--root", code, "--handler", handler, "--mode", mode]
+        runner_args = ["--serve", "--root", code, "--handler", handler, "--mode", mode,
+                       *(["--convention", convention] if convention else [])]
         for path in deps:
             runner_args += ["--path", path]
         argv, data = sandbox.command(python=interpreter(), python_flags=PYTHON_FLAGS,

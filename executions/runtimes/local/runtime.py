@@ -63,7 +63,7 @@ def deps_dir(spec: FunctionSpec) -> Path | None:
 
 def pool_key(spec: FunctionSpec) -> tuple:
     """Processes are interchangeable only if everything that shaped them at start is equal."""
-    return (spec.version_id, spec.sha256, spec.handler, spec.mode, spec.memory_mb,
+    return (spec.version_id, spec.sha256, spec.handler, spec.mode, spec.convention, spec.memory_mb,
             spec.network, spec.requirements.strip(), tuple(sorted(spec.env.items())))
 
 
@@ -220,7 +220,8 @@ class LocalRuntime(PooledRuntime):
         try:
             process = RunnerProcess.spawn(
                 source_dir=source, extra_paths=[deps] if deps else [], handler=spec.handler,
-                mode=spec.mode, env=spec.env, memory_mb=spec.memory_mb, homes=homes,
+                mode=spec.mode, convention=spec.convention, env=spec.env,
+                memory_mb=spec.memory_mb, homes=homes,
                 sandbox=sandbox, limits=_sandbox_limits(spec) if sandbox else (),
                 network=spec.network and sandbox is not None,
             )

@@ -42,6 +42,7 @@ REFUSING = "refusing"
 CODE_DIR = "/function/code"
 DEPS_DIR = "/function/deps"
 RUNNER = "/function/runner.py"
+CONVENTIONS = "/function/conventions"  # functions/conventions, which the runner loads by path
 HOME = "/tmp"
 PROBE_TIMEOUT = 15.0
 # Files of the host's /etc a runner may need (certificates for TLS, the time zone); nothing
@@ -117,7 +118,9 @@ class Sandbox:
         args.append("--unshare-net")
         made: set[str] = {"/", "/usr", HOME}
         args += _allowed_mounts(python, code, deps, made)
-        args += ["--ro-bind", runner, RUNNER, "--dir", HOME]
+        args += ["--ro-bind", runner, RUNNER,
+                 "--ro-bind-try", str(Path(runner).with_name("conventions")), CONVENTIONS,
+                 "--dir", HOME]
         if self.sized_tmp:
             args += ["--perms", "1777", "--size", str(self.tmp_bytes)]
         args += ["--tmpfs", HOME]

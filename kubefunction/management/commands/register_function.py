@@ -6,6 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from functions import selectors, services
+from functions.conventions import CONVENTIONS
 from functions.models import Function, VersionStatus
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from triggers.models import Trigger
@@ -23,6 +24,10 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path, help="The source file.")
         parser.add_argument("--handler", help="'module.function', or the module in script mode.")
         parser.add_argument("--mode", choices=["handler", "script"])
+        parser.add_argument("--convention", choices=["", *sorted(CONVENTIONS)],
+                            help="The platform the code is written for (lambda, openfaas, "
+                                 "openwhisk, cloudfunctions, ...; docs/porting.md). Default: "
+                                 "ours for a new function, the function's own for a version.")
         parser.add_argument("--trigger", help="Also create a manual trigger with this name.")
         parser.add_argument("--timeout", type=int, help="Timeout in seconds.")
         parser.add_argument("--memory", type=int, help="Memory limit in MiB.")
@@ -38,7 +43,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait-timeout", type=float, default=900,
                             help="Seconds --wait waits at most (default 900).")
 
-    def handle(self, *args, name, path, handler, mode, trigger, timeout, memory, owner,
+    def handle(self, *args, name, path, handler, mode, convention, trigger, timeout, memory, owner,
                payload_retention, retention_days, wait, wait_timeout, **options):
         if not path.is_file():
             raise CommandError(f"{path}: no such file.")
@@ -49,7 +54,8 @@ class Command(BaseCommand):
             if function is None:
                 version = services.function_register(
                     name=name, owner=user, filename=path.name, data=data, handler=handler,
-                    mode=mode, timeout_seconds=timeout, memory_mb=memory,
+                    mode=mode, convention=convention or "", timeout_seconds=timeout,
+                    memory_mb=memory,
                     payload_retention=payload_retention or "keep",
                     payload_retention_days=retention_days)
                 function = version.function
@@ -61,13 +67,15 @@ class Command(BaseCommand):
                 if changes:
                     services.function_update(function=function, **changes)
                 version = services.version_create(function=function, filename=path.name,
-                                                  data=data, user=user, handler=handler, mode=mode)
+                                                  data=data, user=user, handler=handler, mode=mode,
+                                                  convention=convention)
             if trigger and not Trigger.objects.filter(name=trigger).exists():
                 trigger_create(name=trigger, function=function, user=user)
         version.refresh_from_db()
         if wait:
             version = selectors.version_wait(version=version, timeout=wait_timeout)
-        line = (f"{function.name} v{version.number} ({version.mode} {version.handler}): "
+        style = f"{version.convention} " if version.convention else ""
+        line = (f"{function.name} v{version.number} ({style}{version.mode} {version.handler}): "
                 f"{version.status}" + (f" {version.image}" if version.image else "")
                 + (f"; trigger '{trigger}'" if trigger else ""))
         if not wait:
