@@ -76,8 +76,8 @@ class ExecutionAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["task_id", "id", "function", "version", "trigger", "status_badge",
                            "dispatched_by"]}),
-        ("Result", {"fields": ["input_json", "output_json", "output_truncated", "error_type",
-                               "error_text", "exit_code"]}),
+        ("Result", {"fields": ["input_json", "http_request", "output_json", "output_truncated",
+                               "error_type", "error_text", "exit_code"]}),
         ("Logs", {"fields": ["logs_text", "logs_truncated"]}),
         ("Payload retention", {"fields": ["input_sha256", "output_sha256", "payload_purged_at"],
                                "description": "Set when the input and output were replaced by "
