@@ -45,8 +45,14 @@ logger = logging.getLogger(__name__)
 USE_DEFAULT = object()
 
 
-def payload_check(payload: Any, *, field: str = "payload") -> Any:
-    """Refuse a payload that is not JSON, holds NUL characters or is over the size limit."""
+# A webhook's request description (`http_request`) holds a body already checked against the
+# limit, perhaps base64 (4/3 of it), and the request's headers.
+HTTP_DESCRIPTION_HEADROOM = 64 * 1024
+
+
+def payload_check(payload: Any, *, field: str = "payload", http_request: bool = False) -> Any:
+    """Refuse a payload that is not JSON, holds NUL characters or is over the size limit (for a
+    request description: room for the body as base64 and the headers)."""
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -55,10 +61,11 @@ def payload_check(payload: Any, *, field: str = "payload") -> Any:
         raise InvalidInput("the payload holds a NUL character (\\u0000), which cannot be stored.",
                            field=field)
     size = len(text.encode())
-    if size > settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(
-            f"the payload is {size} bytes; the limit is {settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES}.",
-            field=field)
+    limit = settings.KUBEFUNCTION_MAX_PAYLOAD_BYTES
+    if http_request:
+        limit = limit * 4 // 3 + HTTP_DESCRIPTION_HEADROOM
+    if size > limit:
+        raise PayloadTooLarge(f"the payload is {size} bytes; the limit is {limit}.", field=field)
     return payload
 
 
@@ -127,8 +134,8 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
     image_check(function, version, field="trigger")
-    payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p)
-                for p in payloads]
+    payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p,
+                              http_request=http_request) for p in payloads]
     now = timezone.now()
     user = user if user and user.is_authenticated else None
     if batch is None and len(payloads) > 1:

@@ -269,6 +269,8 @@ def http_description(request: HttpRequest, body: bytes, *, trigger: Trigger, sub
     platform's credentials), the body (base64 when it is not UTF-8), the caller's address."""
     try:
         text, encoded = body.decode("utf-8"), False
+        if "\x00" in text:  # valid UTF-8, but the database cannot store a NUL in JSON
+            raise UnicodeDecodeError("utf-8", body, 0, 1, "NUL")
     except UnicodeDecodeError:
         text, encoded = base64.b64encode(body).decode("ascii"), True
     path = "/" + subpath.lstrip("/") if subpath else "/"
