@@ -207,6 +207,26 @@ def follow_the_readme(clone: Path, home: Path, port: int) -> None:
     assert len(checked) == len(commands("Use it")) >= 15
 
 
+def follow_porting(clone: Path, home: Path, port: int) -> None:
+    """The "Bring your functions" commands: a Lambda function, unchanged, behind a webhook."""
+    found = commands("Bring your functions")
+    assert len(found) == 4, found
+    for command in found:
+        out = run(clone, home, command.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+        if "register_function orders" in command:
+            assert "orders v1 (lambda handler lambda_orders.lambda_handler): ready" in out, out
+        elif "create_trigger" in command:
+            assert "orders-http" in out, out
+        elif "-X POST" in command:
+            body = json.loads(out)
+            assert body["method"] == "POST" and body["q"] == "2", body
+            assert body["order"] == {"sku": "A-1"} and body["path"] == "/t/orders-http/items"
+        else:
+            body = json.loads(out)
+            assert body["method"] == "GET" and body["q"] == "1" and body["order"] is None, body
+            assert len(body["request_id"]) == 36, body  # the execution id
+
+
 @pytest.mark.parametrize("mode", ["postgres-redis", "embedded"])
 def test_readme_commands_work_as_written(tmp_path, mode):
     quick_start = commands("Quick start")
@@ -236,6 +256,7 @@ def test_readme_commands_work_as_written(tmp_path, mode):
                                     timeout=10) as css:
             assert css.status == 200
         follow_the_readme(clone, home, port)
+        follow_porting(clone, home, port)
         if mode == "embedded":
             assert (clone / "var" / "db.sqlite3").stat().st_size > 0
         else:
