@@ -25,23 +25,51 @@ class TriggerAdminForm(forms.ModelForm):
     callback_url = forms.URLField(
         required=False, max_length=500, assume_scheme="https",
         help_text=Trigger._meta.get_field("callback_url").help_text)
+    # Not the model field: the secret is write-only, never rendered back (the form shows it
+    # empty; left empty, the stored secret is kept).
+    new_signature_secret = forms.CharField(
+        label="Signature secret", required=False, strip=False, max_length=200,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The secret the sender signs with (required with a signature scheme). "
+                  "Write-only: leave empty to keep the one set.")
 
     class Meta:
         model = Trigger
         fields = ["name", "function", "kind", "enabled", "description", "default_payload",
-                  "public", "schedule", "timezone", "max_retries", "retry_backoff_seconds",
-                  "callback_url"]
+                  "public", "payload_format_version", "cors_allowed_origins", "signature",
+                  "signature_header", "schedule", "timezone", "max_retries",
+                  "retry_backoff_seconds", "callback_url"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left out of a form (or of a non-HTTP trigger's), the format is the default 1.0.
+        self.fields["payload_format_version"].required = False
+
+    def clean_payload_format_version(self):
+        return self.cleaned_data.get("payload_format_version") or "1.0"
+
+    # The form's name for each field the service may name in an error.
+    FIELD_OF = {"signature_secret": "new_signature_secret"}
 
     def clean(self):
         data = super().clean()
+        scheme = data.get("signature") or ""
+        kept = self.instance.signature_secret if self.instance.pk else ""
+        secret = (data.get("new_signature_secret") or kept) if scheme else ""
         try:
-            services.trigger_check(kind=data.get("kind") or TriggerKind.MANUAL,
-                                   schedule=data.get("schedule") or "",
-                                   timezone=data.get("timezone") or "UTC",
-                                   public=bool(data.get("public")),
-                                   callback_url=data.get("callback_url") or "")
+            checked = services.trigger_check(
+                kind=data.get("kind") or TriggerKind.MANUAL, schedule=data.get("schedule") or "",
+                timezone=data.get("timezone") or "UTC", public=bool(data.get("public")),
+                callback_url=data.get("callback_url") or "",
+                payload_format_version=data.get("payload_format_version") or "1.0",
+                cors_allowed_origins=data.get("cors_allowed_origins") or [],
+                signature=scheme, signature_header=data.get("signature_header") or "",
+                signature_secret=secret)
         except KubeFunctionError as exc:
-            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            field = self.FIELD_OF.get(exc.field, exc.field)
+            self.add_error(field if field in self.fields else None, exc.message)
+        else:
+            data["cors_allowed_origins"] = checked["cors_allowed_origins"]
         return data
 
 
@@ -53,8 +81,8 @@ class TriggerAdmin(admin.ModelAdmin):
     list_filter = ["kind", "enabled", "public", "function"]
     search_fields = ["name", "function__name", "description"]
     list_select_related = ["function"]
-    readonly_fields = ["webhook", "token_status", "periodic_task_link", "created_by",
-                       "created_at", "updated_at"]
+    readonly_fields = ["webhook", "token_status", "signature_status", "periodic_task_link",
+                       "created_by", "created_at", "updated_at"]
     actions = ["dispatch", "regenerate_token"]
 
     def get_fieldsets(self, request, obj=None):
@@ -69,7 +97,10 @@ class TriggerAdmin(admin.ModelAdmin):
             ("HTTP webhook", {"classes": section(TriggerKind.HTTP),
                               "description": "POST /t/&lt;name&gt; runs the function; "
                                              "the token is shown once, when it is issued.",
-                              "fields": ["webhook", "token_status", "public"]}),
+                              "fields": ["webhook", "token_status", "public",
+                                         "payload_format_version", "cors_allowed_origins",
+                                         "signature", "signature_header",
+                                         "new_signature_secret", "signature_status"]}),
             ("Schedule", {"classes": section(TriggerKind.SCHEDULE),
                           "description": "A 5-field crontab: minute hour day-of-month month "
                                          "day-of-week, e.g. <code>*/5 * * * *</code>.",
@@ -92,8 +123,9 @@ class TriggerAdmin(admin.ModelAdmin):
     @admin.display(description="fires on")
     def summary(self, trigger):
         if trigger.kind == TriggerKind.HTTP:
+            signed = f" ({trigger.signature}-signed)" if trigger.signature else ""
             return "POST " + reverse("trigger-webhook", kwargs={"name": trigger.name}) + \
-                (" (public)" if trigger.public else "")
+                (" (public)" if trigger.public else "") + signed
         if trigger.kind == TriggerKind.SCHEDULE:
             return f"{trigger.schedule} ({trigger.timezone})"
         return "dispatch"
@@ -103,6 +135,10 @@ class TriggerAdmin(admin.ModelAdmin):
         if trigger.pk is None or trigger.kind != TriggerKind.HTTP:
             return "— (HTTP triggers only)"
         url = services.webhook_url(trigger)
+        if trigger.signature:
+            return format_html("<code>{}</code><br><small>the sender signs each call ({}); "
+                               "the token header is not taken</small>", url,
+                               trigger.get_signature_display())
         header = "" if trigger.public else " -H 'X-KubeFunction-Token: …'"
         return format_html("<code>{}</code><br><small>try: <code>curl -X POST {}{} "
                            "-d '{{\"x\": 1}}'</code></small>", url, url, header)
@@ -114,6 +150,13 @@ class TriggerAdmin(admin.ModelAdmin):
         if not trigger.token_hash:
             return "none (regenerate to issue one)"
         return "set (only its SHA-256 is stored; use “Regenerate token” to issue a new one)"
+
+    @admin.display(description="signature secret")
+    def signature_status(self, trigger):
+        if trigger.kind != TriggerKind.HTTP or not trigger.signature:
+            return "— (signed triggers only)"
+        return "set (never shown; type a new one above to replace it)" \
+            if trigger.signature_secret else "none: the trigger takes no calls until one is set"
 
     @admin.display(description="periodic task")
     def periodic_task_link(self, trigger):
@@ -127,6 +170,8 @@ class TriggerAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = {k: form.cleaned_data[k] for k in services.EDITABLE if k in form.cleaned_data}
+        if form.cleaned_data.get("new_signature_secret"):
+            data["signature_secret"] = form.cleaned_data["new_signature_secret"]
         if change:
             saved = services.trigger_update(trigger=obj, **data)
         else:

@@ -53,17 +53,40 @@ def preflight(trigger: Trigger, request: HttpRequest) -> dict[str, str] | None:
     return headers
 
 
+def _take(headers: dict, name: str) -> list[str]:
+    """Remove header `name` (any spelling: a convention's answer names headers in lower case)
+    from `headers`; return its values."""
+    values: list[str] = []
+    for key in [k for k in headers if k.lower() == name.lower()]:
+        value = headers.pop(key)
+        values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def _merged(values: list[str], *more: str) -> str:
+    """Comma-separated list values, each once, case-insensitively, in order."""
+    seen: dict[str, str] = {}
+    for value in [*values, *more]:
+        for item in str(value).split(","):
+            item = item.strip()
+            if item and item.lower() not in seen:
+                seen[item.lower()] = item
+    return ", ".join(seen.values())
+
+
 def allow(answer, trigger: Trigger | None, request: HttpRequest):
-    """`answer` (a WebhookAnswer) with the CORS headers an allowed origin needs."""
+    """`answer` (a WebhookAnswer) with the CORS headers an allowed origin needs: ours replace a
+    function's own Access-Control-Allow-Origin; its exposed headers and Vary are kept, ours
+    added to them."""
     allowed = _allowed_origin(trigger, request)
     if allowed is None:
         return answer
-    added = {"Access-Control-Allow-Origin": allowed}
-    if "Access-Control-Expose-Headers" not in answer.headers:
-        added["Access-Control-Expose-Headers"] = EXPOSED
+    _take(answer.headers, "Access-Control-Allow-Origin")
+    added = {"Access-Control-Allow-Origin": allowed,
+             "Access-Control-Expose-Headers": _merged(
+                 _take(answer.headers, "Access-Control-Expose-Headers"), EXPOSED)}
     if allowed != "*":
-        vary = answer.headers.get("Vary")
-        added["Vary"] = f"{vary}, Origin" if isinstance(vary, str) and vary else "Origin"
+        added["Vary"] = _merged(_take(answer.headers, "Vary"), "Origin")
     answer.headers.update(added)
     answer.added.update(added)
     return answer

@@ -38,13 +38,23 @@ class TriggerSerializer(StrictInput, serializers.ModelSerializer):
     has_token = serializers.SerializerMethodField()
     periodic_task = serializers.SlugRelatedField(slug_field="name", read_only=True,
                                                  allow_null=True)
+    cors_allowed_origins = serializers.JSONField(
+        required=False, help_text=Trigger._meta.get_field("cors_allowed_origins").help_text)
+    signature_secret = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False,
+        max_length=200, style={"input_type": "password"},
+        help_text="The secret the sender signs with (required with a signature scheme). "
+                  "Write-only: never returned; has_signature_secret says whether one is set.")
+    has_signature_secret = serializers.SerializerMethodField()
 
     class Meta:
         model = Trigger
         fields = ["url", "name", "function", "kind", "enabled", "default_payload", "description",
                   "dispatch_url", "webhook_url", "token", "has_token", "public", "schedule",
                   "timezone", "periodic_task", "max_retries", "retry_backoff_seconds",
-                  "callback_url", "created_at", "updated_at"]
+                  "callback_url", "payload_format_version", "cors_allowed_origins",
+                  "signature", "signature_header", "signature_secret", "has_signature_secret",
+                  "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
 
     def get_webhook_url(self, trigger: Trigger) -> str | None:
@@ -58,6 +68,9 @@ class TriggerSerializer(StrictInput, serializers.ModelSerializer):
 
     def get_has_token(self, trigger: Trigger) -> bool:
         return bool(trigger.token_hash)
+
+    def get_has_signature_secret(self, trigger: Trigger) -> bool:
+        return bool(trigger.signature_secret)
 
     def validate_default_payload(self, value):
         if value is None:

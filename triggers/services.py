@@ -13,8 +13,10 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 import zoneinfo
+from urllib.parse import urlsplit
 
 from celery.schedules import crontab
 from django.conf import settings
@@ -30,12 +32,23 @@ from functions.models import Function
 from kubefunction.errors import InvalidInput, KubeFunctionError
 from kubefunction.throttles import dispatch_wait, user_ident
 
-from .models import Trigger, TriggerKind
+from .models import PayloadFormat, SignatureScheme, Trigger, TriggerKind
 
 logger = logging.getLogger(__name__)
 
 EDITABLE = ("function", "kind", "enabled", "default_payload", "description", "public",
-            "schedule", "timezone", "max_retries", "retry_backoff_seconds", "callback_url")
+            "schedule", "timezone", "max_retries", "retry_backoff_seconds", "callback_url",
+            "payload_format_version", "cors_allowed_origins", "signature", "signature_header",
+            "signature_secret")
+# HTTP-only options, reset (like `public`) when a trigger stops being an HTTP trigger.
+HTTP_DEFAULTS = {"public": False, "payload_format_version": PayloadFormat.V1,
+                 "cors_allowed_origins": [], "signature": SignatureScheme.NONE,
+                 "signature_header": "", "signature_secret": ""}
+# RFC 9110 field names (tokens); a few the generic signature scheme cannot be read from.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+RESERVED_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection",
+                    "cookie", "authorization", "proxy-authorization", "origin", "prefer",
+                    "te", "trailer", "upgrade", "keep-alive", "expect"}
 FIRE_TASK = "triggers.fire"
 CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 CRONTAB_MACROS = {
@@ -220,6 +233,86 @@ def _sync_periodic_task(trigger: Trigger) -> None:
 
 # --- Create, update, delete --------------------------------------------------------------------
 
+def cors_origins_check(origins: object) -> list[str]:
+    """A trigger's CORS origins: `["*"]`, or a list of origins `scheme://host[:port]` (http or
+    https), normalised as browsers send them (lower case, no default port); InvalidInput
+    naming `cors_allowed_origins` for anything else."""
+    field = "cors_allowed_origins"
+    if origins is None or origins == "":
+        return []
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise InvalidInput('give a list of origins, e.g. ["https://app.example.com"], or '
+                           '["*"].', field=field)
+    if "*" in origins:
+        if len(origins) != 1:
+            raise InvalidInput('"*" allows every origin: give it alone (["*"]).', field=field)
+        return ["*"]
+    cleaned: list[str] = []
+    for origin in origins:
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
+                or parts.username is not None or parts.password is not None
+                or parts.path or parts.query or parts.fragment or "?" in origin
+                or "#" in origin or any(c.isspace() for c in origin)):
+            raise InvalidInput(f"{origin!r} is not an origin: give scheme://host[:port] "
+                               "(http or https, no path), e.g. https://app.example.com.",
+                               field=field)
+        scheme = parts.scheme.lower()
+        host = parts.hostname.lower()
+        if ":" in host:  # an IPv6 address keeps its brackets
+            host = f"[{host}]"
+        default = {"http": 80, "https": 443}[scheme]
+        normal = f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+        if normal not in cleaned:
+            cleaned.append(normal)
+    return cleaned
+
+
+def _check_http_options(trigger: Trigger) -> None:
+    """The HTTP-only options: payload format, CORS origins, signature scheme, header, secret."""
+    http = trigger.kind == TriggerKind.HTTP
+    if trigger.payload_format_version not in PayloadFormat.values:
+        raise InvalidInput(f"give one of {', '.join(PayloadFormat.values)}.",
+                           field="payload_format_version")
+    if not http and trigger.payload_format_version != PayloadFormat.V1:
+        raise InvalidInput("only HTTP triggers have a payload format version.",
+                           field="payload_format_version")
+    trigger.cors_allowed_origins = cors_origins_check(trigger.cors_allowed_origins)
+    if not http and trigger.cors_allowed_origins:
+        raise InvalidInput("only HTTP triggers have CORS origins.", field="cors_allowed_origins")
+    scheme = trigger.signature or ""
+    if scheme not in SignatureScheme.values:
+        raise InvalidInput(f"give one of {', '.join(v for v in SignatureScheme.values if v)} "
+                           "(or \"\" for the token header).", field="signature")
+    if scheme and not http:
+        raise InvalidInput("only HTTP triggers take signed calls.", field="signature")
+    header = (trigger.signature_header or "").strip()
+    if header and scheme != SignatureScheme.HMAC:
+        raise InvalidInput("only the generic scheme (signature hmac-sha256) reads its signature "
+                           "from a header you name.", field="signature_header")
+    if header and (not HEADER_NAME.fullmatch(header) or header.lower() in RESERVED_HEADERS
+                   or header.lower().startswith("x-kubefunction-")):
+        raise InvalidInput(f"{header!r} is not a header a signature can be read from: give a "
+                           "header name such as X-Signature-256.", field="signature_header")
+    trigger.signature_header = header
+    secret = trigger.signature_secret or ""
+    if scheme and not secret.strip():
+        raise InvalidInput(f"a {scheme} signature needs the secret the sender signs with.",
+                           field="signature_secret")
+    if secret and not scheme:
+        raise InvalidInput("a signature secret goes with a signature scheme: set signature "
+                           "too.", field="signature_secret")
+    if len(secret) > Trigger._meta.get_field("signature_secret").max_length:
+        raise InvalidInput("the secret is over 200 characters.", field="signature_secret")
+    if scheme and trigger.public:
+        raise InvalidInput("a signed trigger takes only signed calls: it cannot be public too.",
+                           field="public")
+
+
 def _check_kind_fields(trigger: Trigger) -> None:
     trigger.timezone = timezone_check(trigger.timezone or "UTC")
     if trigger.kind == TriggerKind.SCHEDULE:
@@ -229,16 +322,23 @@ def _check_kind_fields(trigger: Trigger) -> None:
         raise InvalidInput("only schedule triggers have a schedule.", field="schedule")
     if trigger.public and trigger.kind != TriggerKind.HTTP:
         raise InvalidInput("only HTTP triggers can be public.", field="public")
+    _check_http_options(trigger)
     retries_check(max_retries=trigger.max_retries,
                   retry_backoff_seconds=trigger.retry_backoff_seconds)
     trigger.callback_url = callback_url_check(trigger.callback_url)  # the allow-list
 
 
 def trigger_check(*, kind: str, schedule: str = "", timezone: str = "UTC",
-                  public: bool = False, callback_url: str = "") -> None:
-    """Validate the kind-specific fields without saving (for forms)."""
-    _check_kind_fields(Trigger(kind=kind, schedule=schedule, timezone=timezone, public=public,
-                               callback_url=callback_url))
+                  public: bool = False, callback_url: str = "", **http_options) -> dict:
+    """Validate the kind-specific fields without saving (for forms); returns the HTTP options
+    as they would be saved (CORS origins normalised)."""
+    unknown = set(http_options) - set(HTTP_DEFAULTS)
+    if unknown:
+        raise InvalidInput(f"'{sorted(unknown)[0]}' cannot be set.", field=sorted(unknown)[0])
+    trigger = Trigger(kind=kind, schedule=schedule, timezone=timezone, callback_url=callback_url,
+                      **{**HTTP_DEFAULTS, "public": public, **http_options})
+    _check_kind_fields(trigger)
+    return {key: getattr(trigger, key) for key in HTTP_DEFAULTS}
 
 
 @transaction.atomic
@@ -280,16 +380,23 @@ def trigger_create(*, name: str, function: Function, user=None, **fields) -> Tri
 
 def trigger_update(*, trigger: Trigger, **changes) -> Trigger:
     """Change a trigger's fields (not its name). Changing the kind away from schedule or http
-    drops the schedule, the PeriodicTask, `public` and the token; changing it to http issues a
-    token (`trigger.token`)."""
+    drops the schedule, the PeriodicTask, the token and the HTTP options (`public`, CORS,
+    signature...); changing it to http issues a token (`trigger.token`). Dropping the signature
+    scheme drops its secret (and a generic header); the secret is kept when not given."""
     for key, value in changes.items():
         if key not in EDITABLE:
             raise InvalidInput(f"'{key}' cannot be changed.", field=key)
         setattr(trigger, key, value)
     if trigger.kind != TriggerKind.SCHEDULE and "schedule" not in changes:
         trigger.schedule = ""
-    if trigger.kind != TriggerKind.HTTP and "public" not in changes:
-        trigger.public = False
+    if trigger.kind != TriggerKind.HTTP:
+        for key, default in HTTP_DEFAULTS.items():
+            if key not in changes:
+                setattr(trigger, key, default)
+    if not trigger.signature and "signature_secret" not in changes:
+        trigger.signature_secret = ""  # dropping the scheme drops its secret
+    if trigger.signature != SignatureScheme.HMAC and "signature_header" not in changes:
+        trigger.signature_header = ""
     return _save(trigger)
 
 

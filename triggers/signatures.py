@@ -79,7 +79,8 @@ def _verify_stripe(secret: str, value: str, body: bytes, now: float) -> None:
             stamp = item
         elif key == "v1":
             signatures.append(item)
-    if not stamp.isdigit() or not signatures:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (stamp.isascii() and stamp.isdigit()) or not signatures:
         raise SignatureRefused("the Stripe-Signature header must read t=<time>,v1=<signature>.")
     if abs(now - int(stamp)) > STRIPE_TOLERANCE_SECONDS:
         raise SignatureRefused(f"the Stripe-Signature timestamp is more than "

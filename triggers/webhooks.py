@@ -533,6 +533,7 @@ def webhook_start(*, name: str, request: HttpRequest,
                   subpath: str = "") -> WebhookAnswer | WebhookWait:
     """Everything up to the wait: the answer at once (an error, a CORS preflight, or 202 for an
     asynchronous call), or the wait of a synchronous call."""
+    trigger = None  # known once found: its CORS setting applies to its refusals too
     try:
         trigger = http_trigger(name)
         convention = trigger_convention(trigger)
@@ -541,7 +542,7 @@ def webhook_start(*, name: str, request: HttpRequest,
             return cors.allow(WebhookAnswer(204, b"", "text/plain", preflight), trigger, request)
         refused = _method_check(request, trigger, convention, subpath)
         if refused is not None:
-            return refused
+            return cors.allow(refused, trigger, request)
         if trigger.signature:
             body = _read_body(request)  # the signature covers the body
             signatures.verify(trigger, request, body)
@@ -565,10 +566,10 @@ def webhook_start(*, name: str, request: HttpRequest,
                                        http_request=bool(convention))
     except signatures.SignatureRefused as exc:
         logger.info("webhook %s: 401 %s", name, exc)
-        return _error_answer(Unauthorized(str(exc)))
+        return cors.allow(_error_answer(Unauthorized(str(exc))), trigger, request)
     except KubeFunctionError as exc:
         logger.info("webhook %s: %s %s", name, exc.status_code, exc.message)
-        return _error_answer(exc)
+        return cors.allow(_error_answer(exc), trigger, request)
     result_url = _result_url(request, execution)
     pending = {"task_id": execution.task_id, "execution_id": str(execution.pk),
                "result_url": result_url}
