@@ -46,6 +46,7 @@ HTTP_DEFAULTS = {"public": False, "payload_format_version": PayloadFormat.V1,
                  "signature_header": "", "signature_secret": ""}
 # RFC 9110 field names (tokens); a few the generic signature scheme cannot be read from.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+ORIGIN_HOST = re.compile(r"[a-z0-9_.-]+|\[[0-9a-f:.]+\]")
 RESERVED_HEADERS = {"host", "content-length", "content-type", "transfer-encoding", "connection",
                     "cookie", "authorization", "proxy-authorization", "origin", "prefer",
                     "te", "trailer", "upgrade", "keep-alive", "expect"}
@@ -265,6 +266,9 @@ def cors_origins_check(origins: object) -> list[str]:
         host = parts.hostname.lower()
         if ":" in host:  # an IPv6 address keeps its brackets
             host = f"[{host}]"
+        if not ORIGIN_HOST.fullmatch(host):  # browsers send a name in punycode (ASCII)
+            raise InvalidInput(f"{origin!r} is not an origin: its host must be an ASCII name "
+                               "(punycode) or an IP address.", field=field)
         default = {"http": 80, "https": 443}[scheme]
         normal = f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
         if normal not in cleaned:
@@ -306,6 +310,8 @@ def _check_http_options(trigger: Trigger) -> None:
     if secret and not scheme:
         raise InvalidInput("a signature secret goes with a signature scheme: set signature "
                            "too.", field="signature_secret")
+    if "\x00" in secret:
+        raise InvalidInput("the secret holds a NUL character.", field="signature_secret")
     if len(secret) > Trigger._meta.get_field("signature_secret").max_length:
         raise InvalidInput("the secret is over 200 characters.", field="signature_secret")
     if scheme and trigger.public:
