@@ -17,8 +17,9 @@ from django.test import RequestFactory
 from django.urls import reverse
 
 from functions.services import function_register
-from triggers import signatures
+from triggers import cors, signatures
 from triggers.models import Trigger
+from triggers.webhooks import WebhookAnswer
 
 pytestmark = [pytest.mark.django_db]
 
@@ -295,3 +296,23 @@ def test_generic_hmac_with_its_own_header():
         signatures.verify(trigger, signed_request("X-Signature-256", digest, body), body)
     default = Trigger(kind="http", signature="hmac-sha256", signature_secret="k3y")
     signatures.verify(default, signed_request("X-Signature-256", digest, body), body)
+
+
+def test_cors_headers_replace_and_merge_a_functions_own_in_any_case():
+    """A convention's answer names its headers in lower case: ours still replace its
+    Access-Control-Allow-Origin (one header, not two) and merge its Vary and exposed headers."""
+    trigger = Trigger(kind="http", cors_allowed_origins=["https://app.example.com"])
+    request = RequestFactory().get("/t/x", headers={"Origin": "https://app.example.com"})
+    answer = WebhookAnswer(200, b"", headers={
+        "access-control-allow-origin": "*", "vary": ["Accept-Encoding", "origin"],
+        "access-control-expose-headers": "X-Page", "x-page": "2"}, ours=False)
+    cors.allow(answer, trigger, request)
+    names = [name.lower() for name in answer.headers]
+    assert len(names) == len(set(names)), answer.headers
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert answer.headers["Vary"] == "Accept-Encoding, origin"
+    assert answer.headers["Access-Control-Expose-Headers"] == (
+        "X-Page, X-KubeFunction-Task-Id, Location, Retry-After")
+    other = RequestFactory().get("/t/x", headers={"Origin": "https://evil.example"})
+    untouched = WebhookAnswer(200, b"", headers={"vary": "Accept"}, ours=False)
+    assert cors.allow(untouched, trigger, other).headers == {"vary": "Accept"}
