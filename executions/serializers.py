@@ -73,7 +73,8 @@ class ExecutionSerializer(ExecutionSummarySerializer):
             "exit_code", "worker", "cpu_seconds", "peak_memory_bytes", "queue_seconds",
             "run_seconds", "max_retries", "retry_backoff_seconds", "attempts", "synchronous",
             "http_request", "rerun_of", "reruns", "callback_url", "callback_status",
-            "callback_attempts", "callback_error", "batch", "input_sha256", "output_sha256", "payload_purged_at"]
+            "callback_attempts", "callback_error", "batch", "input_sha256", "output_sha256",
+            "payload_purged_at"]
         read_only_fields = fields
 
     def get_rerun_of(self, execution: Execution) -> str | None:
