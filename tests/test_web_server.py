@@ -42,7 +42,10 @@ SLEEP = 5
 # How long each waiter waits (`Prefer: wait=N`): the few the worker runs in time answer 200, the
 # others 504 with their task id (docs/triggers.md).
 WAIT = 15
-LATENCY_GOAL = 0.100  # p95 of /healthz and the admin page while the waiters wait
+# p95 of /healthz and the admin page while the waiters wait: at most this much above the same
+# pages' p95 on the same server just before (a slow or busy machine's own floor is not the
+# waiters' doing; a server starved by them answers seconds late).
+LATENCY_GOAL = 0.100
 
 
 def test_every_middleware_runs_async(caplog, settings):
@@ -227,6 +230,27 @@ def time_requests(session: requests.Session, url: str, until: float) -> list[flo
     return samples
 
 
+def time_pages(base: str, browser: Client, seconds: float, meanwhile=None) -> dict:
+    """Response times of /healthz and of the admin's function list (as `browser`'s logged-in
+    user), requested side by side for `seconds`; `meanwhile()` runs while they are timed."""
+    until = time.monotonic() + seconds
+    admin_page = requests.Session()
+    admin_page.cookies.set(settings.SESSION_COOKIE_NAME,
+                           browser.cookies[settings.SESSION_COOKIE_NAME].value)
+    timed: dict[str, list[float]] = {}
+    timers = [threading.Thread(target=lambda name, s, url: timed.__setitem__(
+        name, time_requests(s, url, until)), args=args) for args in (
+        ("healthz", requests.Session(), f"{base}/healthz"),
+        ("admin", admin_page, f"{base}/admin/functions/function/"))]
+    for timer in timers:
+        timer.start()
+    if meanwhile is not None:
+        meanwhile()
+    for timer in timers:
+        timer.join()
+    return timed
+
+
 def server_usage(server) -> tuple[int, int]:
     """(threads, Postgres connections) of the busiest of the server's worker processes."""
     port = int(settings.DATABASES["default"]["PORT"] or 5432)
@@ -267,6 +291,7 @@ def test_a_thousand_waiting_webhooks_do_not_starve_the_admin(django_user_model, 
     server, base = start_web(env, tmp_path / "web.log")
     try:
         port = int(base.rsplit(":", 1)[1])
+        quiet = time_pages(base, browser, seconds=3)  # the floor: the same pages, no waiters
         answers: dict = {}
         callers = threading.Thread(target=call_all, args=(port, trigger.token, answers))
         callers.start()
@@ -276,21 +301,10 @@ def test_a_thousand_waiting_webhooks_do_not_starve_the_admin(django_user_model, 
             assert time.monotonic() < deadline and callers.is_alive(), (
                 f"{Execution.objects.count()} of {WAITERS} dispatched")
             time.sleep(0.1)
-        until = time.monotonic() + 6
-        probes = requests.Session()
-        admin_page = requests.Session()
-        admin_page.cookies.set(settings.SESSION_COOKIE_NAME,
-                               browser.cookies[settings.SESSION_COOKIE_NAME].value)
-        timed = {}
-        timers = [threading.Thread(target=lambda name, s, url: timed.__setitem__(
-            name, time_requests(s, url, until)), args=args) for args in (
-            ("healthz", probes, f"{base}/healthz"),
-            ("admin", admin_page, f"{base}/admin/functions/function/"))]
-        for timer in timers:
-            timer.start()
-        threads, connections = server_usage(server)
-        for timer in timers:
-            timer.join()
+        usage: list = []
+        timed = time_pages(base, browser, seconds=6,
+                           meanwhile=lambda: usage.extend(server_usage(server)))
+        threads, connections = usage
         callers.join(timeout=WAIT + 60)
         assert not callers.is_alive()
     finally:
@@ -300,9 +314,12 @@ def test_a_thousand_waiting_webhooks_do_not_starve_the_admin(django_user_model, 
             connection.default_channel.queue_purge(queue)
 
     p95 = {name: percentile95(samples) for name, samples in timed.items()}
-    print(f"while {WAITERS} waited: p95 {p95}, samples {[len(s) for s in timed.values()]}, "
+    floor = {name: percentile95(samples) for name, samples in quiet.items()}
+    print(f"while {WAITERS} waited: p95 {p95} (quiet: {floor}; goal: under the quiet p95 + "
+          f"{LATENCY_GOAL * 1000:.0f} ms), samples {[len(s) for s in timed.values()]}, "
           f"busiest process: {threads} threads, {connections} database connections")
-    assert p95["healthz"] < LATENCY_GOAL and p95["admin"] < LATENCY_GOAL, p95
+    for name in ("healthz", "admin"):
+        assert p95[name] < floor[name] + LATENCY_GOAL, (name, p95, floor)
     # The waits hold neither a thread nor a database connection each.
     assert threads < 100 and connections <= settings.KUBEFUNCTION_WEB_THREADS + 2
 
