@@ -55,7 +55,7 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
     Convention("fission", "Fission python environment (main() with flask.request)",
                ("main",), ("main", "user"), requires=("flask>=2,<4",), module="fission"),
     Convention("knative", "Knative func python http template (new() -> ASGI handle)",
-               ("new",), ("function.func", "func"), module="knative"),
+               ("new", "handle"), ("function.func", "func"), module="knative"),
     Convention("azure", "Azure Functions v1 model (main(req: func.HttpRequest))",
                ("main",), ("__init__", "function_app"), requires=("azure-functions>=1.11,<3",),
                module="azure"),

@@ -224,6 +224,19 @@ def http_answer(status: object = 200, headers: object = None, body: object = b""
     return {"statusCode": status, "headers": pairs, "body": text, "isBase64Encoded": encoded}
 
 
+def answer_output(answer: dict) -> object:
+    """A dispatch's output when the function answers HTTP: the answer's body, parsed when its
+    Content-Type is JSON, else its text (base64 when binary)."""
+    request = HttpRequest({"headers": answer["headers"], "body": answer["body"],
+                           "isBase64Encoded": answer["isBase64Encoded"]})
+    if request.is_json():
+        try:
+            return request.json()
+        except ValueError:
+            pass
+    return answer["body"]
+
+
 def is_http_answer(value: object) -> bool:
     return isinstance(value, dict) and set(value) == set(ANSWER_KEYS)
 
