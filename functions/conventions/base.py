@@ -224,6 +224,35 @@ def http_answer(status: object = 200, headers: object = None, body: object = b""
     return {"statusCode": status, "headers": pairs, "body": text, "isBase64Encoded": encoded}
 
 
+def wsgi_answer(app, request: HttpRequest) -> dict:
+    """Run `request` through the WSGI `app`; its status, headers (repeats kept) and body as
+    `http_answer`. An exception the app propagates is raised."""
+    started: dict = {}
+    chunks: list[bytes] = []
+
+    def start_response(status, headers, exc_info=None):
+        if exc_info:
+            raise exc_info[1].with_traceback(exc_info[2])
+        started["status"], started["headers"] = status, list(headers)
+        return chunks.append
+
+    result = app(request.environ(), start_response)
+    try:
+        for chunk in result:
+            chunks.append(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if "status" not in started:
+        raise InvalidResponse("the app answered without starting a response")
+    try:
+        status = int(str(started["status"]).split(" ", 1)[0])
+    except ValueError:
+        raise InvalidResponse(f"the status {started['status']!r} is not a number") from None
+    return http_answer(status, started["headers"], b"".join(chunks))
+
+
 def answer_output(answer: dict) -> object:
     """A dispatch's output when the function answers HTTP: the answer's body, parsed when its
     Content-Type is JSON, else its text (base64 when binary)."""

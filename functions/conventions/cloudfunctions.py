@@ -38,55 +38,9 @@ import os
 import sys
 import time
 
-from .base import HttpRequest, InvalidResponse, dispatch_request, http_answer
+from .base import HttpRequest, InvalidResponse, answer_output, dispatch_request, wsgi_answer
 
 DISPATCH_TYPE = "dev.kubefunction.dispatch"
-
-
-# --- driving a WSGI app (shared with fission.py) ------------------------------------------------
-
-def wsgi_answer(app, request: HttpRequest) -> dict:
-    """Run `request` through the WSGI `app`; its status, headers (repeats kept) and body as
-    `http_answer`. An exception the app propagates is raised."""
-    started: dict = {}
-    chunks: list[bytes] = []
-
-    def start_response(status, headers, exc_info=None):
-        if exc_info:
-            raise exc_info[1].with_traceback(exc_info[2])
-        started["status"], started["headers"] = status, list(headers)
-        return chunks.append
-
-    result = app(request.environ(), start_response)
-    try:
-        for chunk in result:
-            chunks.append(chunk)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    if "status" not in started:
-        raise InvalidResponse("the app answered without starting a response")
-    try:
-        status = int(str(started["status"]).split(" ", 1)[0])
-    except ValueError:
-        raise InvalidResponse(f"the status {started['status']!r} is not a number") from None
-    return http_answer(status, started["headers"], b"".join(chunks))
-
-
-def answer_output(answer: dict) -> object:
-    """A dispatch's output from the HTTP answer: the body, parsed when it is JSON."""
-    text = answer["body"]
-    if answer["isBase64Encoded"]:
-        return text
-    kind = next((v for k, v in answer["headers"] if k.lower() == "content-type"), "")
-    kind = kind.split(";")[0].strip().lower()
-    if kind == "application/json" or kind.endswith("+json"):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return text
 
 
 def rfc3339(epoch: float) -> str:

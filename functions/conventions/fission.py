@@ -15,8 +15,7 @@ output the answer's body, parsed when it is JSON.
 
 from __future__ import annotations
 
-from .base import HttpRequest, dispatch_request
-from .cloudfunctions import answer_output, wsgi_answer
+from .base import HttpRequest, answer_output, dispatch_request, wsgi_answer
 
 METHODS = ["GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE"]
 
