@@ -17,9 +17,11 @@ Mapping (docs/porting.md, "Azure Functions"):
   called; header names lower case (the type does that), a repeated header or query parameter
   joined with "," as the host's StringValues are.
 - `context` (a parameter named `context`, as the worker detects it): a `func.Context` with
-  `invocation_id` (the execution id), `function_name`, `function_directory` (the function's
-  module's folder), `trace_context` (`traceparent`/`tracestate` from the request, else a new
-  W3C traceparent), `retry_context` (retry_count = attempt - 1), `thread_local_storage`.
+  `invocation_id` (the execution id), `function_name` (v1: the function's folder,
+  `<FunctionName>`, or ours for a single file; v2: the function's name in the app),
+  `function_directory` (the function's module's folder), `trace_context` (`traceparent` and
+  `tracestate` from the request, else a new W3C traceparent), `retry_context` (retry_count =
+  attempt - 1), `thread_local_storage`.
 - Answers, as the worker's HttpResponseConverter encodes them (it is the one used): a
   `func.HttpResponse` (its status, headers, mimetype/charset as Content-Type when none is set;
   repeated headers keep the last value, except Set-Cookie, sent one by one), a `str` (200
@@ -28,7 +30,8 @@ Mapping (docs/porting.md, "Azure Functions"):
 - `logging` (the root logger, which Azure's templates log with) goes to the execution's logs at
   INFO and above, as the worker forwards it.
 - A dispatch is `POST /` with the payload as its JSON body; the output is the answer's body,
-  parsed when its Content-Type is JSON, else its text.
+  parsed when its Content-Type is JSON, else its text. In a v2 app, the route that takes
+  `POST /`, else the app's only HTTP function; none: InvalidResponse.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import secrets
 import sys
 import threading
 
-from .base import InvalidResponse, dispatch_request, HttpRequest, http_answer, settle
+from .base import HttpRequest, InvalidResponse, dispatch_request, http_answer, settle
 
 STRING_TYPE = "text/plain; charset=utf-8"
 
@@ -56,7 +59,8 @@ def _joined(pairs) -> dict[str, str]:
 
 # --- routes ---------------------------------------------------------------------------------------
 
-_CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?i:true|false)",
+_CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+",
+                "bool": r"(?i:true|false)",
                 "guid": r"[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}"}
 
 
@@ -233,7 +237,7 @@ class Azure:
         self.handler = handler
         self.types = _context_types()
         # v2: a FunctionApp's HTTP functions, as (route, methods, binding name, function).
-        self.routes: list[tuple[str, set[str] | None, str, object]] | None = None
+        self.routes: list[tuple[str, set[str] | None, str, str, object]] | None = None
         if hasattr(target, "get_functions"):
             self.routes = []
             for function in target.get_functions():
@@ -243,8 +247,8 @@ class Azure:
                 route = trigger.route if trigger.route is not None else \
                     function.get_function_name()
                 methods = {str(getattr(m, "value", m)).upper() for m in trigger.methods or ()}
-                self.routes.append((route, methods or None, trigger.name,
-                                    function.get_user_function()))
+                self.routes.append((route, methods or None, function.get_function_name(),
+                                    trigger.name, function.get_user_function()))
         else:
             self.target = target
         _install_logging()
@@ -256,15 +260,19 @@ class Azure:
             params=_joined(request.query_pairs()), route_params=route_params,
             body=request.body)
 
-    def _context(self, context, request: HttpRequest, function) -> object:
+    def _context(self, context, request: HttpRequest, function, name: str | None) -> object:
         trace, retry, make = self.types
         parent = request.header("traceparent") or \
             f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
         try:
-            directory = os.path.dirname(os.path.abspath(inspect.getfile(function)))
+            path = os.path.abspath(inspect.getfile(function))
         except TypeError:
-            directory = os.getcwd()
-        return make(context.execution_id, context.function_name, directory,
+            path = os.path.join(os.getcwd(), "function_app.py")
+        directory = os.path.dirname(path)
+        if name is None:  # v1: the function is its folder, <FunctionName>/__init__.py
+            name = os.path.basename(directory) if os.path.basename(path) == "__init__.py" \
+                else context.function_name
+        return make(context.execution_id, name, directory,
                     trace(parent, request.header("tracestate") or ""),
                     retry(max(0, context.attempt - 1)))
 
@@ -291,26 +299,28 @@ class Azure:
             rest = request.path.strip("/")
             route_params = {"path": rest} if rest else {}
             value = self._invoke(self.target, None, self._request(request, route_params),
-                                 self._context(context, request, self.target))
+                                 self._context(context, request, self.target, None))
         else:
             found = self._route(request, http)
             if found is None:
-                answer = http_answer(404)
-                return answer if http else output_of(answer)
-            function, binding, route_params = found
+                if not http:
+                    raise InvalidResponse("a dispatch is POST / and no route of the app takes it "
+                                          "(an app of one HTTP function gets every dispatch)")
+                return http_answer(404)  # as the Functions host answers an unknown route
+            function, name, binding, route_params = found
             value = self._invoke(function, binding, self._request(request, route_params),
-                                 self._context(context, request, function))
+                                 self._context(context, request, function, name))
         answer = response_answer(value)
         return answer if http else output_of(answer)
 
     def _route(self, request: HttpRequest, http: bool):
-        for route, methods, binding, function in self.routes or ():
+        for route, methods, name, binding, function in self.routes or ():
             params = route_match(route, request.path)
             if params is not None and (methods is None or request.method in methods):
-                return function, binding, params
+                return function, name, binding, params
         if not http and len(self.routes or ()) == 1:  # a dispatch: the app's one function
-            _, _, binding, function = self.routes[0]
-            return function, binding, {}
+            _, _, name, binding, function = self.routes[0]
+            return function, name, binding, {}
         return None
 
 

@@ -41,7 +41,6 @@ import types
 
 from .base import HttpRequest, InvalidResponse, dispatch_request, http_answer, settle
 
-
 # --- the event ------------------------------------------------------------------------------------
 
 class TriggerInfo:
@@ -111,7 +110,7 @@ def event_of(request: HttpRequest, event_id: str) -> Event:
             body = json.loads(request.body.decode("utf-8"))
         except ValueError as exc:
             sys.stderr.write(f"Failed deserializing json body, error message: {exc}\n")
-    stamp = datetime.datetime.fromtimestamp(int(request.time), datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(int(request.time), datetime.timezone.utc)  # noqa: UP017 (3.10)
     return Event(
         body=body, content_type=content_type, trigger=TriggerInfo("http", request.trigger),
         fields=request.query_dict(), headers=headers, _id=event_id, method=request.method,
