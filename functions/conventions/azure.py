@@ -37,7 +37,6 @@ Mapping (docs/porting.md, "Azure Functions"):
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import re
@@ -45,7 +44,7 @@ import secrets
 import sys
 import threading
 
-from .base import HttpRequest, InvalidResponse, dispatch_request, http_answer, settle
+from .base import HttpRequest, InvalidResponse, answer_output, dispatch_request, http_answer, settle
 
 STRING_TYPE = "text/plain; charset=utf-8"
 
@@ -214,19 +213,6 @@ def response_answer(value: object) -> dict:
     return http_answer(status, pairs, datum["body"].value)
 
 
-def output_of(answer: dict) -> object:
-    """A dispatch's output: the answer's body, parsed when it is JSON, else its text."""
-    kind = next((v for k, v in answer["headers"] if k.lower() == "content-type"), "")
-    kind = kind.split(";")[0].strip().lower()
-    if answer["body"] and not answer["isBase64Encoded"] and (
-            kind == "application/json" or kind.endswith("+json")):
-        try:
-            return json.loads(answer["body"])
-        except ValueError:
-            pass
-    return answer["body"]
-
-
 # --- the call -------------------------------------------------------------------------------------
 
 class Azure:
@@ -311,7 +297,7 @@ class Azure:
             value = self._invoke(function, binding, self._request(request, route_params),
                                  self._context(context, request, function, name))
         answer = response_answer(value)
-        return answer if http else output_of(answer)
+        return answer if http else answer_output(answer)
 
     def _route(self, request: HttpRequest, http: bool):
         for route, methods, name, binding, function in self.routes or ():

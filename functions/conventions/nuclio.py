@@ -39,7 +39,14 @@ import sys
 import time
 import types
 
-from .base import HttpRequest, InvalidResponse, dispatch_request, http_answer, settle
+from .base import (
+    HttpRequest,
+    InvalidResponse,
+    answer_output,
+    http_answer,
+    request_of,
+    settle,
+)
 
 # --- the event ------------------------------------------------------------------------------------
 
@@ -261,18 +268,6 @@ def response_answer(value: object) -> dict:
     return http_answer(status, pairs, body, content_type=content_type or None)
 
 
-def output_of(answer: dict) -> object:
-    kind = next((v for k, v in answer["headers"] if k.lower() == "content-type"), "")
-    kind = kind.split(";")[0].strip().lower()
-    if answer["body"] and not answer["isBase64Encoded"] and (
-            kind == "application/json" or kind.endswith("+json")):
-        try:
-            return json.loads(answer["body"])
-        except ValueError:
-            pass
-    return answer["body"]
-
-
 # --- the call -------------------------------------------------------------------------------------
 
 class Nuclio:
@@ -282,7 +277,7 @@ class Nuclio:
         self.context: Context | None = None
 
     def call(self, event: object, context, http: bool) -> object:
-        request = HttpRequest(event) if http else dispatch_request(event)
+        request = request_of(event, http)
         if self.context is None:  # init_context once, before the first event
             nuclio_context = Context(TriggerInfo("http", request.trigger))
             init = getattr(self.module, "init_context", None)
@@ -291,7 +286,7 @@ class Nuclio:
             self.context = nuclio_context
         nuclio_event = event_of(request, context.execution_id)
         answer = response_answer(settle(self.func(self.context, nuclio_event)))
-        return answer if http else output_of(answer)
+        return answer if http else answer_output(answer)
 
 
 def adapter(name: str, handler: str, load) -> Nuclio:
