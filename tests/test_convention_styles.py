@@ -158,6 +158,7 @@ def test_openfaas_http_event_and_answers_are_the_templates(user, worker, api):
 
 WHISK_MAIN = '''import base64
 import json
+import os
 
 PNG = base64.b64encode(bytes([0x89, 0x50, 0x4E, 0x47, 0, 1, 2, 255])).decode()
 
@@ -182,7 +183,10 @@ def main(args):
     if "__ow_method" not in args:  # invoked, not a web action
         if args.get("fail"):
             return {"error": "asked to fail"}
-        return {"greeting": "hello " + args.get("name", "stranger")}
+        return {"greeting": "hello " + args.get("name", "stranger"),
+                "activation": os.environ["__OW_ACTIVATION_ID"],
+                "action": os.environ["__OW_ACTION_NAME"],
+                "deadline": int(os.environ["__OW_DEADLINE"])}
     return {"body": {"response": args}}
 '''
 
@@ -246,7 +250,11 @@ def test_openwhisk_web_action_answers(user, worker, hooks_origin):
 
 def test_openwhisk_invocation_takes_and_returns_a_dictionary(user, worker, api):
     deploy(user, "whisk-call", "openwhisk", "action.zip", make_zip({"__main__.py": WHISK_MAIN}))
-    assert dispatch(api, "whisk-call", {"name": "Jane"})["output"] == {"greeting": "hello Jane"}
+    body = dispatch(api, "whisk-call", {"name": "Jane"})
+    out = body["output"]
+    assert out["greeting"] == "hello Jane" and out["activation"] == body["id"]
+    assert out["action"] == "/_/whisk-call"
+    assert 0 < out["deadline"] - time.time() * 1000 <= 300_000  # epoch ms, within the timeout
     failed = api.post("/api/triggers/whisk-call/dispatch/?wait=30",
                       {"payload": {"fail": True}}, format="json").json()
     assert failed["status"] == "failed" and failed["error_type"] == "ApplicationError"

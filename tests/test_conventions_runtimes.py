@@ -50,3 +50,33 @@ def test_a_convention_function_answers_webhook_and_dispatch(api, celery_worker_p
                         {"payload": {"name": "Bob"}}, format="json")
     assert response.status_code == 200, response.content
     assert response.json()["output"] == {"hello": "Bob"}, response.json()
+
+
+FISSION = ("# {marker}\nfrom flask import request\n\n\ndef main():\n"
+           "    return {{'method': request.method, 'q': request.args.get('q'),\n"
+           "            'path': request.path}}\n")
+
+
+def test_a_convention_whose_platform_package_is_implied_runs_in_its_image(
+        api, celery_worker_process):
+    """Flask is not in the upload: the fission convention adds it to the version's
+    requirements, and the image installs it (wheels fetched by the worker, no network)."""
+    name = f"conv-fis-{uuid.uuid4().hex[:6]}"
+    created = api.post("/api/functions/", {
+        "name": name, "runtime": "docker", "convention": "fission",
+        "source": SimpleUploadedFile("user.py", FISSION.format(marker=name).encode())},
+        format="multipart")
+    assert created.status_code == 201, created.content
+    assert "# added by the fission convention" in created.json()["version"]["requirements"]
+    api.post("/api/triggers/", {"name": name, "function": name, "kind": "http",
+                                "public": True}, format="json")
+    version = version_wait(version=FunctionVersion.objects.get(function__name=name),
+                           timeout=300)
+    assert version.status == "ready" and version.image, version.build_log
+    assert any(line.lower().startswith("flask==")
+               for line in version.installed_packages.splitlines()), \
+        version.installed_packages
+    answer = Client().get(f"/t/{name}/x?q=1")
+    assert answer.status_code == 200, answer.content
+    assert answer.json() == {"method": "GET", "q": "1", "path": "/x"}
+    assert Execution.objects.get(task_id=answer["X-KubeFunction-Task-Id"]).runtime == "docker"

@@ -22,6 +22,11 @@ Mapping (docs/porting.md, "Apache OpenWhisk"), after OpenWhisk's controller
   not match generated content type"): here an `InvalidResponse`.
 - An archive's entry point is `main` in `__main__.py`, imported (as OpenWhisk's runtime does)
   under the name `main__`.
+- The action's metadata is in the environment for each call, as OpenWhisk sets it:
+  `__OW_ACTIVATION_ID` (the execution id), `__OW_ACTION_NAME` (`/<namespace>/<function>`),
+  `__OW_ACTION_VERSION`, `__OW_NAMESPACE` (`_`, unless the function's environment sets it),
+  `__OW_DEADLINE` (epoch milliseconds), `__OW_TRANSACTION_ID` (the task id); `__OW_API_HOST`
+  and `__OW_API_KEY` are not set (there is no OpenWhisk API to call back).
 
 Not supported: raw web actions (`--web raw`: `__ow_query`, a JSON body kept whole), `.json` /
 `.html` / `.text` / `.svg` extensions and result projection, `__ow_user` (no OpenWhisk
@@ -222,11 +227,25 @@ def _is_base64(text: str) -> bool:
 
 # --- the call -------------------------------------------------------------------------------------
 
+def _metadata(context) -> None:
+    """The activation's environment (OpenWhisk's "action metadata")."""
+    namespace = os.environ.setdefault("__OW_NAMESPACE", "_")
+    deadline = context.deadline if context.deadline is not None else 0
+    os.environ.update({
+        "__OW_ACTIVATION_ID": context.execution_id,
+        "__OW_ACTION_NAME": f"/{namespace}/{context.function_name}",
+        "__OW_ACTION_VERSION": f"0.0.{context.function_version}",
+        "__OW_DEADLINE": str(int(deadline * 1000)),
+        "__OW_TRANSACTION_ID": context.task_id,
+    })
+
+
 class OpenWhisk:
     def __init__(self, func) -> None:
         self.func = func
 
     def call(self, event: object, context, http: bool) -> object:
+        _metadata(context)
         if not http:
             if event is None:
                 event = {}
