@@ -168,6 +168,10 @@ class Execution(models.Model):
                                   "finished_at", "id"]),
         ]
 
+    # Not a column: True on an execution a dispatch gave back for an idempotency key it had
+    # seen (executions/idempotency.py) instead of making a new one.
+    replayed = False
+
     def __str__(self) -> str:
         return f"execution {self.task_id}"
 
@@ -189,3 +193,27 @@ class Execution(models.Model):
     def total_seconds(self) -> float | None:
         """Dispatched → finished: what a caller waits for the result."""
         return _seconds(self.dispatched_at, self.finished_at)
+
+
+class DispatchKey(models.Model):
+    """An `Idempotency-Key` an owner dispatched with: the same key again within
+    KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS gives back this execution instead of a new one
+    (executions/idempotency.py). The unique constraint, not a read before the write, makes
+    concurrent dispatches with one key create one execution."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                              related_name="dispatch_keys")
+    key = models.CharField(max_length=255)
+    # SHA-256 of what was dispatched (trigger and payload, or a webhook's method, path, query
+    # and body): the same key with another request is refused (409).
+    request_sha256 = models.CharField(max_length=64)
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE,
+                                  related_name="dispatch_keys")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"],
+                                               name="dispatch_key_per_owner")]
+
+    def __str__(self) -> str:
+        return f"idempotency key {self.key!r}"

@@ -11,6 +11,11 @@ from .models import Execution
 
 WAIT_PARAMETER = OpenApiParameter(
     "wait", OpenApiTypes.FLOAT, description="Seconds to wait for the result (bounded).")
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, location=OpenApiParameter.HEADER,
+    description="Names this dispatch (one `payload`): the same key from the same owner within "
+                "KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS answers 200 with the first execution "
+                "(header Idempotent-Replayed: true); another request under it is a 409.")
 
 
 class AttemptSerializer(serializers.Serializer):

@@ -31,7 +31,7 @@ from kubefunction.access import runtime_allowed, runtime_refusal
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from kubefunction.throttles import dispatch_reserve, user_ident
 
-from . import concurrency, db_retry, hooks, retention, retries, transitions, workers
+from . import concurrency, db_retry, hooks, idempotency, retention, retries, transitions, workers
 from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
@@ -106,7 +106,10 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                             source: str = "", callback_url: str = "",
                             synchronous: bool = False,
                             batch: Batch | None = None,
-                            http_request: bool = False) -> list[Execution]:
+                            http_request: bool = False,
+                            idempotency_keys: Sequence[str | None] | None = None,
+                            request_hashes: Sequence[str] | None = None,
+                            ) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
     More than one payload is recorded as a `Batch` (`source`: api, admin, command).
@@ -136,6 +139,15 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
     image_check(function, version, field="trigger")
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p,
                               http_request=http_request) for p in payloads]
+    keys = None
+    if idempotency_keys is not None and any(k is not None for k in idempotency_keys):
+        if len(idempotency_keys) != len(payloads):
+            raise InvalidInput(f"give one idempotency key per payload ({len(payloads)}).",
+                               field="idempotency_keys")
+        hashes = request_hashes or [idempotency.request_sha256(trigger.pk, payload)
+                                    for payload in payloads]
+        keys = [None if key is None else (idempotency.key_check(key), digest)
+                for key, digest in zip(idempotency_keys, hashes, strict=True)]
     now = timezone.now()
     user = user if user and user.is_authenticated else None
     if batch is None and len(payloads) > 1:
@@ -143,7 +155,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                       created_at=now)
     return execution_enqueue(
         function=function, version=version, trigger=trigger, inputs=payloads, user=user,
-        batch=batch, now=now, synchronous=synchronous, http_request=http_request,
+        batch=batch, now=now, keys=keys, synchronous=synchronous, http_request=http_request,
         max_retries=0 if synchronous else trigger.max_retries,
         retry_backoff_seconds=trigger.retry_backoff_seconds,
         callback_url=callback_url or trigger.callback_url)
@@ -151,11 +163,14 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
 
 def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | None,
                       inputs: Sequence[Any], user=None, batch: Batch | None = None, now=None,
+                      keys: Sequence[tuple[str, str] | None] | None = None,
                       **fields: Any) -> list[Execution]:
     """Store one queued execution of `version` per input and send their run tasks after the
     surrounding transaction commits: what a dispatch and a re-run do once they checked that it
-    may run. `batch`: the batch they belong to, stored with them when it is new; `fields`: the
-    rest of each execution (retries, callback URL, `synchronous`, `rerun_of`)."""
+    may run. `batch`: the batch they belong to, stored with them when it is new; `keys`: each
+    input's (idempotency key, request hash) or None (executions/idempotency.py: a key seen
+    before gives back its execution instead); `fields`: the rest of each execution (retries,
+    callback URL, `synchronous`, `rerun_of`)."""
     now = now or timezone.now()
     user = user if user and user.is_authenticated else None
     executions = [
@@ -166,6 +181,20 @@ def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | 
         for payload in inputs
     ]
     new_batch = batch is not None and batch._state.adding
+    if keys is not None:
+        with transaction.atomic():
+            if new_batch:
+                batch.save(force_insert=True)
+            fresh, answered = idempotency.claim(executions, keys, owner_id=function.owner_id,
+                                                now=now)
+            if new_batch and not fresh:
+                batch.delete()  # every payload was dispatched before: no new batch
+            elif batch is not None and len(fresh) < len(executions):
+                batch.size -= len(executions) - len(fresh)  # what is really in it
+                batch.save(update_fields=["size"])
+            Execution.objects.bulk_create(fresh, batch_size=1000)
+            transaction.on_commit(lambda: _send(fresh))
+        return answered
     if len(executions) == 1 and not new_batch:
         # One INSERT commits on its own (or joins the caller's transaction): no extra round trip.
         executions[0].save(force_insert=True)
@@ -211,11 +240,14 @@ def batch_dispatch(*, trigger: Trigger, payloads: Sequence[Any], user=None,
 
 
 def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=None,
+                       idempotency_key: str | None = None, request_hash: str | None = None,
                        **options: Any) -> Execution:
     """Queue one execution of the trigger's function with `payload` (options as for
-    `execution_dispatch_many`)."""
-    return execution_dispatch_many(trigger=trigger, payloads=[payload], user=user,
-                                   **options)[0]
+    `execution_dispatch_many`; `idempotency_key` and `request_hash` for that one payload)."""
+    return execution_dispatch_many(
+        trigger=trigger, payloads=[payload], user=user,
+        idempotency_keys=None if idempotency_key is None else [idempotency_key],
+        request_hashes=None if request_hash is None else [request_hash], **options)[0]
 
 
 @lru_cache(maxsize=256)

@@ -11,11 +11,12 @@ import logging
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject
 from django.conf import settings
+from django.utils import timezone
 
 from functions.models import Function
 from kubefunction.errors import ServiceUnavailable
 
-from . import callbacks, reaper, retention, services, workers
+from . import callbacks, idempotency, reaper, retention, services, workers
 from .runtimes import close_runtimes, get_runtime
 from .runtimes.base import RuntimeFailure, RuntimeUnavailable
 
@@ -93,6 +94,9 @@ def deliver_callback(self, execution_id: str) -> None:
 # Beat runs this every KUBEFUNCTION_PURGE_INTERVAL seconds (`purge-payloads`).
 @shared_task(name="executions.purge_payloads", ignore_result=True)
 def purge_payloads() -> dict[str, int]:
-    """Purge the payloads past their function's retention and the old task results."""
+    """Purge the payloads past their function's retention, the old task results and the
+    idempotency keys past their window."""
     report = retention.retention_purge()
-    return {"payloads": report.payloads, "results": report.results}
+    keys = idempotency.purge_expired_keys(now=timezone.now(),
+                                          limit=settings.KUBEFUNCTION_PURGE_BATCH)
+    return {"payloads": report.payloads, "results": report.results, "keys": keys}

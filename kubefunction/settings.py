@@ -380,6 +380,10 @@ KUBEFUNCTION_DEFAULT_MEMORY_MB = env.int("KUBEFUNCTION_DEFAULT_MEMORY_MB", defau
 KUBEFUNCTION_MAX_MEMORY_MB = env.int("KUBEFUNCTION_MAX_MEMORY_MB", default=4096)
 KUBEFUNCTION_MAX_BATCH = env.int("KUBEFUNCTION_MAX_BATCH", default=10000)
 KUBEFUNCTION_MAX_WAIT = env.int("KUBEFUNCTION_MAX_WAIT", default=60)
+# Hours an `Idempotency-Key` on a dispatch or webhook call is remembered per owner: the same key
+# within them gives back the first execution (executions/idempotency.py).
+KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS = env.int("KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS",
+                                                default=24)
 # Waiters (`?wait=`, webhooks, `dispatch --wait`) wake on the finish's notification; one waiting
 # this long unheard is found by its process's listener (executions/notifications.py).
 KUBEFUNCTION_WAIT_FALLBACK_SECONDS = env.float("KUBEFUNCTION_WAIT_FALLBACK_SECONDS", default=2.0)

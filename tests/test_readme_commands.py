@@ -192,6 +192,10 @@ def follow_the_readme(clone: Path, home: Path, port: int) -> None:
             assert body["status"] == "succeeded" and body["output"]["message"] == "Hello, Ada!"
         elif '"payloads"' in command:
             assert body["count"] == 2 and len(body["executions"]) == 2, body
+        elif "Idempotency-Key" in command:  # "twice: one run"
+            assert body["replayed"] is False, body
+            again = json.loads(run(clone, home, shell))
+            assert again["replayed"] is True and again["task_id"] == body["task_id"], again
         elif "/dispatch/" in command:
             assert set(body) >= {"task_id", "result_url"}, body
             task_id = body["task_id"]

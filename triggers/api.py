@@ -9,9 +9,10 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from executions import idempotency
 from executions import services as execution_services
 from executions.api_waits import WaitingResponse, WaitsWithoutThread
-from executions.serializers import WAIT_PARAMETER, ExecutionSerializer
+from executions.serializers import IDEMPOTENCY_PARAMETER, WAIT_PARAMETER, ExecutionSerializer
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge
@@ -73,7 +74,8 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
                          "webhook_url": services.webhook_url(
                              trigger, base=request.build_absolute_uri("/"))})
 
-    @extend_schema(request=DispatchSerializer, parameters=[WAIT_PARAMETER],
+    @extend_schema(request=DispatchSerializer, parameters=[WAIT_PARAMETER,
+                                                           IDEMPOTENCY_PARAMETER],
                    responses={202: PolymorphicProxySerializer(
                        component_name="DispatchAnswer", resource_type_field_name=None,
                        serializers=[DispatchedSerializer, BatchDispatchedSerializer]),
@@ -96,32 +98,53 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
         form.is_valid(raise_exception=True)
         payloads = form.validated_data.get("payloads") or [
             form.validated_data.get("payload", execution_services.USE_DEFAULT)]
-        if wait and "payloads" in form.validated_data:
+        batched = "payloads" in form.validated_data
+        if wait and batched:
             raise InvalidInput("wait works with one `payload`; a batch answers at once (follow "
                                "it at /api/batches/<id>/).", field="wait")
+        header = request.headers.get(idempotency.KEY_HEADER)
+        if header is not None and batched:
+            raise InvalidInput("a batch takes `idempotency_keys`, one per payload, not the "
+                               "Idempotency-Key header.", field=idempotency.KEY_HEADER)
+        keys = form.validated_data.get("idempotency_keys") or (
+            None if header is None else [header])
         executions = execution_services.execution_dispatch_many(
             trigger=trigger, payloads=payloads, user=request.user, source="api",
-            callback_url=form.validated_data.get("callback_url", ""))
-        if "payloads" in form.validated_data:
-            batch = executions[0].batch_id
+            callback_url=form.validated_data.get("callback_url", ""), idempotency_keys=keys)
+        if batched:
+            batch = next((e.batch_id for e in executions if not e.replayed), None)
             return Response({"count": len(executions), "batch": batch and {
                 "id": str(batch), "url": request.build_absolute_uri(
                     reverse("batch-detail", kwargs={"pk": batch}))},
                 "executions": [self._dispatched(e) for e in executions]},
                 status=status.HTTP_202_ACCEPTED)
         execution = executions[0]
+        replayed = execution.replayed
         if wait:
-            return WaitingResponse(execution=execution, timeout=wait, answer=self._waited)
-        return Response(self._dispatched(execution), status=status.HTTP_202_ACCEPTED)
+            response = WaitingResponse(execution=execution, timeout=wait, answer=(
+                lambda done: self._waited(done, replayed=replayed)))
+        elif replayed:  # the key's first execution, as it stands now
+            response = Response(self._state(execution, replayed=True),
+                                status=status.HTTP_200_OK)
+        else:
+            response = Response(self._dispatched(execution), status=status.HTTP_202_ACCEPTED)
+        if replayed:
+            response[idempotency.REPLAYED_HEADER] = "true"
+        return response
 
-    def _waited(self, execution) -> tuple[dict, int]:
-        """200 with the execution when it finished within the wait, else 202 as without one."""
-        if execution.is_finished:
-            return (ExecutionSerializer(execution, context={"request": self.request}).data,
-                    status.HTTP_200_OK)
+    def _waited(self, execution, *, replayed: bool = False) -> tuple[dict, int]:
+        """200 with the execution when it finished within the wait (or the dispatch gave back
+        an earlier one for its idempotency key), else 202 as without one."""
+        if execution.is_finished or replayed:
+            return self._state(execution, replayed=replayed), status.HTTP_200_OK
         return self._dispatched(execution), status.HTTP_202_ACCEPTED
+
+    def _state(self, execution, *, replayed: bool = False) -> dict:
+        data = ExecutionSerializer(execution, context={"request": self.request}).data
+        return {**data, "replayed": replayed}
 
     def _dispatched(self, execution) -> dict:
         url = reverse("execution-detail", kwargs={"task_id": execution.task_id})
         return {"task_id": execution.task_id, "execution_id": str(execution.pk),
-                "status": execution.status, "result_url": self.request.build_absolute_uri(url)}
+                "status": execution.status, "result_url": self.request.build_absolute_uri(url),
+                "replayed": execution.replayed}

@@ -105,6 +105,12 @@ class DispatchSerializer(StrictInput, serializers.Serializer):
         required=False, allow_blank=True, max_length=500,
         help_text="POST the result here when each execution ends (docs/callbacks.md); "
                   "default: the trigger's callback URL.")
+    idempotency_keys = serializers.ListField(
+        child=serializers.CharField(allow_null=True, max_length=255, trim_whitespace=False),
+        required=False, allow_empty=False, max_length=settings.KUBEFUNCTION_MAX_BATCH,
+        help_text="With `payloads`: one idempotency key per payload (null for none); a key "
+                  "dispatched before gives back its execution (docs/triggers.md, "
+                  "\"Idempotency\"). One `payload` takes the `Idempotency-Key` header.")
 
     def validate_callback_url(self, value):
         try:
@@ -116,6 +122,11 @@ class DispatchSerializer(StrictInput, serializers.Serializer):
         if "payload" in attrs and "payloads" in attrs:
             raise serializers.ValidationError(
                 {"payloads": "give `payload` or `payloads`, not both."})
+        keys = attrs.get("idempotency_keys")
+        if keys is not None and len(keys) != len(attrs.get("payloads") or []):
+            raise serializers.ValidationError({"idempotency_keys": (
+                "give one key per payload of `payloads`; one `payload` takes the "
+                "Idempotency-Key header.")})
         return attrs
 
 
@@ -124,6 +135,8 @@ class DispatchedSerializer(serializers.Serializer):
     execution_id = serializers.UUIDField()
     status = serializers.CharField()
     result_url = serializers.URLField()
+    replayed = serializers.BooleanField(
+        help_text="True when an Idempotency-Key gave back an earlier dispatch's execution.")
 
 
 class BatchLinkSerializer(serializers.Serializer):

@@ -51,6 +51,7 @@ from rest_framework.authentication import BasicAuthentication, TokenAuthenticati
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.settings import api_settings
 
+from executions import idempotency
 from executions.models import Execution, ExecutionStatus
 from executions.services import USE_DEFAULT, execution_dispatch
 from executions.waiters import execution_wait_async
@@ -487,6 +488,7 @@ class WebhookWait:
     seconds: float
     pending: dict
     trigger: Trigger | None = None  # for its CORS setting
+    headers: dict[str, str] = field(default_factory=dict)  # the platform's, on any answer
 
 
 async def webhook_call(*, name: str, request: HttpRequest, subpath: str = "") -> WebhookAnswer:
@@ -562,8 +564,13 @@ def webhook_start(*, name: str, request: HttpRequest,
             event = webhook_event(request, body)
         is_async = wants_async(request, query=not convention)
         wait = 0.0 if is_async else wait_seconds(request, trigger)
-        execution = execution_dispatch(trigger=trigger, payload=event, synchronous=not is_async,
-                                       http_request=bool(convention))
+        key = request.headers.get(idempotency.KEY_HEADER)
+        execution = execution_dispatch(
+            trigger=trigger, payload=event, synchronous=not is_async,
+            http_request=bool(convention), idempotency_key=key,
+            request_hash=None if key is None else idempotency.webhook_sha256(
+                trigger.pk, method=request.method, path=subpath,
+                query=request.META.get("QUERY_STRING", ""), body=body))
     except signatures.SignatureRefused as exc:
         logger.info("webhook %s: 401 %s", name, exc)
         return cors.allow(_error_answer(Unauthorized(str(exc))), trigger, request)
@@ -576,9 +583,14 @@ def webhook_start(*, name: str, request: HttpRequest,
     if is_async:
         logger.info("webhook %s: 202 task %s", name, execution.task_id)
         answer = _json_answer(202, {**pending, "status": execution.status}, execution.task_id,
-                              Location=result_url)
+                              Location=result_url, **_replayed(execution))
         return cors.allow(answer, trigger, request)
-    return WebhookWait(execution, wait, pending, trigger)
+    return WebhookWait(execution, wait, pending, trigger, _replayed(execution))
+
+
+def _replayed(execution: Execution) -> dict[str, str]:
+    """The header saying an Idempotency-Key gave back an earlier call's execution."""
+    return {idempotency.REPLAYED_HEADER: "true"} if execution.replayed else {}
 
 
 def webhook_finish(*, name: str, request: HttpRequest, wait: WebhookWait,
@@ -594,4 +606,6 @@ def webhook_finish(*, name: str, request: HttpRequest, wait: WebhookWait,
     else:
         answer = _finished_answer(request, execution)
         logger.info("webhook %s: %s task %s", name, answer.status, execution.task_id)
+    answer.headers.update(wait.headers)
+    answer.added |= set(wait.headers)
     return cors.allow(answer, wait.trigger, request) if wait.trigger is not None else answer

@@ -81,9 +81,13 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="Wait for results; summarise.")
         parser.add_argument("--timeout", type=float, default=600, help="Seconds to wait at most.")
         parser.add_argument("--owner", help="Username recorded as dispatcher.")
+        parser.add_argument("--idempotency-key",
+                            help="Name this dispatch (one payload): the same key within "
+                                 "KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS gives back its first "
+                                 "execution instead of a new one.")
 
     def handle(self, *args, trigger, payload, payload_file, count, wait, timeout, owner,
-               **options):
+               idempotency_key=None, **options):
         if count < 1:
             raise CommandError("--count must be at least 1.")
         try:
@@ -91,13 +95,25 @@ class Command(BaseCommand):
         except Trigger.DoesNotExist:
             raise CommandError(f"no trigger named '{trigger}'.") from None
         payloads = _read_payloads(payload, payload_file) * count
+        if idempotency_key is not None and len(payloads) != 1:
+            raise CommandError("--idempotency-key names one dispatch: give one payload and no "
+                               "--count.")
         user = command_user(owner)
         started = time.monotonic()
         with domain_errors_as_command_errors():
             for number, item in enumerate(payloads, 1):
                 if item is not services.USE_DEFAULT:
                     services.payload_check(item, field=f"payload {number}")
-            ids, batch = self._dispatch(target, payloads, user)
+            if idempotency_key is not None:
+                execution = services.execution_dispatch(
+                    trigger=target, payload=payloads[0], user=user, source="command",
+                    idempotency_key=idempotency_key)
+                if execution.replayed:
+                    self.stderr.write(f"the key was dispatched before: task "
+                                      f"{execution.task_id}, {execution.status}")
+                ids, batch = [execution.pk], None
+            else:
+                ids, batch = self._dispatch(target, payloads, user)
         if batch is not None:
             self.stdout.write(f"batch {batch.pk}")
         if not wait:
