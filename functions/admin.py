@@ -5,6 +5,7 @@ from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html
 
+from kubefunction import audit
 from kubefunction.access import permission_name
 from kubefunction.admin_display import pre, shown
 from kubefunction.errors import KubeFunctionError
@@ -64,6 +65,9 @@ class FunctionAdmin(admin.ModelAdmin):
             try:
                 builds.version_request_build(version=version)
                 queued += 1
+                audit.changed(user=request.user, obj=function,
+                              via="the admin action Build image",
+                              detail=f"Requested a build of version {version.number}")
             except KubeFunctionError as exc:
                 self.message_user(request, f"{function.name}: {exc.message}", messages.WARNING)
         if queued:
@@ -191,6 +195,9 @@ class FunctionVersionAdmin(admin.ModelAdmin):
             try:
                 operation(version=version)
                 done += 1
+                audit.changed(user=request.user, obj=version.function,
+                              via=f"the admin action {verb.split()[0]}",
+                              detail=f"{verb} version {version.number}")
             except KubeFunctionError as exc:
                 self.message_user(request, f"{version}: {exc.message}", messages.ERROR)
         if done:

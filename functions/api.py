@@ -11,6 +11,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from kubefunction import audit
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import declared_length, refuse_unknown, wait_seconds
 from kubefunction.errors import PayloadTooLarge
@@ -88,6 +89,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         version = services.function_register(
             owner=request.user, filename=upload.name, data=upload.read(),
             handler=data.pop("handler", None), mode=data.pop("mode", None), **data)
+        audit.added(user=request.user, obj=version.function, via=audit.API,
+                    detail=f"version {version.number} ({version.handler})")
         if wait:
             version = selectors.version_wait(version=version, timeout=wait)
         body = FunctionSerializer(version.function, context=self.get_serializer_context()).data
@@ -95,8 +98,10 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         return Response(body, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer):
+        before = audit.snapshot(serializer.instance, serializer.validated_data)
         serializer.instance = services.function_update(
             function=serializer.instance, **serializer.validated_data)
+        audit.changed(user=self.request.user, obj=serializer.instance, via=audit.API, before=before)
 
     @extend_schema(methods=["get"], responses=VersionSerializer(many=True))
     @extend_schema(methods=["post"], request=SourceUploadSerializer,
@@ -119,6 +124,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
             function=function, filename=upload.name, data=upload.read(), user=request.user,
             handler=form.validated_data.get("handler"), mode=form.validated_data.get("mode"),
             convention=form.validated_data.get("convention"))
+        audit.changed(user=request.user, obj=function, via=audit.API,
+                      detail=f"Uploaded version {version.number} ({version.handler})")
         version.refresh_from_db()
         if wait:
             version = selectors.version_wait(version=version, timeout=wait)
@@ -138,6 +145,8 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         if version is None:
             raise NotFound("the function has no version.")
         builds.version_request_build(version=version)
+        audit.changed(user=request.user, obj=function, via=audit.API,
+                      detail=f"Requested a build of version {version.number}")
         version.refresh_from_db()
         return Response(VersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
@@ -150,5 +159,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
         form.is_valid(raise_exception=True)
         version = get_object_or_404(function.versions, number=form.validated_data["version"])
         services.version_activate(version=version)
+        audit.changed(user=request.user, obj=function, via=audit.API,
+                      detail=f"Activated version {version.number}")
         function.refresh_from_db()
         return Response(FunctionSerializer(function, context=self.get_serializer_context()).data)

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from executions import services as execution_services
+from kubefunction import audit
 from kubefunction.errors import KubeFunctionError
 
 from . import services
@@ -202,6 +203,8 @@ class TriggerAdmin(admin.ModelAdmin):
             except KubeFunctionError as exc:
                 self.message_user(request, f"{trigger.name}: {exc.message}", messages.ERROR)
                 continue
+            audit.changed(user=request.user, obj=trigger,
+                          via="the admin action Regenerate token", detail="Issued a new token")
             self._show_token(request, trigger, token)
 
     @admin.action(description="Dispatch… (JSON payload and count)", permissions=["change"])

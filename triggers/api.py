@@ -13,6 +13,7 @@ from executions import idempotency
 from executions import services as execution_services
 from executions.api_waits import WaitingResponse, WaitsWithoutThread
 from executions.serializers import IDEMPOTENCY_PARAMETER, WAIT_PARAMETER, ExecutionSerializer
+from kubefunction import audit
 from kubefunction.access import OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge
@@ -53,13 +54,19 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
         data = dict(serializer.validated_data)
         serializer.instance = services.trigger_create(
             name=data.pop("name"), function=data.pop("function"), user=self.request.user, **data)
+        audit.added(user=self.request.user, obj=serializer.instance, via=audit.API,
+                    detail=f"{serializer.instance.kind} trigger of "
+                           f"{serializer.instance.function.name}")
 
     def perform_update(self, serializer):
         data = dict(serializer.validated_data)
         data.pop("name", None)  # unchanged (the serializer refuses a rename)
+        before = audit.snapshot(serializer.instance, data)
         serializer.instance = services.trigger_update(trigger=serializer.instance, **data)
+        audit.changed(user=self.request.user, obj=serializer.instance, via=audit.API, before=before)
 
     def perform_destroy(self, instance):
+        audit.deleted(user=self.request.user, obj=instance, via=audit.API)
         services.trigger_delete(trigger=instance)
 
     @extend_schema(request=None, responses={200: TokenSerializer})
@@ -70,6 +77,7 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
         refuse_unknown(request.data)  # it takes no fields
         trigger = self.get_object()
         token = services.trigger_token_regenerate(trigger=trigger)
+        audit.changed(user=request.user, obj=trigger, via=audit.API, detail="Issued a new token")
         return Response({"name": trigger.name, "token": token,
                          "webhook_url": services.webhook_url(
                              trigger, base=request.build_absolute_uri("/"))})

@@ -8,11 +8,15 @@ from django.core.management.base import BaseCommand, CommandError
 from functions import selectors, services
 from functions.conventions import CONVENTIONS
 from functions.models import Function, VersionStatus
+from kubefunction import audit
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from triggers.models import Trigger
 from triggers.services import trigger_create
 
 LOG_TAIL_LINES = 20
+
+
+VIA = "manage.py register_function"
 
 
 class Command(BaseCommand):
@@ -59,18 +63,24 @@ class Command(BaseCommand):
                     payload_retention=payload_retention or "keep",
                     payload_retention_days=retention_days)
                 function = version.function
+                audit.added(user=user, obj=function, via=VIA,
+                            detail=f"version {version.number} ({version.handler})")
             else:
                 changes = {k: v for k, v in (("timeout_seconds", timeout), ("memory_mb", memory),
                                              ("payload_retention", payload_retention),
                                              ("payload_retention_days", retention_days))
                            if v is not None}
+                before = audit.snapshot(function, changes)
                 if changes:
                     services.function_update(function=function, **changes)
                 version = services.version_create(function=function, filename=path.name,
                                                   data=data, user=user, handler=handler, mode=mode,
                                                   convention=convention)
+                audit.changed(user=user, obj=function, via=VIA, before=before,
+                              detail=f"Uploaded version {version.number} ({version.handler})")
             if trigger and not Trigger.objects.filter(name=trigger).exists():
-                trigger_create(name=trigger, function=function, user=user)
+                made = trigger_create(name=trigger, function=function, user=user)
+                audit.added(user=user, obj=made, via=VIA, detail=f"manual trigger of {name}")
         version.refresh_from_db()
         if wait:
             version = selectors.version_wait(version=version, timeout=wait_timeout)

@@ -7,6 +7,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from functions.models import Function
+from kubefunction import audit
 from kubefunction.commands import command_user, domain_errors_as_command_errors
 from triggers.models import PayloadFormat, SignatureScheme, TriggerKind
 from triggers.services import trigger_create, webhook_url
@@ -72,14 +73,17 @@ class Command(BaseCommand):
         if max_retries < 0:
             raise CommandError("--max-retries must be 0 or more.")
         secret = self._secret(signature_secret, signature_secret_file)
+        user = command_user(owner)
         with domain_errors_as_command_errors():
             trigger = trigger_create(
-                name=name, function=target, user=command_user(owner), kind=kind,
+                name=name, function=target, user=user, kind=kind,
                 default_payload=default_payload, schedule=schedule or "", timezone=timezone,
                 public=public, max_retries=max_retries, retry_backoff_seconds=retry_backoff,
                 callback_url=callback_url, enabled=not disabled,
                 payload_format_version=payload_format_version, cors_allowed_origins=cors_origins,
                 signature=signature, signature_header=signature_header, signature_secret=secret)
+        audit.added(user=user, obj=trigger, via="manage.py create_trigger",
+                    detail=f"{trigger.kind} trigger of {target.name}")
         self.stdout.write(self.style.SUCCESS(
             f"trigger '{trigger.name}' → {target.name} ({trigger.kind})"))
         if trigger.kind == TriggerKind.SCHEDULE:
