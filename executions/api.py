@@ -11,7 +11,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from kubefunction.access import OwnerOrModelPermission, scope_to_owner
+from kubefunction.access import KeyScope, OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import wait_seconds
 from kubefunction.throttles import dispatch_throttles
 
@@ -68,7 +68,11 @@ class ExecutionViewSet(WaitsWithoutThread, viewsets.ReadOnlyModelViewSet):
     """Executions of your functions (with `executions.view_execution`: all), newest first; one by
     its Celery task id. Re-running someone else's needs `executions.change_execution`."""
 
-    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
+    permission_classes = [IsAuthenticated, KeyScope, OwnerOrModelPermission]
+    # Scoped API keys (triggers/keys.py): reading needs `read`; re-running and cancelling
+    # `invoke` on the execution's trigger.
+    key_read_scope = "read"
+    key_scopes = {"rerun": "invoke", "cancel": "invoke"}
 
     lookup_field = "task_id"
     lookup_value_regex = "[^/]+"
@@ -176,6 +180,7 @@ class BatchViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = BatchSerializer
     filterset_fields = ["source", "trigger__name"]
+    key_read_scope = "read"  # a scoped API key needs `read`
 
     def get_queryset(self):
         queryset = with_progress(Batch.objects.select_related("trigger").order_by("-created_at"))
@@ -192,6 +197,8 @@ class CallbackKeySerializer(serializers.Serializer):
 
 class CallbackKeyView(APIView):
     """The key that signs the callbacks of the functions you own (docs/callbacks.md)."""
+
+    key_read_scope = "deploy"  # a secret: a scoped API key needs `deploy`
 
     @extend_schema(responses={200: CallbackKeySerializer})
     def get(self, request):

@@ -12,7 +12,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from kubefunction import audit
-from kubefunction.access import OwnerOrModelPermission, scope_to_owner
+from kubefunction.access import KeyScope, OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import declared_length, refuse_unknown, wait_seconds
 from kubefunction.errors import PayloadTooLarge
 
@@ -61,7 +61,7 @@ class FunctionViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Ret
     serializer_class = FunctionSerializer
     # Uploading a version, building, activating and editing all need ownership or
     # `functions.change_function`.
-    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
+    permission_classes = [IsAuthenticated, KeyScope, OwnerOrModelPermission]
     lookup_field = "name"
     parser_classes = [SourceMultiPartParser, FormParser, JSONParser]
     filterset_fields = ["runtime", "mode"]

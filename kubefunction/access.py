@@ -81,6 +81,40 @@ class OwnerOrModelPermission(permissions.BasePermission):
         return may_act(request.user, owner_id=owner_of(obj), model=type(obj), verb=verb)
 
 
+class KeyScope(permissions.BasePermission):
+    """What a scoped API key (`request.auth`, triggers/keys.py) may do; any other caller passes.
+
+    A view names the scope each action needs: `key_read_scope` for reading (None: any key may
+    see what its user sees), `key_scopes[action]` for the rest (default `deploy`); `invoke`
+    is checked again on the object (`key.may_invoke(trigger)`, an execution by its trigger).
+    A view with `key_scope_refused` takes no key at all (managing keys)."""
+
+    message = "this API key's scopes do not allow it."
+
+    @staticmethod
+    def _scope(request, view) -> str | None:
+        if request.method in permissions.SAFE_METHODS:
+            return getattr(view, "key_read_scope", None)
+        return getattr(view, "key_scopes", {}).get(getattr(view, "action", None), "deploy")
+
+    def has_permission(self, request, view) -> bool:
+        key = request.auth
+        if not getattr(key, "is_api_key", False):
+            return True
+        if getattr(view, "key_scope_refused", False):
+            self.message = "API keys cannot manage API keys: use your own login or token."
+            return False
+        scope = self._scope(request, view)
+        return scope is None or key.allows(scope)
+
+    def has_object_permission(self, request, view, obj) -> bool:
+        key = request.auth
+        if not getattr(key, "is_api_key", False) or self._scope(request, view) != "invoke":
+            return True
+        trigger = getattr(obj, "trigger", obj)
+        return trigger is not None and key.may_invoke(trigger)
+
+
 # --- Runtimes the operator allows (KUBEFUNCTION_ALLOWED_RUNTIMES) ------------------------------
 
 def allowed_runtimes() -> list[str]:

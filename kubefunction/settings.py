@@ -226,9 +226,12 @@ LOGGING = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
+        # Scoped API keys: `Authorization: Bearer kf_...` (triggers/keys.py).
+        "triggers.keys.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated",
+                                   "kubefunction.access.KeyScope"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     # limit/offset checked like every query parameter (a bad one is a 400 naming it).
     "DEFAULT_PAGINATION_CLASS": "kubefunction.api_input.StrictLimitOffsetPagination",

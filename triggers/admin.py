@@ -15,9 +15,9 @@ from executions import services as execution_services
 from kubefunction import audit
 from kubefunction.errors import KubeFunctionError
 
-from . import services
+from . import keys, services
 from .forms import DispatchForm
-from .models import Trigger, TriggerKind
+from .models import ApiKey, KeyScope, Trigger, TriggerKind
 
 
 class TriggerAdminForm(forms.ModelForm):
@@ -240,3 +240,101 @@ class TriggerAdmin(admin.ModelAdmin):
         self.message_user(request, format_html(
             'Queued {} execution(s) of <b>{}</b>: <a href="{}">see results</a>.',
             len(executions), trigger.name, url))
+
+
+class ApiKeyAdminForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=KeyScope.choices,
+                                       widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "user", "scopes", "triggers", "functions", "expires_at"]
+
+    request = None  # set by ApiKeyAdmin.get_form
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk is None and self.request is not None:
+            try:
+                keys.api_key_check(
+                    user=key_owner(self.request, data), scopes=list(data.get("scopes") or []),
+                    triggers=list(data.get("triggers") or []),
+                    functions=list(data.get("functions") or []),
+                    expires_at=data.get("expires_at"))
+            except KubeFunctionError as exc:
+                field = exc.field if exc.field in self.fields else None
+                raise forms.ValidationError({field: exc.message} if field else exc.message) \
+                    from exc
+        return data
+
+
+def key_owner(request, data: dict):
+    """A superuser makes keys for any user; everyone else for themselves."""
+    return data.get("user") if request.user.is_superuser and data.get("user") else request.user
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Scoped API keys (triggers/keys.py): made here or by POST /api/keys/, the key shown once;
+    read only afterwards but for the Revoke action. Everyone but superusers sees and makes only
+    their own."""
+
+    form = ApiKeyAdminForm
+    list_display = ("name", "user", "shown_prefix", "scopes", "expires_at", "last_used_at",
+                    "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix", "user__username")
+    filter_horizontal = ("triggers", "functions")
+    actions = ["revoke"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"request": request})
+
+    def get_queryset(self, request):
+        keys_ = super().get_queryset(request).select_related("user")
+        return keys_ if request.user.is_superuser else keys_.filter(user=request.user)
+
+    def get_fields(self, request, obj=None):
+        fields = ["name", "scopes", "triggers", "functions", "expires_at"]
+        if request.user.is_superuser:
+            fields.insert(1, "user")
+        return fields if obj is None else [*fields, "prefix", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("name", "user", "scopes", "triggers", "functions", "expires_at", "prefix",
+                "last_used_at", "revoked_at")
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoked, not deleted: the record stays
+
+    @admin.display(description="key")
+    def shown_prefix(self, key: ApiKey) -> str:
+        return f"kf_{key.prefix}_…"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        data = form.cleaned_data  # checked by the form (keys.api_key_check)
+        key, raw = keys.api_key_create(
+            user=key_owner(request, data), name=data["name"], scopes=list(data["scopes"]),
+            triggers=data.get("triggers") or [], functions=data.get("functions") or [],
+            expires_at=data.get("expires_at"))
+        obj.pk = key.pk  # Django's admin logs the addition of it
+        self.message_user(request, format_html(
+            "API key <b>{}</b> (shown once, copy it now): <code>{}</code><br>"
+            "<code>curl -H 'Authorization: Bearer {}' {}</code>", key.name, raw, raw,
+            reverse("apikey-list")), messages.WARNING)
+
+    def save_related(self, request, form, formsets, change):
+        pass  # api_key_create set the key's triggers and functions
+
+    @admin.action(description="Revoke (refused with 401 from now on)")
+    def revoke(self, request, queryset):
+        for key in queryset.filter(revoked_at__isnull=True):
+            keys.api_key_revoke(key=key)
+            audit.changed(user=request.user, obj=key, via="the admin action Revoke",
+                          detail="Revoked")
+        self.message_user(request, "Revoked the selected key(s).")

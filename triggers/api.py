@@ -4,7 +4,7 @@
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
-from rest_framework import status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -14,14 +14,16 @@ from executions import services as execution_services
 from executions.api_waits import WaitingResponse, WaitsWithoutThread
 from executions.serializers import IDEMPOTENCY_PARAMETER, WAIT_PARAMETER, ExecutionSerializer
 from kubefunction import audit
-from kubefunction.access import OwnerOrModelPermission, scope_to_owner
+from kubefunction.access import KeyScope, OwnerOrModelPermission, scope_to_owner
 from kubefunction.api_input import refuse_unknown, wait_seconds
 from kubefunction.errors import InvalidInput, PayloadTooLarge
 from kubefunction.throttles import dispatch_throttles
 
-from . import services
-from .models import Trigger
+from . import keys, services
+from .models import ApiKey, Trigger
 from .serializers import (
+    ApiKeyCreatedSerializer,
+    ApiKeySerializer,
     BatchDispatchedSerializer,
     DispatchedSerializer,
     DispatchSerializer,
@@ -35,7 +37,10 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
     and regenerating the token of someone else's need `triggers.change_trigger`; deleting
     them `triggers.delete_trigger`."""
 
-    permission_classes = [IsAuthenticated, OwnerOrModelPermission]
+    permission_classes = [IsAuthenticated, KeyScope, OwnerOrModelPermission]
+    # Scoped API keys (triggers/keys.py): dispatching needs `invoke` on this trigger; any other
+    # change `deploy`.
+    key_scopes = {"dispatch_trigger": "invoke"}
 
     serializer_class = TriggerSerializer
     lookup_field = "name"
@@ -156,3 +161,36 @@ class TriggerViewSet(WaitsWithoutThread, viewsets.ModelViewSet):
         return {"task_id": execution.task_id, "execution_id": str(execution.pk),
                 "status": execution.status, "result_url": self.request.build_absolute_uri(url),
                 "replayed": execution.replayed}
+
+
+class ApiKeyViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                    mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Your scoped API keys (docs/security.md, "API keys"): POST makes one and shows the key
+    once; DELETE revokes it (the record stays, with `revoked_at`). Only your own login, session
+    or token manages keys: a key cannot."""
+
+    serializer_class = ApiKeySerializer
+    key_scope_refused = True
+    filterset_fields = ["name"]
+
+    def get_queryset(self):
+        return ApiKey.objects.filter(user=self.request.user).prefetch_related(
+            "triggers", "functions")
+
+    @extend_schema(request=ApiKeySerializer, responses={201: ApiKeyCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        form = ApiKeySerializer(data=request.data, context=self.get_serializer_context())
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        key, raw = keys.api_key_create(
+            user=request.user, name=data["name"], scopes=data["scopes"],
+            triggers=data.get("triggers", []), functions=data.get("functions", []),
+            expires_at=data.get("expires_at"))
+        audit.added(user=request.user, obj=key, via=audit.API,
+                    detail=f"scopes {', '.join(key.scopes)}")
+        body = ApiKeySerializer(key, context=self.get_serializer_context()).data
+        return Response({**body, "key": raw}, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        keys.api_key_revoke(key=instance)
+        audit.changed(user=self.request.user, obj=instance, via=audit.API, detail="Revoked")

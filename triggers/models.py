@@ -88,3 +88,53 @@ class Trigger(NamedModel):
                                              "execution ends (must be allowed by settings).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
                                    null=True, blank=True, related_name="+")
+
+
+class KeyScope(models.TextChoices):
+    INVOKE = "invoke", "invoke: dispatch the chosen triggers (and re-run or cancel their runs)"
+    READ = "read", "read: executions and batches"
+    DEPLOY = "deploy", "deploy: create and change functions, versions and triggers"
+
+
+class ApiKey(models.Model):
+    """A key for one user's services (service-to-service calls): `Authorization: Bearer
+    kf_<prefix>_<secret>`, acting as the user but only within its scopes (triggers/keys.py).
+    Stored hashed; the key itself is shown once, when it is made."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="api_keys")
+    name = models.CharField(max_length=100, help_text="What the key is for (e.g. 'billing-cron').")
+    prefix = models.CharField(max_length=16, unique=True, editable=False,
+                              help_text="The key's public part: it is shown, the rest is not.")
+    key_sha256 = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list, blank=True,
+                              help_text="Any of invoke, read, deploy.")
+    triggers = models.ManyToManyField(Trigger, blank=True, related_name="api_keys",
+                                      help_text="invoke: these triggers.")
+    functions = models.ManyToManyField("functions.Function", blank=True, related_name="api_keys",
+                                       help_text="invoke: every trigger of these functions.")
+    expires_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="Refused (401) from then on; empty: never.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # `request.auth` is a key (kubefunction.access.KeyScope reads its scopes).
+    is_api_key = True
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} (kf_{self.prefix}_…)"
+
+    def allows(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+    def may_invoke(self, trigger: Trigger) -> bool:
+        """Whether the key's `invoke` scope covers `trigger`."""
+        if not self.allows(KeyScope.INVOKE):
+            return False
+        return self.triggers.filter(pk=trigger.pk).exists() or \
+            self.functions.filter(pk=trigger.function_id).exists()

@@ -1,6 +1,7 @@
 """API representations of triggers and dispatch requests."""
 
 from django.conf import settings
+from django.utils import timezone
 from rest_framework import serializers
 
 from executions.callbacks import callback_url_check
@@ -9,7 +10,7 @@ from kubefunction.access import scope_to_actor
 from kubefunction.api_input import StrictInput
 from kubefunction.errors import InvalidInput
 
-from .models import Trigger, TriggerKind
+from .models import ApiKey, KeyScope, Trigger, TriggerKind
 from .services import webhook_url
 
 
@@ -150,3 +151,47 @@ class BatchDispatchedSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     batch = BatchLinkSerializer(allow_null=True)
     executions = DispatchedSerializer(many=True)
+
+
+class _OwnField(serializers.SlugRelatedField):
+    """A function or trigger of the requesting user's own, by name (a key acts for one user)."""
+
+    def __init__(self, model, owner_path: str, **kwargs):
+        self.model, self.owner_path = model, owner_path
+        super().__init__(slug_field="name", **kwargs)
+
+    def get_queryset(self):
+        user = getattr(self.context.get("request"), "user", None)
+        if not getattr(user, "is_authenticated", False):
+            return self.model.objects.none()
+        return self.model.objects.filter(**{self.owner_path: user})
+
+
+class ApiKeySerializer(StrictInput, serializers.ModelSerializer):
+    """A scoped API key; `key` only in the answer that made it (shown once)."""
+
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=KeyScope.choices),
+                                   allow_empty=False)
+    triggers = serializers.ManyRelatedField(
+        child_relation=_OwnField(Trigger, "function__owner"), required=False,
+        help_text="invoke: the triggers it may dispatch (your own, by name).")
+    functions = serializers.ManyRelatedField(
+        child_relation=_OwnField(Function, "owner"), required=False,
+        help_text="invoke: every trigger of these functions (your own, by name).")
+    expired = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "scopes", "triggers", "functions", "expires_at",
+                  "expired", "last_used_at", "revoked_at", "created_at"]
+        read_only_fields = ["id", "prefix", "last_used_at", "revoked_at", "created_at"]
+
+    def get_expired(self, key: ApiKey) -> bool:
+        return key.expires_at is not None and key.expires_at <= timezone.now()
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself: shown this once.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]

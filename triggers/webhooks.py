@@ -64,7 +64,7 @@ from kubefunction.errors import (
 )
 from kubefunction.throttles import dispatch_wait, user_ident
 
-from . import cors, signatures
+from . import cors, keys, signatures
 from .models import Trigger, TriggerKind
 from .services import token_matches
 
@@ -201,13 +201,16 @@ def on_webhook_origin(request: HttpRequest) -> bool:
 
 def _platform_accepts(authorization: str) -> bool:
     """Whether the platform itself would take this `Authorization` value: an API token of an
-    active user, a user's password (if Basic is configured), or the metrics bearer token."""
+    active user, a live API key, a user's password (if Basic is configured), or the metrics
+    bearer token."""
     scheme, _, credentials = authorization.strip().partition(" ")
     scheme, credentials = scheme.lower(), credentials.strip()
     metrics_token = settings.KUBEFUNCTION_METRICS_TOKEN
     if metrics_token and scheme == "bearer" and hmac.compare_digest(
             credentials.encode(), metrics_token.encode()):
         return True
+    if scheme == "bearer" and keys.api_key_find(credentials, touch=False) is not None:
+        return True  # a scoped API key (triggers/keys.py)
     for authentication in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
         try:
             if issubclass(authentication, TokenAuthentication):
