@@ -310,6 +310,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # revoked, not deleted: the record stays
 
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        """Only the user's own triggers and functions are offered (a superuser: all)."""
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if not request.user.is_superuser:
+            owner = "function__owner" if db_field.name == "triggers" else "owner"
+            field.queryset = field.queryset.filter(**{owner: request.user})
+        return field
+
     @admin.display(description="key")
     def shown_prefix(self, key: ApiKey) -> str:
         return f"kf_{key.prefix}_…"
