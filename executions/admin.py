@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from kubefunction.access import permission_name
-from kubefunction.admin_display import CappedCountPaginator, pre, pretty_json, shown
+from kubefunction.admin_display import CappedCountPaginator, ReadOnlyAdmin, pre, pretty_json, shown
 from kubefunction.errors import KubeFunctionError
 
 from .models import Batch, Execution, ExecutionStatus
@@ -61,7 +61,7 @@ class DeadLetterFilter(admin.SimpleListFilter):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["short_task_id", "function", "trigger", "status_badge", "attempt_count",
                     "duration", "start", "dispatched_at"]
     list_filter = ["status", DeadLetterFilter, "function", "trigger",
@@ -117,14 +117,6 @@ class ExecutionAdmin(admin.ModelAdmin):
         except ValueError:
             return queryset.filter(task_id=term), False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # an execution never disappears
 
     def has_rerun_permission(self, request) -> bool:
         """Executions are read-only records, but re-running one acts on it:
@@ -286,7 +278,7 @@ class ExecutionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["short_id", "trigger", "source", "progress_bar", "size", "succeeded",
                     "failed", "in_flight", "p50", "p95", "created_at", "finished_at",
                     "executions_link"]
@@ -304,14 +296,6 @@ class BatchAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return with_progress(super().get_queryset(request))
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # a machine record, like its executions
 
     @admin.display(description="batch")
     def short_id(self, batch):

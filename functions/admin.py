@@ -7,7 +7,7 @@ from django.utils.html import format_html
 
 from kubefunction import audit
 from kubefunction.access import permission_name
-from kubefunction.admin_display import pre, shown
+from kubefunction.admin_display import ReadOnlyAdmin, pre, shown
 from kubefunction.errors import KubeFunctionError
 
 from . import builds, executor, services
@@ -158,7 +158,7 @@ class FunctionAdmin(admin.ModelAdmin):
 
 
 @admin.register(FunctionVersion)
-class FunctionVersionAdmin(admin.ModelAdmin):
+class FunctionVersionAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["__str__", "status", "short_sha", "source_name", "handler", "mode",
                     "created_at", "built_at"]
     list_filter = ["status", "mode"]
@@ -169,14 +169,6 @@ class FunctionVersionAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["activate", "retry_build"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_act_permission(self, request) -> bool:
         """Activating and building act on the function: `functions.change_function`."""

@@ -8,9 +8,11 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
+from kubefunction.admin_display import ReadOnlyAdmin
+
 
 @admin.register(LogEntry)
-class LogEntryAdmin(admin.ModelAdmin):
+class LogEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ("action_time", "user", "content_type", "object_link", "action_flag",
                     "message")
     list_filter = ("action_flag", "content_type", "user")
@@ -22,14 +24,6 @@ class LogEntryAdmin(admin.ModelAdmin):
         entries = super().get_queryset(request)
         return entries if request.user.is_superuser else entries.filter(user=request.user)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="object", ordering="object_repr")
     def object_link(self, entry: LogEntry):

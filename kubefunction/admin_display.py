@@ -47,3 +47,17 @@ class CappedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         return self.object_list.order_by()[: self.cap + 1].count()
+
+
+class ReadOnlyAdmin:
+    """ModelAdmin mixin for machine records: nothing is added, edited or deleted in the admin
+    (its actions may still act on the records)."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from executions.models import Batch, Execution
 from functions.models import Function, FunctionVersion
-from triggers.models import Trigger
+from triggers.models import ApiKey, Trigger
 
 pytestmark = pytest.mark.django_db
 
@@ -51,8 +51,10 @@ def alice_objects(api):
     finished = executions[0]
     Execution.objects.filter(pk=finished.pk).update(
         status="succeeded", output=1, started_at=timezone.now(), finished_at=timezone.now())
+    key = api.post("/api/keys/", {"name": "alice-key", "scopes": ["read"]}, format="json")
+    assert key.status_code == 201, key.content
     return {"function": "alice-fn", "trigger": "alice-trigger", "task_id": finished.task_id,
-            "batch": str(Batch.objects.get().pk)}
+            "batch": str(Batch.objects.get().pk), "key": str(key.json()["id"])}
 
 
 @pytest.fixture
@@ -86,7 +88,8 @@ def fill(path: str, objects: dict) -> str:
     values = {r"^/api/functions/\{name\}": {"name": objects["function"]},
               r"^/api/triggers/\{name\}": {"name": objects["trigger"]},
               r"^/api/executions/\{task_id\}": {"task_id": objects["task_id"]},
-              r"^/api/batches/\{id\}": {"id": objects["batch"]}}
+              r"^/api/batches/\{id\}": {"id": objects["batch"]},
+              r"^/api/keys/\{id\}": {"id": objects["key"]}}
     for pattern, params in values.items():
         if re.match(pattern, path):
             try:
@@ -118,7 +121,8 @@ def snapshot() -> tuple:
                                               "active_version__number", "owner__username")),
             FunctionVersion.objects.count(),
             list(Trigger.objects.values_list("name", "function__name", "enabled", "token_hash")),
-            Execution.objects.count(), Batch.objects.count())
+            Execution.objects.count(), Batch.objects.count(),
+            list(ApiKey.objects.values_list("name", "revoked_at")))
 
 
 def test_other_users_get_404_on_every_operation_on_alices_objects(alice_objects, bob):
@@ -141,7 +145,7 @@ def test_other_users_get_404_on_every_operation_on_alices_objects(alice_objects,
 
 
 def test_other_users_lists_and_filters_show_none_of_alices(alice_objects, bob):
-    secrets = list(alice_objects.values())
+    secrets = [value for name, value in alice_objects.items() if name != "key"]  # an id: 1
     for method, template in operations():
         if method != "GET" or "{" in template:
             continue

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from kubefunction.errors import InvalidInput
@@ -120,3 +121,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return KEYWORD
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """The keys in the OpenAPI schema (drf-spectacular finds this by its target)."""
+
+    target_class = "triggers.keys.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A scoped API key, kf_<prefix>_<secret> (POST /api/keys/)."}
