@@ -69,9 +69,11 @@ class ExecutionViewSet(WaitsWithoutThread, viewsets.ReadOnlyModelViewSet):
     its Celery task id. Re-running someone else's needs `executions.change_execution`."""
 
     permission_classes = [IsAuthenticated, KeyScope, OwnerOrModelPermission]
-    # Scoped API keys (triggers/keys.py): reading needs `read`; re-running and cancelling
+    # Scoped API keys (triggers/keys.py): reading needs `read` (or, for one execution, `invoke`
+    # on its trigger: the result URL of what the key dispatched); re-running and cancelling
     # `invoke` on the execution's trigger.
     key_read_scope = "read"
+    key_invoke_reads = True
     key_scopes = {"rerun": "invoke", "cancel": "invoke"}
 
     lookup_field = "task_id"

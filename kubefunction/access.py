@@ -87,7 +87,9 @@ class KeyScope(permissions.BasePermission):
     A view names the scope each action needs: `key_read_scope` for reading (None: any key may
     see what its user sees), `key_scopes[action]` for the rest (default `deploy`); `invoke`
     is checked again on the object (`key.may_invoke(trigger)`, an execution by its trigger).
-    A view with `key_scope_refused` takes no key at all (managing keys)."""
+    With `key_invoke_reads` a view also lets an `invoke` key read one object of a trigger it
+    may invoke (the result URL of what it dispatched). A view with `key_scope_refused` takes no
+    key at all (managing keys)."""
 
     message = "this API key's scopes do not allow it."
 
@@ -97,6 +99,14 @@ class KeyScope(permissions.BasePermission):
             return getattr(view, "key_read_scope", None)
         return getattr(view, "key_scopes", {}).get(getattr(view, "action", None), "deploy")
 
+    @staticmethod
+    def _reads_by_invoke(key, request, view) -> bool:
+        return (request.method in permissions.SAFE_METHODS
+                and getattr(view, "key_invoke_reads", False)
+                and getattr(view, "action", None) == "retrieve"
+                and not key.allows(getattr(view, "key_read_scope", None) or "")
+                and key.allows("invoke"))
+
     def has_permission(self, request, view) -> bool:
         key = request.auth
         if not getattr(key, "is_api_key", False):
@@ -105,11 +115,14 @@ class KeyScope(permissions.BasePermission):
             self.message = "API keys cannot manage API keys: use your own login or token."
             return False
         scope = self._scope(request, view)
-        return scope is None or key.allows(scope)
+        return scope is None or key.allows(scope) or self._reads_by_invoke(key, request, view)
 
     def has_object_permission(self, request, view, obj) -> bool:
         key = request.auth
-        if not getattr(key, "is_api_key", False) or self._scope(request, view) != "invoke":
+        if not getattr(key, "is_api_key", False):
+            return True
+        if self._scope(request, view) != "invoke" and not self._reads_by_invoke(key, request,
+                                                                               view):
             return True
         trigger = getattr(obj, "trigger", obj)
         return trigger is not None and key.may_invoke(trigger)

@@ -46,6 +46,13 @@ def test_an_invoke_key_dispatches_its_trigger_and_nothing_else(user, other_user)
     ok = client.post("/api/triggers/mine/dispatch/", {"payload": {"n": 1}}, format="json")
     assert ok.status_code == 202, ok.content
     assert Execution.objects.get(task_id=ok.json()["task_id"]).dispatched_by == user
+    # Its result URL is readable with the key (an execution of a trigger it may invoke)...
+    assert client.get(ok.json()["result_url"]).status_code == 200
+    # ...not an execution of another trigger of its user's.
+    api = APIClient()
+    api.force_authenticate(user)
+    other_run = api.post("/api/triggers/also-mine/dispatch/", {"payload": 1}, format="json")
+    assert client.get(other_run.json()["result_url"]).status_code == 403
     # Its user's other trigger: seen, not dispatched.
     assert client.get("/api/triggers/also-mine/").status_code == 200
     refused = client.post("/api/triggers/also-mine/dispatch/", {"payload": 1}, format="json")
@@ -61,7 +68,7 @@ def test_an_invoke_key_dispatches_its_trigger_and_nothing_else(user, other_user)
     assert client.get("/api/callbacks/key/").status_code == 403
     assert client.post("/api/keys/", {"name": "more", "scopes": ["deploy"]},
                        format="json").status_code == 403
-    assert Execution.objects.count() == 1
+    assert Execution.objects.count() == 2
 
 
 def test_read_and_deploy_keys_and_invoke_by_function(user):
