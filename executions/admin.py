@@ -13,10 +13,13 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from functions import quotas as function_quotas
+from functions.models import OwnerQuota
 from kubefunction.access import permission_name
 from kubefunction.admin_display import CappedCountPaginator, ReadOnlyAdmin, pre, pretty_json, shown
 from kubefunction.errors import KubeFunctionError
 
+from . import quotas
 from .models import Batch, Execution, ExecutionStatus
 from .reruns import RerunVersion, execution_rerun
 from .selectors import progress_of, with_progress
@@ -333,3 +336,53 @@ class BatchAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     def executions_link(self, batch):
         url = reverse("admin:executions_execution_changelist")
         return format_html('<a href="{}?batch__id__exact={}">executions</a>', url, batch.pk)
+
+
+@admin.register(OwnerQuota)
+class OwnerQuotaAdmin(admin.ModelAdmin):
+    """Owners' quotas (functions/quotas.py) beside what each uses now. The model is the
+    functions app's; its page is here because the usage counts executions."""
+
+    list_display = ("user", "functions_used", "stored_used", "executions_used", "cpu_used")
+    search_fields = ("user__username",)
+    autocomplete_fields = ("user",)
+    readonly_fields = ("usage_now",)
+
+    def _usage(self, quota: OwnerQuota) -> dict:
+        if not hasattr(quota, "_usage"):
+            quota._usage = quotas.usage(quota.user)
+            quota._limits = function_quotas.limits_for(quota.user_id, fresh=True)
+        return quota._usage
+
+    def _shown(self, quota: OwnerQuota, used: str, limit: str) -> str:
+        usage = self._usage(quota)
+        cap = getattr(quota._limits, limit)
+        return f"{usage[used]} / {cap if cap else '∞'}"
+
+    @admin.display(description="functions")
+    def functions_used(self, quota):
+        return self._shown(quota, "functions", "functions")
+
+    @admin.display(description="stored MB")
+    def stored_used(self, quota):
+        return self._shown(quota, "stored_mb", "stored_mb")
+
+    @admin.display(description="executions today")
+    def executions_used(self, quota):
+        return self._shown(quota, "executions_today", "executions_per_day")
+
+    @admin.display(description="CPU s today")
+    def cpu_used(self, quota):
+        return self._shown(quota, "cpu_seconds_today", "cpu_seconds_per_day")
+
+    @admin.display(description="used now (limit; ∞: unlimited)")
+    def usage_now(self, quota):
+        if quota.pk is None:
+            return "—"
+        return "; ".join(f"{label} {getattr(self, name)(quota)}" for label, name in (
+            ("functions", "functions_used"), ("stored MB", "stored_used"),
+            ("executions today", "executions_used"), ("CPU s today", "cpu_used")))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        function_quotas.forget(obj.user_id)

@@ -31,7 +31,17 @@ from kubefunction.access import runtime_allowed, runtime_refusal
 from kubefunction.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from kubefunction.throttles import dispatch_reserve, user_ident
 
-from . import concurrency, db_retry, hooks, idempotency, retention, retries, transitions, workers
+from . import (
+    concurrency,
+    db_retry,
+    hooks,
+    idempotency,
+    quotas,
+    retention,
+    retries,
+    transitions,
+    workers,
+)
 from .models import Batch, Execution, ExecutionStatus
 from .results import result_row
 from .runtimes import get_runtime
@@ -137,6 +147,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
     image_check(function, version, field="trigger")
+    quotas.check_dispatch(function, len(payloads))
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p,
                               http_request=http_request) for p in payloads]
     keys = None

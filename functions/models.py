@@ -159,3 +159,25 @@ class FunctionVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function.name} v{self.number}"
+
+
+class OwnerQuota(models.Model):
+    """One owner's quotas, where they differ from the operator's defaults
+    (KUBEFUNCTION_QUOTA_*; functions/quotas.py). Empty: the default; 0: unlimited."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="quota")
+    functions = models.PositiveIntegerField(null=True, blank=True,
+                                            help_text="Functions at most.")
+    stored_mb = models.PositiveIntegerField(null=True, blank=True,
+                                            help_text="MB of uploaded sources at most.")
+    executions_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Executions dispatched per UTC day at most.")
+    cpu_seconds_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU seconds of finished runs per UTC day at most.")
+
+    class Meta:
+        verbose_name = "owner quota"
+
+    def __str__(self) -> str:
+        return f"quota of {self.user}"

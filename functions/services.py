@@ -14,7 +14,7 @@ from django.db.models import Max
 
 from kubefunction.errors import Conflict, InvalidInput
 
-from . import builds
+from . import builds, quotas
 from .models import DNS1123_LABEL, Function, FunctionVersion, PayloadRetention, VersionStatus
 from .validation import validate_source
 
@@ -69,6 +69,8 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
         raise InvalidInput(exc.messages[0], field="name") from exc
     if Function.objects.filter(name=name).exists():
         raise InvalidInput(f"a function named '{name}' already exists.", field="name")
+    quotas.check_new_function(owner)
+    quotas.check_upload(owner, len(data))
     checked = validate_source(filename=filename, data=data, handler=handler, mode=mode,
                               convention=convention)
     function = Function(name=name, owner=owner, description=description, runtime=runtime,
@@ -131,6 +133,7 @@ def version_create(*, function: Function, filename: str, data: bytes, user=None,
             sha256, checked.handler, checked.mode, checked.convention) \
             and latest.status != VersionStatus.FAILED:
         return latest
+    quotas.check_upload(function.owner, len(data))
     number = (function.versions.aggregate(n=Max("number"))["n"] or 0) + 1
     version = FunctionVersion(
         function=function, number=number, sha256=sha256, source_name=filename.rsplit("/", 1)[-1],

@@ -58,6 +58,9 @@ def exception_handler(exc, context):
         response = Response(exc.as_dict(), status=exc.status_code)
         if exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
             response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        retry_after = getattr(exc, "retry_after", None)  # a rate or a daily quota: when to retry
+        if retry_after is not None:
+            response["Retry-After"] = str(int(retry_after))
         return response
     if isinstance(exc, DjangoValidationError):
         body = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}

@@ -40,6 +40,12 @@ class PayloadTooLarge(KubeFunctionError):
     status_code = 413
 
 
+class QuotaExceeded(KubeFunctionError):
+    """An owner's quota (functions, stored bytes) would be passed: nothing is stored."""
+
+    status_code = 403
+
+
 class RateLimited(KubeFunctionError):
     """Too many dispatches: `retry_after` seconds until the next one is allowed."""
 

@@ -383,6 +383,14 @@ KUBEFUNCTION_DEFAULT_MEMORY_MB = env.int("KUBEFUNCTION_DEFAULT_MEMORY_MB", defau
 KUBEFUNCTION_MAX_MEMORY_MB = env.int("KUBEFUNCTION_MAX_MEMORY_MB", default=4096)
 KUBEFUNCTION_MAX_BATCH = env.int("KUBEFUNCTION_MAX_BATCH", default=10000)
 KUBEFUNCTION_MAX_WAIT = env.int("KUBEFUNCTION_MAX_WAIT", default=60)
+# Per-owner quotas (functions/quotas.py; 0: unlimited; an owner's OwnerQuota overrides them):
+# functions, MB of uploaded sources, executions dispatched and CPU seconds per UTC day.
+KUBEFUNCTION_QUOTA_FUNCTIONS = env.int("KUBEFUNCTION_QUOTA_FUNCTIONS", default=0)
+KUBEFUNCTION_QUOTA_STORED_MB = env.int("KUBEFUNCTION_QUOTA_STORED_MB", default=0)
+KUBEFUNCTION_QUOTA_EXECUTIONS_PER_DAY = env.int("KUBEFUNCTION_QUOTA_EXECUTIONS_PER_DAY",
+                                                default=0)
+KUBEFUNCTION_QUOTA_CPU_SECONDS_PER_DAY = env.int("KUBEFUNCTION_QUOTA_CPU_SECONDS_PER_DAY",
+                                                 default=0)
 # Hours an `Idempotency-Key` on a dispatch or webhook call is remembered per owner: the same key
 # within them gives back the first execution (executions/idempotency.py).
 KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS = env.int("KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS",

@@ -29,7 +29,7 @@ from executions.callbacks import callback_url_check
 from executions.models import Execution
 from executions.services import execution_dispatch, execution_skip, payload_check
 from functions.models import Function
-from kubefunction.errors import InvalidInput, KubeFunctionError
+from kubefunction.errors import InvalidInput, KubeFunctionError, RateLimited
 from kubefunction.throttles import dispatch_wait, user_ident
 
 from .models import PayloadFormat, SignatureScheme, Trigger, TriggerKind
@@ -454,6 +454,9 @@ def trigger_fire(*, trigger_id: int) -> Execution | None:
                    f"{wait:.0f} s or later may run.")
     try:
         execution = execution_dispatch(trigger=trigger, source="schedule")
+    except RateLimited as exc:  # the owner's daily quota (executions/quotas.py)
+        return execution_skip(trigger=trigger, error_type="RateLimited",
+                              reason=f"schedule fire skipped: {exc.message}")
     except KubeFunctionError as exc:
         logger.error("schedule trigger %s fired but nothing was dispatched: %s",
                      trigger.name, exc.message)
