@@ -147,7 +147,6 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
         raise Conflict(f"function '{function.name}' has no ready version: {state}.",
                        field="trigger")
     image_check(function, version, field="trigger")
-    quotas.check_dispatch(function, len(payloads))
     payloads = [payload_check(trigger.default_payload if p is USE_DEFAULT else p,
                               http_request=http_request) for p in payloads]
     keys = None
@@ -159,6 +158,8 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                                     for payload in payloads]
         keys = [None if key is None else (idempotency.key_check(key), digest)
                 for key, digest in zip(idempotency_keys, hashes, strict=True)]
+    else:
+        quotas.check_dispatch(function, len(payloads))  # keyed: once the replays are known
     now = timezone.now()
     user = user if user and user.is_authenticated else None
     if batch is None and len(payloads) > 1:
@@ -198,6 +199,8 @@ def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | 
                 batch.save(force_insert=True)
             fresh, answered = idempotency.claim(executions, keys, owner_id=function.owner_id,
                                                 now=now)
+            if fresh and trigger is not None:  # a replay is not charged to the daily quota
+                quotas.check_dispatch(function, len(fresh), now=now)
             if new_batch and not fresh:
                 batch.delete()  # every payload was dispatched before: no new batch
             elif batch is not None and len(fresh) < len(executions):

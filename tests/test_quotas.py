@@ -139,3 +139,22 @@ def test_a_schedule_fire_past_the_daily_quota_is_recorded_as_skipped(user):
     skipped = trigger_fire(trigger_id=trigger.pk)
     assert skipped.status == "failed" and skipped.error_type == "RateLimited"
     assert "1 executions per day" in skipped.error
+
+
+def test_an_idempotent_replay_is_answered_when_the_quota_is_spent(api, user):
+    version = function_register(name="keyed", owner=user, filename="f.py", data=SOURCE)
+    trigger_create(name="keyed", function=version.function, user=user)
+    OwnerQuota.objects.create(user=user, executions_per_day=1)
+    quotas.forget(user.pk)
+    first = api.post("/api/triggers/keyed/dispatch/", {"payload": 1}, format="json",
+                     headers={"Idempotency-Key": "k"})
+    assert first.status_code == 202
+    again = api.post("/api/triggers/keyed/dispatch/", {"payload": 1}, format="json",
+                     headers={"Idempotency-Key": "k"})
+    assert again.status_code == 200 and again.json()["task_id"] == first.json()["task_id"]
+    new = api.post("/api/triggers/keyed/dispatch/", {"payload": 2}, format="json",
+                   headers={"Idempotency-Key": "k2"})
+    assert new.status_code == 429
+    from executions.models import DispatchKey
+
+    assert not DispatchKey.objects.filter(key="k2").exists()  # refused: the key is not kept
