@@ -4,6 +4,9 @@ gets the execution its first try made instead of a second one.
 
 - A key belongs to the function's owner and is remembered for
   KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS (`DispatchKey`); past that it names a new request.
+  Keys sent to a webhook are kept apart, per trigger (`webhook_scope`): a webhook's callers
+  (anyone, for a public trigger) can neither claim nor probe the keys of the owner's own
+  dispatches or of the owner's other triggers.
 - The same key with the same request gives back the first execution (its task id and state);
   with another request (another trigger, payload, or a webhook's method, path, query or body)
   it is refused with 409, naming the header.
@@ -54,12 +57,17 @@ def webhook_sha256(trigger_id: int, *, method: str, path: str, query: str, body:
         method, path, query, base64.b64encode(body).decode("ascii")]})
 
 
+def webhook_scope(trigger_id: int) -> str:
+    return f"webhook:{trigger_id}"
+
+
 def window_start(now: datetime) -> datetime:
     return now - timedelta(hours=settings.KUBEFUNCTION_IDEMPOTENCY_WINDOW_HOURS)
 
 
 def claim(executions: Sequence[Execution], keys: Sequence[tuple[str, str] | None], *,
-          owner_id: int, now: datetime) -> tuple[list[Execution], list[Execution]]:
+          owner_id: int, now: datetime, scope: str = "") -> tuple[list[Execution],
+                                                                    list[Execution]]:
     """Inside the dispatch's transaction, before its executions are stored: record each keyed
     execution's (key, request hash). Returns (the executions to store and send, every
     execution in order): a key already held gives its first execution (`replayed` True) in
@@ -69,16 +77,15 @@ def claim(executions: Sequence[Execution], keys: Sequence[tuple[str, str] | None
         raise InvalidInput("each payload of a batch needs its own idempotency key.",
                            field="idempotency_keys")
     # A key past the window names a new request.
-    DispatchKey.objects.filter(owner_id=owner_id, key__in=wanted,
-                               created_at__lt=window_start(now)).delete()
+    mine = DispatchKey.objects.filter(owner_id=owner_id, scope=scope, key__in=wanted)
+    mine.filter(created_at__lt=window_start(now)).delete()
     DispatchKey.objects.bulk_create(
-        [DispatchKey(owner_id=owner_id, key=pair[0], request_sha256=pair[1],
+        [DispatchKey(owner_id=owner_id, scope=scope, key=pair[0], request_sha256=pair[1],
                      execution_id=execution.pk, created_at=now)
          for execution, pair in zip(executions, keys, strict=True) if pair is not None],
         ignore_conflicts=True)
     held = {key: (execution_id, digest) for key, execution_id, digest in
-            DispatchKey.objects.filter(owner_id=owner_id, key__in=wanted)
-            .values_list("key", "execution_id", "request_sha256")}
+            mine.values_list("key", "execution_id", "request_sha256")}
     fresh, earlier = [], {}
     for execution, pair in zip(executions, keys, strict=True):
         if pair is None or held[pair[0]][0] == execution.pk:

@@ -203,6 +203,9 @@ class DispatchKey(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                               related_name="dispatch_keys")
+    # Whose keys these are: "" for the owner's own dispatches (API, admin, commands),
+    # "webhook:<trigger id>" for a webhook's callers, who may not claim the owner's keys.
+    scope = models.CharField(max_length=40, blank=True, default="")
     key = models.CharField(max_length=255)
     # SHA-256 of what was dispatched (trigger and payload, or a webhook's method, path, query
     # and body): the same key with another request is refused (409).
@@ -212,7 +215,7 @@ class DispatchKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["owner", "key"],
+        constraints = [models.UniqueConstraint(fields=["owner", "scope", "key"],
                                                name="dispatch_key_per_owner")]
 
     def __str__(self) -> str:

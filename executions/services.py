@@ -119,6 +119,7 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                             http_request: bool = False,
                             idempotency_keys: Sequence[str | None] | None = None,
                             request_hashes: Sequence[str] | None = None,
+                            idempotency_scope: str = "",
                             ) -> list[Execution]:
     """Queue one execution per payload (`USE_DEFAULT` takes the trigger's default payload).
 
@@ -126,9 +127,12 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
     `callback_url` overrides the trigger's default callback; a `synchronous` execution (a
     caller waits for it) is never retried. `http_request`: each payload is a webhook's HTTP
     request description, which the function's convention makes its event from. A saved `batch`
-    (one batch over several calls, e.g.
-    `manage.py dispatch` in chunks) takes these executions instead. Returns at once; the tasks
-    are sent after the surrounding transaction commits.
+    (one batch over several calls, e.g. `manage.py dispatch` in chunks) takes these executions
+    instead. `idempotency_keys`, one per payload (None: no key), give back the execution an
+    earlier dispatch with the same key made (executions/idempotency.py; it has `replayed`
+    True); `request_hashes` say what each key stands for when it is not the payload (a
+    webhook's call), `idempotency_scope` whose keys they are ("": the owner's own). Returns at
+    once; the tasks are sent after the surrounding transaction commits.
     """
     if not payloads:
         raise InvalidInput("give at least one payload.", field="payloads")
@@ -167,7 +171,8 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
                       created_at=now)
     return execution_enqueue(
         function=function, version=version, trigger=trigger, inputs=payloads, user=user,
-        batch=batch, now=now, keys=keys, synchronous=synchronous, http_request=http_request,
+        batch=batch, now=now, keys=keys, key_scope=idempotency_scope,
+        synchronous=synchronous, http_request=http_request,
         max_retries=0 if synchronous else trigger.max_retries,
         retry_backoff_seconds=trigger.retry_backoff_seconds,
         callback_url=callback_url or trigger.callback_url)
@@ -176,13 +181,13 @@ def execution_dispatch_many(*, trigger: Trigger, payloads: Sequence[Any], user=N
 def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | None,
                       inputs: Sequence[Any], user=None, batch: Batch | None = None, now=None,
                       keys: Sequence[tuple[str, str] | None] | None = None,
-                      **fields: Any) -> list[Execution]:
+                      key_scope: str = "", **fields: Any) -> list[Execution]:
     """Store one queued execution of `version` per input and send their run tasks after the
     surrounding transaction commits: what a dispatch and a re-run do once they checked that it
     may run. `batch`: the batch they belong to, stored with them when it is new; `keys`: each
     input's (idempotency key, request hash) or None (executions/idempotency.py: a key seen
-    before gives back its execution instead); `fields`: the rest of each execution (retries,
-    callback URL, `synchronous`, `rerun_of`)."""
+    before gives back its execution instead), in `key_scope`; `fields`: the rest of each
+    execution (retries, callback URL, `synchronous`, `rerun_of`)."""
     now = now or timezone.now()
     user = user if user and user.is_authenticated else None
     executions = [
@@ -198,7 +203,7 @@ def execution_enqueue(*, function, version: FunctionVersion, trigger: Trigger | 
             if new_batch:
                 batch.save(force_insert=True)
             fresh, answered = idempotency.claim(executions, keys, owner_id=function.owner_id,
-                                                now=now)
+                                                now=now, scope=key_scope)
             if fresh and trigger is not None:  # a replay is not charged to the daily quota
                 quotas.check_dispatch(function, len(fresh), now=now)
             if new_batch and not fresh:
@@ -257,7 +262,8 @@ def execution_dispatch(*, trigger: Trigger, payload: Any = USE_DEFAULT, user=Non
                        idempotency_key: str | None = None, request_hash: str | None = None,
                        **options: Any) -> Execution:
     """Queue one execution of the trigger's function with `payload` (options as for
-    `execution_dispatch_many`; `idempotency_key` and `request_hash` for that one payload)."""
+    `execution_dispatch_many`; `idempotency_key` and `request_hash` for that one payload,
+    `idempotency_scope` among the options)."""
     return execution_dispatch_many(
         trigger=trigger, payloads=[payload], user=user,
         idempotency_keys=None if idempotency_key is None else [idempotency_key],

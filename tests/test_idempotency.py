@@ -145,8 +145,8 @@ def test_a_retried_batch_makes_only_the_executions_it_did_not_make_before(user, 
     assert again[2]["task_id"] not in {e["task_id"] for e in made}
     assert Execution.objects.count() == 4
     # The retry's batch holds the one execution it made (the replays are the first batch's).
-    assert retry.json()["batch"] is None or Execution.objects.filter(
-        batch_id=retry.json()["batch"]["id"]).count() == 1
+    assert retry.json()["batch"] is not None
+    assert Execution.objects.filter(batch_id=retry.json()["batch"]["id"]).count() == 1
 
 
 def test_a_webhook_retried_with_its_key_gets_the_first_answer(user, worker):
@@ -174,6 +174,27 @@ def test_a_webhook_retried_with_its_key_gets_the_first_answer(user, worker):
                         content_type="application/json", headers=headers)
     assert other.status_code == 409 and "Idempotency-Key" in json.dumps(other.json())
     assert Execution.objects.count() == 1
+
+
+def test_a_webhooks_callers_cannot_claim_or_probe_the_owners_other_keys(user, worker, api):
+    """Keys sent to a webhook are the trigger's callers': the owner's API keys and another
+    trigger's keys of the same name are other keys (a public caller cannot block them)."""
+    deploy(user, "public-a", kind="http", public=True)
+    deploy(user, "public-b", kind="http", public=True)
+    mine = dispatch(api, "public-a", {"payload": {"order": 1}}, key="order-1")
+    assert mine.status_code == 202
+    caller = Client()
+    headers = {"Idempotency-Key": "order-1", "Prefer": "respond-async"}
+    on_a = caller.post("/t/public-a", data=json.dumps({"junk": True}),
+                       content_type="application/json", headers=headers)
+    assert on_a.status_code == 202 and on_a.json()["task_id"] != mine.json()["task_id"]
+    on_b = caller.post("/t/public-b", data=json.dumps({"other": True}),
+                       content_type="application/json", headers=headers)
+    assert on_b.status_code == 202 and on_b.json()["task_id"] != on_a.json()["task_id"]
+    # The owner's own retry still gets its first execution back.
+    again = dispatch(api, "public-a", {"payload": {"order": 1}}, key="order-1")
+    assert again.status_code == 200 and again.json()["task_id"] == mine.json()["task_id"]
+    assert Execution.objects.count() == 3
 
 
 def test_the_dispatch_command_takes_a_key(user, worker):

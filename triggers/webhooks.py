@@ -571,6 +571,7 @@ def webhook_start(*, name: str, request: HttpRequest,
         execution = execution_dispatch(
             trigger=trigger, payload=event, synchronous=not is_async,
             http_request=bool(convention), idempotency_key=key,
+            idempotency_scope=idempotency.webhook_scope(trigger.pk),
             request_hash=None if key is None else idempotency.webhook_sha256(
                 trigger.pk, method=request.method, path=subpath,
                 query=request.META.get("QUERY_STRING", ""), body=body))

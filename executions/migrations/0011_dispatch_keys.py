@@ -18,6 +18,7 @@ class Migration(migrations.Migration):
             name='DispatchKey',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('scope', models.CharField(blank=True, default='', max_length=40)),
                 ('key', models.CharField(max_length=255)),
                 ('request_sha256', models.CharField(max_length=64)),
                 ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
@@ -25,7 +26,7 @@ class Migration(migrations.Migration):
                 ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dispatch_keys', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('owner', 'key'), name='dispatch_key_per_owner')],
+                'constraints': [models.UniqueConstraint(fields=('owner', 'scope', 'key'), name='dispatch_key_per_owner')],
             },
         ),
     ]
