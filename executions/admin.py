@@ -344,40 +344,39 @@ class OwnerQuotaAdmin(admin.ModelAdmin):
     functions app's; its page is here because the usage counts executions."""
 
     list_display = ("user", "functions_used", "stored_used", "executions_used", "cpu_used")
+    list_select_related = ("user",)
     search_fields = ("user__username",)
     autocomplete_fields = ("user",)
     readonly_fields = ("usage_now",)
 
-    def _usage(self, quota: OwnerQuota) -> dict:
-        if not hasattr(quota, "_usage"):
-            quota._usage = quotas.usage(quota.user)
-            quota._limits = function_quotas.limits_for(quota.user_id, fresh=True)
-        return quota._usage
+    def get_queryset(self, request):
+        return quotas.with_usage(super().get_queryset(request).select_related("user"))
 
-    def _shown(self, quota: OwnerQuota, used: str, limit: str) -> str:
-        usage = self._usage(quota)
-        cap = getattr(quota._limits, limit)
-        return f"{usage[used]} / {cap if cap else '∞'}"
+    @staticmethod
+    def _shown(quota: OwnerQuota, used: float, limit: str) -> str:
+        own = [getattr(quota, name) for name in function_quotas.NAMES]
+        cap = getattr(function_quotas.merged(own, is_superuser=quota.user.is_superuser), limit)
+        return f"{used:g} / {cap if cap else '∞'}"
 
     @admin.display(description="functions")
     def functions_used(self, quota):
-        return self._shown(quota, "functions", "functions")
+        return self._shown(quota, quota.used_functions, "functions")
 
     @admin.display(description="stored MB")
     def stored_used(self, quota):
-        return self._shown(quota, "stored_mb", "stored_mb")
+        return self._shown(quota, round(quota.used_bytes / (1024 * 1024), 2), "stored_mb")
 
     @admin.display(description="executions today")
     def executions_used(self, quota):
-        return self._shown(quota, "executions_today", "executions_per_day")
+        return self._shown(quota, quota.used_executions, "executions_per_day")
 
     @admin.display(description="CPU s today")
     def cpu_used(self, quota):
-        return self._shown(quota, "cpu_seconds_today", "cpu_seconds_per_day")
+        return self._shown(quota, round(quota.used_cpu_seconds, 1), "cpu_seconds_per_day")
 
     @admin.display(description="used now (limit; ∞: unlimited)")
     def usage_now(self, quota):
-        if quota.pk is None:
+        if quota.pk is None or not hasattr(quota, "used_functions"):
             return "—"
         return "; ".join(f"{label} {getattr(self, name)(quota)}" for label, name in (
             ("functions", "functions_used"), ("stored MB", "stored_used"),

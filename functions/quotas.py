@@ -15,7 +15,8 @@ and may give an owner other limits (`OwnerQuota` in the admin; an empty field: t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from django.db.models import Sum
 
 from kubefunction.errors import QuotaExceeded
 
-from .models import Function, FunctionVersion, OwnerQuota
+from .models import Function, FunctionVersion
 
 # An owner's limits are read at most this often per process (dispatch pays no query for them).
 CACHE_SECONDS = 10.0
@@ -44,6 +45,7 @@ class Limits:
         return bool(self.executions_per_day or self.cpu_seconds_per_day)
 
 
+NAMES = tuple(field.name for field in fields(Limits))
 _cache: dict[int, tuple[float, Limits]] = {}
 
 
@@ -60,16 +62,20 @@ def limits_for(owner_id: int, *, fresh: bool = False) -> Limits:
     cached = _cache.get(owner_id)
     if cached is not None and cached[0] > now and not fresh:
         return cached[1]
+    row = get_user_model().objects.filter(pk=owner_id).values_list(
+        "is_superuser", *(f"quota__{name}" for name in NAMES)).first()  # one query
+    limits = merged(row[1:], is_superuser=row[0]) if row is not None else defaults()
+    _cache[owner_id] = (now + CACHE_SECONDS, limits)
+    return limits
+
+
+def merged(own: Sequence[int | None], *, is_superuser: bool) -> Limits:
+    """An owner's limits from their quota's fields (in NAMES' order; None: the default)."""
+    if is_superuser:
+        return Limits()
     base = defaults()
-    row = OwnerQuota.objects.filter(user_id=owner_id).first()
-    if get_user_model().objects.filter(pk=owner_id, is_superuser=True).exists():
-        base = Limits()
-    elif row is not None:
-        base = Limits(*(getattr(base, name) if getattr(row, name) is None else getattr(row, name)
-                        for name in ("functions", "stored_mb", "executions_per_day",
-                                     "cpu_seconds_per_day")))
-    _cache[owner_id] = (now + CACHE_SECONDS, base)
-    return base
+    return Limits(*(getattr(base, name) if value is None else value
+                    for name, value in zip(NAMES, own, strict=True)))
 
 
 def forget(owner_id: int | None = None) -> None:

@@ -69,8 +69,7 @@ def function_register(*, name: str, owner, filename: str, data: bytes,
         raise InvalidInput(exc.messages[0], field="name") from exc
     if Function.objects.filter(name=name).exists():
         raise InvalidInput(f"a function named '{name}' already exists.", field="name")
-    quotas.check_new_function(owner)
-    quotas.check_upload(owner, len(data))
+    quotas.check_new_function(owner)  # the upload's size: version_create (one transaction)
     checked = validate_source(filename=filename, data=data, handler=handler, mode=mode,
                               convention=convention)
     function = Function(name=name, owner=owner, description=description, runtime=runtime,

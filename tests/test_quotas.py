@@ -50,6 +50,9 @@ def test_functions_and_stored_bytes_are_hard_caps(api, user, settings):
                        format="multipart")
     assert refused.status_code == 403 and "1 MB" in refused.json()["source"][0]
     assert FunctionVersion.objects.filter(function__name="one").count() == 1
+    # A new function whose first upload passes it is not stored either (one transaction).
+    huge = upload(api, "huge", big)
+    assert huge.status_code == 403 and not Function.objects.filter(name="huge").exists()
     # An owner's own quota overrides the default (0 there: unlimited).
     OwnerQuota.objects.create(user=user, stored_mb=0)
     quotas.forget(user.pk)
@@ -124,6 +127,30 @@ def test_the_admin_shows_usage_beside_the_limits(user, django_user_model, settin
     browser.force_login(root)
     page = browser.get(reverse("admin:functions_ownerquota_changelist")).content.decode()
     assert "1 / 5" in page and "0 / 100" in page and "0 / ∞" in page
+    detail = browser.get(reverse("admin:functions_ownerquota_change",
+                                 args=[OwnerQuota.objects.get(user=user).pk]))
+    assert "functions 1 / 5" in detail.content.decode()
+
+
+def test_the_quota_page_reads_usage_in_one_query_however_many_owners(django_user_model):
+    root = django_user_model.objects.create_superuser("root", password="root-password-1")
+    browser = Client()
+    browser.force_login(root)
+    url = reverse("admin:functions_ownerquota_changelist")
+
+    def queries_for(owners: int) -> int:
+        for n in range(owners):
+            owner = django_user_model.objects.create_user(f"u{owners}-{n}")
+            function_register(name=f"f{owners}-{n}", owner=owner, filename="f.py", data=SOURCE)
+            OwnerQuota.objects.create(user=owner, functions=3)
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as captured:
+            assert browser.get(url).status_code == 200
+        return len(captured)
+
+    assert queries_for(1) == queries_for(6)  # 7 owners listed the second time: no query each
 
 
 def test_a_schedule_fire_past_the_daily_quota_is_recorded_as_skipped(user):
