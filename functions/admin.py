@@ -181,14 +181,14 @@ class FunctionVersionAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     installed_text = shown("installed_packages", pre, description="installed packages")
     build_log_text = shown("build_log", pre, description="build log")
 
-    def _apply(self, request, queryset, operation, verb: str) -> None:
+    def _apply(self, request, queryset, operation, verb: str, action: str) -> None:
         done = 0
         for version in queryset.select_related("function"):
             try:
                 operation(version=version)
                 done += 1
                 audit.changed(user=request.user, obj=version.function,
-                              via=f"the admin action {verb.split()[0]}",
+                              via=f"the admin action {action}",
                               detail=f"{verb} version {version.number}")
             except KubeFunctionError as exc:
                 self.message_user(request, f"{version}: {exc.message}", messages.ERROR)
@@ -198,9 +198,10 @@ class FunctionVersionAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     @admin.action(description="Activate (roll back / forward to) the selected version",
                   permissions=["act"])
     def activate(self, request, queryset):
-        self._apply(request, queryset, services.version_activate, "Activated")
+        self._apply(request, queryset, services.version_activate, "Activated", "Activate")
 
     @admin.action(description="Build (image for container runtimes; retry a failed build)",
                   permissions=["act"])
     def retry_build(self, request, queryset):
-        self._apply(request, queryset, builds.version_request_build, "Queued the build of")
+        self._apply(request, queryset, builds.version_request_build, "Queued the build of",
+                    "Build")

@@ -24,7 +24,6 @@ class LogEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
         entries = super().get_queryset(request)
         return entries if request.user.is_superuser else entries.filter(user=request.user)
 
-
     @admin.display(description="object", ordering="object_repr")
     def object_link(self, entry: LogEntry):
         if entry.action_flag != DELETION:  # a deleted object has no page to link to

@@ -76,7 +76,7 @@ def test_openfaas_classic_takes_the_body_as_text_and_answers_what_it_prints(user
     version = deploy(user, "faas-classic", "openfaas", "handler.py", CLASSIC)
     assert version.handler == "handler.handle"
     answer = Client().post("/t/faas-classic/sub?x=1", data="world", content_type="text/plain",
-                           headers={"User-Agent": "probe/2"})
+                           headers={"User-Agent": "probe/2", "Path": "/posing"})
     assert answer.status_code == 200, answer.content
     # index.py prints the return value (a newline); the watchdog echoes the caller's type
     assert answer.content == b"Hello world via POST /sub?x=1 from probe/2\n"

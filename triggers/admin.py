@@ -330,7 +330,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             user=key_owner(request, data), name=data["name"], scopes=list(data["scopes"]),
             triggers=data.get("triggers") or [], functions=data.get("functions") or [],
             expires_at=data.get("expires_at"))
-        obj.pk = key.pk  # Django's admin logs the addition of it
+        obj.pk, obj.prefix = key.pk, key.prefix  # Django's admin logs the addition of it
         self.message_user(request, format_html(
             "API key <b>{}</b> (shown once, copy it now): <code>{}</code><br>"
             "<code>curl -H 'Authorization: Bearer {}' {}</code>", key.name, raw, raw,

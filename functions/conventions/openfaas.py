@@ -203,10 +203,11 @@ class Classic:
 
     @staticmethod
     def _environment(request: HttpRequest) -> list[str]:
-        values = {"Http_Method": request.method, "Http_Path": request.path,
-                  "Http_Query": request.query_string}
-        for key, value in request.header_dict().items():
-            values["Http_" + Headers._name(key).replace("-", "_")] = value
+        values = {"Http_" + Headers._name(key).replace("-", "_"): value
+                  for key, value in request.header_dict().items()}
+        # The request's own, after the headers: a caller's `Path:` header cannot pose as them.
+        values.update(Http_Method=request.method, Http_Path=request.path,
+                      Http_Query=request.query_string)
         os.environ.update(values)
         return list(values)
 
