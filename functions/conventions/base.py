@@ -150,6 +150,11 @@ class HttpRequest:
         return environ
 
 
+def canonical_header(name: str) -> str:
+    """A header name as Go's net/http and werkzeug show it: `x-custom-id` → `X-Custom-Id`."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
 def dispatch_request(event: object) -> HttpRequest:
     """The request a dispatch stands for: `POST /` with the payload as its JSON body."""
     body = json.dumps(event, ensure_ascii=False)

@@ -43,6 +43,7 @@ from .base import (
     HttpRequest,
     InvalidResponse,
     answer_output,
+    canonical_header,
     http_answer,
     request_of,
     settle,
@@ -54,11 +55,6 @@ class TriggerInfo:
     def __init__(self, kind: str = "", name: str = "") -> None:
         self.kind = kind
         self.name = name
-
-
-def _canonical(name: str) -> str:
-    """fasthttp's header name normalization: `x-custom-id` → `X-Custom-Id`."""
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 class Event:
@@ -109,7 +105,7 @@ class Event:
 def event_of(request: HttpRequest, event_id: str) -> Event:
     headers: dict[str, str] = {}
     for name, value in request.headers:
-        headers[_canonical(name)] = value  # a repeated header: the last value, as nuclio's map
+        headers[canonical_header(name)] = value  # a repeated one: the last value (a Go map)
     content_type = request.content_type
     body: object = request.body
     if content_type == "application/json":  # the wrapper's decoding, exactly this type only

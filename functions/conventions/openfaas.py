@@ -32,7 +32,15 @@ from __future__ import annotations
 import json
 import os
 
-from .base import HttpRequest, InvalidResponse, answer_output, http_answer, request_of, settle
+from .base import (
+    HttpRequest,
+    InvalidResponse,
+    answer_output,
+    canonical_header,
+    http_answer,
+    request_of,
+    settle,
+)
 
 FLASK_TYPE = "text/html; charset=utf-8"  # Flask's default for a text answer
 
@@ -41,11 +49,7 @@ class Headers:
     """Request headers looked up in any case (as werkzeug's), repeats joined."""
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self._pairs = [(self._name(k), v) for k, v in pairs]
-
-    @staticmethod
-    def _name(key: str) -> str:
-        return "-".join(part.capitalize() for part in key.split("-"))
+        self._pairs = [(canonical_header(k), v) for k, v in pairs]
 
     def get(self, key: str, default: object = None, type=None) -> object:
         values = self.getlist(key)
@@ -203,7 +207,7 @@ class Classic:
 
     @staticmethod
     def _environment(request: HttpRequest) -> list[str]:
-        values = {"Http_" + Headers._name(key).replace("-", "_"): value
+        values = {"Http_" + canonical_header(key).replace("-", "_"): value
                   for key, value in request.header_dict().items()}
         # The request's own, after the headers: a caller's `Path:` header cannot pose as them.
         values.update(Http_Method=request.method, Http_Path=request.path,
